@@ -1,0 +1,453 @@
+//! The blocking client: one connection, one exclusive callback queue, many calls.
+
+use crate::amqp;
+use crate::config::{ClientConfig, ConnectionConfig, DEFAULT_QUEUE};
+use crate::error::{Error, Result};
+use crate::pending::{Outcome, Pending};
+use crate::protocol::{self, CONTENT_TYPE};
+use amiquip::{
+    AmqpProperties, Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish,
+    QueueDeclareOptions, Return,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use num_bigint::BigUint;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// AMQP reply code of a mandatory message the broker could not route to any queue.
+const NO_ROUTE: u16 = 312;
+
+/// A blocking RPC client for any request queue that speaks the tutorial-6 protocol.
+///
+/// One connection and one exclusive, server-named callback queue serve every call. A reader
+/// thread routes each reply to its caller by `correlation_id`; replies nobody waits for (late
+/// replies of timed-out calls, duplicates after a redelivery, strangers) are logged at debug and
+/// dropped. The client is `Send + Sync`: share it between threads behind an `Arc`.
+///
+/// If the connection is lost, calls in flight fail with [`Error::ConnectionLost`] and the next
+/// call reconnects with a new callback queue.
+pub struct RpcClient {
+    config: ClientConfig,
+    session: Mutex<Option<Arc<Session>>>,
+}
+
+impl RpcClient {
+    /// Connects to the broker at `url` with default settings.
+    pub fn connect(url: &str) -> Result<RpcClient> {
+        RpcClient::with_config(ClientConfig {
+            connection: ConnectionConfig::new(url),
+            ..ClientConfig::default()
+        })
+    }
+
+    /// Connects with these settings. Fails at once if the broker cannot be reached.
+    pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
+        let session = Session::open(&config.connection)?;
+        Ok(RpcClient {
+            config,
+            session: Mutex::new(Some(Arc::new(session))),
+        })
+    }
+
+    /// The settings this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sends `body` to `queue` and blocks until its reply arrives or `timeout` passes.
+    ///
+    /// Returns the reply body, or [`Error::Remote`] for an error reply, [`Error::Timeout`],
+    /// [`Error::NoServer`] if no queue of that name exists, or [`Error::ConnectionLost`].
+    pub fn call(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        self.send(queue, body, timeout)?.wait()
+    }
+
+    /// Sends `body` to `queue` without waiting; the reply is collected with
+    /// [`PendingReply::wait`], which gives up `timeout` after this send.
+    pub fn send(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<PendingReply> {
+        let deadline = Instant::now() + timeout;
+        let session = self.session()?;
+        let correlation_id = Uuid::new_v4().to_string();
+        let reply = session.pending.register(correlation_id.clone());
+        let pending = PendingReply {
+            session: Arc::clone(&session),
+            correlation_id,
+            reply,
+            queue: queue.to_owned(),
+            timeout,
+            deadline,
+        };
+        if let Some(reason) = session.lost_reason() {
+            return Err(Error::ConnectionLost(reason));
+        }
+        let properties = AmqpProperties::default()
+            .with_reply_to(session.reply_queue.clone())
+            .with_correlation_id(pending.correlation_id.clone())
+            .with_content_type(CONTENT_TYPE.to_owned())
+            .with_expiration(expiration_millis(timeout));
+        let publish = Publish {
+            mandatory: true,
+            ..Publish::with_properties(body, queue, properties)
+        };
+        log::trace!("call {} -> {queue}", pending.correlation_id);
+        session
+            .publisher()
+            .basic_publish("", publish)
+            .map_err(|error| session.connection_error(error))?;
+        Ok(pending)
+    }
+
+    /// Calls sent whose reply has not arrived, timed out or been dropped yet.
+    pub fn pending_calls(&self) -> usize {
+        lock(&self.session)
+            .as_ref()
+            .map_or(0, |session| session.pending.len())
+    }
+
+    /// Closes the connection; calls still waiting fail with [`Error::ConnectionLost`].
+    pub fn close(self) -> Result<()> {
+        match self.take_session() {
+            Some(session) => session.close(),
+            None => Ok(()),
+        }
+    }
+
+    fn take_session(&self) -> Option<Arc<Session>> {
+        lock(&self.session).take()
+    }
+
+    /// The live session, reconnecting first if the last one died.
+    fn session(&self) -> Result<Arc<Session>> {
+        let mut current = lock(&self.session);
+        if let Some(session) = current.as_ref() {
+            match session.lost_reason() {
+                None => return Ok(Arc::clone(session)),
+                Some(reason) => log::info!("reconnecting after connection loss ({reason})"),
+            }
+        }
+        if let Some(dead) = current.take() {
+            let _ = dead.close();
+        }
+        let session = Arc::new(Session::open(&self.config.connection)?);
+        *current = Some(Arc::clone(&session));
+        Ok(session)
+    }
+}
+
+impl Drop for RpcClient {
+    fn drop(&mut self) {
+        if let Some(session) = self.take_session() {
+            let _ = session.close();
+        }
+    }
+}
+
+/// A request sent by [`RpcClient::send`] whose reply has not been collected yet.
+///
+/// Dropping it without waiting forgets the call; its reply, if one comes, is discarded.
+pub struct PendingReply {
+    session: Arc<Session>,
+    correlation_id: String,
+    reply: Receiver<Outcome>,
+    queue: String,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl PendingReply {
+    /// The request's `correlation_id`.
+    pub fn correlation_id(&self) -> &str {
+        &self.correlation_id
+    }
+
+    /// Blocks until the reply arrives or the call's timeout (counted from the send) passes.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        match self.reply.recv_deadline(self.deadline) {
+            Ok(outcome) => outcome,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                queue: self.queue.clone(),
+                timeout: self.timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::ConnectionLost(
+                self.session
+                    .lost_reason()
+                    .unwrap_or_else(|| "the reply reader stopped".to_owned()),
+            )),
+        }
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        self.session.pending.forget(&self.correlation_id);
+    }
+}
+
+/// The request's `expiration` property: the broker drops a request nobody took within the
+/// caller's timeout, so no server computes an answer for a caller who has gone.
+fn expiration_millis(timeout: Duration) -> String {
+    timeout
+        .as_millis()
+        .clamp(1, u128::from(u32::MAX))
+        .to_string()
+}
+
+/// One connection's worth of client state; replaced wholesale after a connection loss.
+struct Session {
+    connection: Mutex<Option<Connection>>,
+    publisher: Mutex<Channel>,
+    reply_queue: String,
+    pending: Arc<Pending>,
+    lost: Arc<Mutex<Option<String>>>,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Session {
+    fn open(config: &ConnectionConfig) -> Result<Session> {
+        let mut connection = amqp::open(config, "fib-rpc client")?;
+        let open_channel = |connection: &mut Connection| {
+            connection
+                .open_channel(None)
+                .map_err(|e| Error::broker("opening a channel", e))
+        };
+        let consumer_channel = open_channel(&mut connection)?;
+        let publisher = open_channel(&mut connection)?;
+        let returns = publisher
+            .listen_for_returns()
+            .map_err(|e| Error::broker("listening for returned messages", e))?;
+        let pending = Arc::new(Pending::default());
+        let lost = Arc::new(Mutex::new(None));
+        let (ready_sender, ready) = crossbeam_channel::bounded(1);
+        let reader = ReplyReader {
+            pending: Arc::clone(&pending),
+            lost: Arc::clone(&lost),
+            returns,
+        };
+        let reader = std::thread::Builder::new()
+            .name("fib-rpc-replies".into())
+            .spawn(move || reader.run(consumer_channel, ready_sender))
+            .map_err(|e| Error::Config(format!("cannot start the reply reader thread: {e}")))?;
+        let reply_queue = match ready.recv() {
+            Ok(Ok(name)) => name,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(Error::ConnectionLost("the reply reader stopped".into())),
+        };
+        log::debug!("client ready, callback queue {reply_queue}");
+        Ok(Session {
+            connection: Mutex::new(Some(connection)),
+            publisher: Mutex::new(publisher),
+            reply_queue,
+            pending,
+            lost,
+            reader: Mutex::new(Some(reader)),
+        })
+    }
+
+    fn publisher(&self) -> MutexGuard<'_, Channel> {
+        lock(&self.publisher)
+    }
+
+    fn lost_reason(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+
+    /// amiquip reports every failure after the first as a bare `EventLoopDropped`; prefer the
+    /// reason the reader saw when the connection went down.
+    fn connection_error(&self, error: amiquip::Error) -> Error {
+        Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| error.to_string()))
+    }
+
+    fn close(&self) -> Result<()> {
+        let closed = match lock(&self.connection).take() {
+            Some(connection) => connection.close(),
+            None => Ok(()),
+        };
+        if let Some(reader) = lock(&self.reader).take() {
+            let _ = reader.join();
+        }
+        match closed {
+            Ok(()) => Ok(()),
+            Err(error) if self.lost_reason().is_some() => Err(self.connection_error(error)),
+            Err(error) => Err(Error::broker("closing the connection", error)),
+        }
+    }
+}
+
+/// The thread that owns the callback queue's consumer and routes what arrives.
+struct ReplyReader {
+    pending: Arc<Pending>,
+    lost: Arc<Mutex<Option<String>>>,
+    returns: Receiver<Return>,
+}
+
+impl ReplyReader {
+    fn run(self, channel: Channel, ready: crossbeam_channel::Sender<Result<String>>) {
+        let declared = channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+            )
+            .map_err(|e| Error::broker("declaring the callback queue", e));
+        let queue = match declared {
+            Ok(queue) => queue,
+            Err(error) => {
+                let _ = ready.send(Err(error));
+                return;
+            }
+        };
+        let options = ConsumerOptions {
+            no_ack: true,
+            ..ConsumerOptions::default()
+        };
+        let consumer = match queue.consume(options) {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                let _ = ready.send(Err(Error::broker("consuming the callback queue", error)));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(queue.name().to_owned()));
+        let mut returns = self.returns.clone();
+        // Leave only on a non-delivery message or a disconnect: dropping a consumer while its
+        // cancellation is still in flight can take the whole amiquip connection down.
+        let reason = loop {
+            crossbeam_channel::select! {
+                recv(consumer.receiver()) -> message => match message {
+                    Ok(ConsumerMessage::Delivery(delivery)) => self.route_reply(delivery),
+                    Ok(ConsumerMessage::ServerClosedConnection(error))
+                    | Ok(ConsumerMessage::ServerClosedChannel(error)) => break error.to_string(),
+                    Ok(ConsumerMessage::ServerCancelled) => {
+                        break "the broker cancelled the callback queue consumer (queue deleted?)"
+                            .to_owned()
+                    }
+                    Ok(_) | Err(_) => break "the client closed the connection".to_owned(),
+                },
+                recv(returns) -> returned => match returned {
+                    Ok(returned) => self.route_return(returned),
+                    // The channel is gone; the consumer will tell us why.
+                    Err(_) => returns = crossbeam_channel::never(),
+                },
+            }
+        };
+        log::debug!("reply reader stopping: {reason}");
+        *lock(&self.lost) = Some(reason.clone());
+        self.pending.fail_all(&reason);
+    }
+
+    fn route_reply(&self, delivery: Delivery) {
+        let Some(id) = delivery.properties.correlation_id().clone() else {
+            log::debug!("discarding a reply without correlation_id");
+            return;
+        };
+        let outcome = protocol::decode_reply(&delivery.properties, delivery.body);
+        if !self.pending.resolve(&id, outcome) {
+            log::debug!("discarding a reply nobody waits for (late, duplicate or foreign): {id}");
+        }
+    }
+
+    fn route_return(&self, returned: Return) {
+        let Some(id) = returned.properties.correlation_id().clone() else {
+            return;
+        };
+        let error = if returned.reply_code == NO_ROUTE {
+            Error::NoServer {
+                queue: returned.routing_key.clone(),
+                reason: format!("no queue named {:?} exists", returned.routing_key),
+            }
+        } else {
+            Error::Broker {
+                operation: format!("routing a request to {:?}", returned.routing_key),
+                reason: format!("{} {}", returned.reply_code, returned.reply_text),
+            }
+        };
+        self.pending.resolve(&id, Err(error));
+    }
+}
+
+/// A client for the Fibonacci service: `call(n)` returns fib(n), exact.
+pub struct FibonacciRpcClient {
+    rpc: RpcClient,
+    queue: String,
+    timeout: Duration,
+}
+
+impl FibonacciRpcClient {
+    /// Connects to the broker at `url`; calls go to [`DEFAULT_QUEUE`] with a 5 s timeout.
+    pub fn connect(url: &str) -> Result<FibonacciRpcClient> {
+        Ok(FibonacciRpcClient::new(RpcClient::connect(url)?))
+    }
+
+    /// Wraps a connected client; its `call_timeout` becomes the timeout of every call.
+    pub fn new(rpc: RpcClient) -> FibonacciRpcClient {
+        let timeout = rpc.config().call_timeout;
+        FibonacciRpcClient {
+            rpc,
+            queue: DEFAULT_QUEUE.to_owned(),
+            timeout,
+        }
+    }
+
+    /// Sends requests to `queue` instead of [`DEFAULT_QUEUE`].
+    pub fn with_queue(mut self, queue: impl Into<String>) -> FibonacciRpcClient {
+        self.queue = queue.into();
+        self
+    }
+
+    /// Waits at most `timeout` for each reply.
+    pub fn with_timeout(mut self, timeout: Duration) -> FibonacciRpcClient {
+        self.timeout = timeout;
+        self
+    }
+
+    /// fib(n), computed by a remote server.
+    pub fn call(&self, n: u64) -> Result<BigUint> {
+        let body = self
+            .rpc
+            .call(&self.queue, n.to_string().as_bytes(), self.timeout)?;
+        protocol::parse_biguint(&body)
+    }
+
+    /// The generic client underneath.
+    pub fn rpc(&self) -> &RpcClient {
+        &self.rpc
+    }
+
+    /// Closes the connection.
+    pub fn close(self) -> Result<()> {
+        self.rpc.close()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiration_is_the_timeout_in_whole_milliseconds_and_never_zero() {
+        assert_eq!(expiration_millis(Duration::from_secs(5)), "5000");
+        assert_eq!(expiration_millis(Duration::from_micros(1)), "1");
+        assert_eq!(expiration_millis(Duration::ZERO), "1");
+        assert_eq!(
+            expiration_millis(Duration::from_secs(u64::MAX)),
+            u32::MAX.to_string()
+        );
+    }
+
+    #[test]
+    fn clients_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<RpcClient>();
+        shareable::<FibonacciRpcClient>();
+    }
+}

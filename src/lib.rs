@@ -1,0 +1,89 @@
+//! Dependable blocking RPC over RabbitMQ.
+//!
+//! `fib-rpc` speaks the request/reply protocol of RabbitMQ tutorial 6, so any tutorial client or
+//! server, in any language, interoperates with it; and it answers the questions the tutorial
+//! leaves open: what if no server runs (a fast [`Error::NoServer`]), how long to wait (every call
+//! has a timeout, and the request expires with it), what if the server fails or the input is bad
+//! (an error reply, [`Error::Remote`]), what if the connection is lost (calls fail promptly with
+//! [`Error::ConnectionLost`]; clients and servers reconnect).
+//!
+//! ```no_run
+//! use fib_rpc::FibonacciRpcClient;
+//!
+//! # fn main() -> fib_rpc::Result<()> {
+//! let client = FibonacciRpcClient::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+//! println!("fib(30) = {}", client.call(30)?);
+//! client.close()
+//! # }
+//! ```
+//!
+//! A server for your own service is a handler and a queue name:
+//!
+//! ```no_run
+//! use fib_rpc::{HandlerError, RpcServer, ServerConfig};
+//!
+//! # fn main() -> fib_rpc::Result<()> {
+//! let config = ServerConfig {
+//!     queue: "shout_queue".into(),
+//!     ..ServerConfig::default()
+//! };
+//! let server = RpcServer::new(config, |body: &[u8]| {
+//!     let text = std::str::from_utf8(body).map_err(|_| HandlerError::new("expected UTF-8"))?;
+//!     Ok(text.to_uppercase().into_bytes())
+//! })
+//! .start()?;
+//! server.wait()
+//! # }
+//! ```
+//!
+//! # Design
+//!
+//! * Wire protocol ([`protocol`]): request to the default exchange with routing key = request
+//!   queue, `reply_to` and `correlation_id` set, body = n in ASCII decimal; the reply goes to
+//!   `reply_to` with the same `correlation_id`, body = the result in ASCII decimal. An error reply
+//!   also sets the AMQP `type` property to `error`, with a readable message as body.
+//! * Client: one connection, one exclusive server-named callback queue, consumed without acks.
+//!   Requests are published `mandatory` (an unroutable request comes back at once as
+//!   [`Error::NoServer`]) with `expiration` = the call's timeout (a request nobody took in time is
+//!   dropped by the broker rather than computed for a caller who has gone).
+//! * Server: the request queue is declared durable, `x-queue-type: quorum` by default, as the
+//!   official tutorials do; a queue that already exists with other arguments is used as it is.
+//!   A pool of worker threads, each with its own channel and prefetch; a request is acked only
+//!   after its reply is published.
+//! * Every connection sets `TCP_NODELAY` and a 10 s heartbeat.
+//!
+//! # Threading
+//!
+//! [`RpcClient`] and [`FibonacciRpcClient`] are `Send + Sync`: share one behind an `Arc` and
+//! call from any number of threads; each call blocks only its own thread. A client runs one
+//! background thread that reads replies; amiquip runs one I/O thread per connection. A server
+//! runs a supervisor thread and `workers` worker threads.
+//!
+//! # Limitations
+//!
+//! * Plain `amqp://` only: this build has no TLS.
+//! * The blocking amiquip calls used while connecting and declaring have no timeout of their
+//!   own beyond the connect timeout and the heartbeat.
+//! * At-least-once delivery: a server that dies after replying but before acking will have the
+//!   request computed again by another server; the client discards the second reply, but the
+//!   handler should be idempotent.
+//! * The library logs through `log` and installs no logger.
+
+mod amqp;
+mod client;
+mod config;
+mod error;
+mod fib;
+mod pending;
+pub mod protocol;
+mod server;
+
+pub use client::{FibonacciRpcClient, PendingReply, RpcClient};
+pub use config::{
+    ClientConfig, ConnectionConfig, QueueType, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,
+};
+pub use error::{Error, HandlerError, Result};
+pub use fib::fibonacci;
+pub use server::{
+    fibonacci_handler, Handler, RpcServer, ServerHandle, ShutdownTrigger, DEFAULT_MAX_N,
+};

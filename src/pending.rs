@@ -1,0 +1,123 @@
+//! Correlation bookkeeping: which caller waits for which `correlation_id`.
+
+use crate::error::{Error, Result};
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What a waiting caller receives: the reply body, or why there will be none.
+pub(crate) type Outcome = Result<Vec<u8>>;
+
+/// Calls in flight on one connection, keyed by correlation id.
+///
+/// Every entry is removed exactly once: by the reply that resolves it, by the caller that stops
+/// waiting, or by [`fail_all`](Self::fail_all) when the connection dies. So the map never leaks,
+/// and a second reply for the same id (a redelivered request answered twice) finds nothing.
+#[derive(Default)]
+pub(crate) struct Pending {
+    waiting: Mutex<HashMap<String, Sender<Outcome>>>,
+}
+
+impl Pending {
+    /// Starts waiting for `id`. Register before publishing, or a fast reply finds no one.
+    pub fn register(&self, id: String) -> Receiver<Outcome> {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        self.lock().insert(id, sender);
+        receiver
+    }
+
+    /// Hands `outcome` to the caller waiting for `id`; false if no one is (late, duplicate or
+    /// foreign reply), and then the outcome is dropped.
+    pub fn resolve(&self, id: &str, outcome: Outcome) -> bool {
+        match self.lock().remove(id) {
+            // The caller may have given up between our remove and this send; that is fine.
+            Some(sender) => sender.send(outcome).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops waiting for `id` (the caller timed out or went away).
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Fails every waiting call with a connection-lost error.
+    pub fn fail_all(&self, reason: &str) {
+        let drained: Vec<_> = self.lock().drain().collect();
+        for (_, sender) in drained {
+            let _ = sender.send(Err(Error::ConnectionLost(reason.to_owned())));
+        }
+    }
+
+    /// Number of calls waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sender<Outcome>>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_reaches_its_own_caller_only() {
+        let pending = Pending::default();
+        let first = pending.register("a".into());
+        let second = pending.register("b".into());
+        assert!(pending.resolve("b", Ok(b"2".to_vec())));
+        assert!(pending.resolve("a", Ok(b"1".to_vec())));
+        assert_eq!(first.recv().unwrap().unwrap(), b"1");
+        assert_eq!(second.recv().unwrap().unwrap(), b"2");
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn unknown_and_duplicate_replies_are_refused() {
+        let pending = Pending::default();
+        let waiter = pending.register("a".into());
+        assert!(!pending.resolve("stranger", Ok(b"9".to_vec())));
+        assert!(pending.resolve("a", Ok(b"1".to_vec())));
+        assert!(!pending.resolve("a", Ok(b"1 again".to_vec())));
+        assert_eq!(waiter.recv().unwrap().unwrap(), b"1");
+        assert!(waiter.try_recv().is_err(), "answered twice");
+    }
+
+    #[test]
+    fn forgotten_calls_leave_nothing_behind_and_ignore_late_replies() {
+        let pending = Pending::default();
+        let waiter = pending.register("late".into());
+        pending.forget("late");
+        assert_eq!(pending.len(), 0);
+        assert!(!pending.resolve("late", Ok(b"1".to_vec())));
+        assert!(waiter.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_reply_for_a_caller_that_went_away_is_not_counted_as_delivered() {
+        let pending = Pending::default();
+        drop(pending.register("gone".into()));
+        assert!(!pending.resolve("gone", Ok(b"1".to_vec())));
+        assert_eq!(pending.len(), 0);
+    }
+
+    #[test]
+    fn fail_all_fails_every_waiter_with_the_reason() {
+        let pending = Pending::default();
+        let waiters: Vec<_> = (0..3).map(|i| pending.register(i.to_string())).collect();
+        pending.fail_all("broker restarted");
+        assert_eq!(pending.len(), 0);
+        for waiter in waiters {
+            let error = waiter.recv().unwrap().unwrap_err();
+            assert!(error.is_connection());
+            assert!(error.to_string().contains("broker restarted"));
+        }
+    }
+}

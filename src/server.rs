@@ -1,0 +1,472 @@
+//! The server: a pool of worker threads serving one request queue with a handler.
+
+use crate::amqp;
+use crate::config::{QueueType, ServerConfig};
+use crate::error::{Error, HandlerError, Result};
+use crate::fib::fibonacci;
+use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery,
+    FieldTable, Publish, QueueDeclareOptions,
+};
+use crossbeam_channel::{Receiver, Sender};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// What a service does with a request body: the reply body, or a message for an error reply.
+pub type Handler = dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync;
+
+/// The largest n the Fibonacci service computes by default; fib(100000) has 20899 digits.
+pub const DEFAULT_MAX_N: u64 = 100_000;
+
+/// AMQP reply code for a declaration that conflicts with an existing queue.
+const PRECONDITION_FAILED: u16 = 406;
+
+/// The Fibonacci service: body = n as ASCII decimal, reply = fib(n) as ASCII decimal, n at most
+/// `max_n`.
+pub fn fibonacci_handler(max_n: u64) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
+    move |body| {
+        let n = protocol::parse_bounded_u64(body, max_n)?;
+        Ok(fibonacci(n).to_string().into_bytes())
+    }
+}
+
+/// Serves one request queue with a handler on a pool of worker threads.
+///
+/// Each worker has its own channel with `prefetch` unacknowledged requests, and acks a request
+/// only after its reply is published, so a server that dies mid-request leaves the request to
+/// be redelivered to another. A handler that returns an error or panics produces an error reply;
+/// no input stops a worker. If the connection is lost, the server reconnects with capped
+/// exponential backoff and resumes consuming.
+pub struct RpcServer {
+    config: ServerConfig,
+    handler: Arc<Handler>,
+}
+
+impl RpcServer {
+    /// A server for `config.queue` that answers with `handler`.
+    pub fn new<F>(config: ServerConfig, handler: F) -> RpcServer
+    where
+        F: Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+    {
+        RpcServer {
+            config,
+            handler: Arc::new(handler),
+        }
+    }
+
+    /// Connects, declares the request queue and starts the workers; returns once every worker
+    /// is consuming. Fails if the first connection cannot be made.
+    pub fn start(self) -> Result<ServerHandle> {
+        self.config.validate()?;
+        let (stop_sender, stop) = crossbeam_channel::bounded::<()>(0);
+        let (ready_sender, ready) = crossbeam_channel::bounded(1);
+        let served = Arc::new(AtomicU64::new(0));
+        let supervisor = Supervisor {
+            config: self.config,
+            handler: self.handler,
+            stop,
+            served: Arc::clone(&served),
+        };
+        let thread = std::thread::Builder::new()
+            .name("fib-rpc-server".into())
+            .spawn(move || supervisor.run(ready_sender))
+            .map_err(|e| Error::Config(format!("cannot start the server thread: {e}")))?;
+        let handle = ServerHandle {
+            stopper: ShutdownTrigger(Arc::new(Mutex::new(Some(stop_sender)))),
+            thread,
+            served,
+        };
+        match ready.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(error)) => {
+                let _ = handle.thread.join();
+                Err(error)
+            }
+            Err(_) => Err(handle
+                .thread
+                .join()
+                .map_err(|_| Error::Config("the server thread panicked".into()))
+                .and_then(|result| result)
+                .err()
+                .unwrap_or_else(|| Error::Config("the server stopped while starting".into()))),
+        }
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    stopper: ShutdownTrigger,
+    thread: JoinHandle<Result<()>>,
+    served: Arc<AtomicU64>,
+}
+
+impl ServerHandle {
+    /// A trigger that can stop this server from another thread (a signal handler, say).
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        self.stopper.clone()
+    }
+
+    /// Requests handled so far, error replies included.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking requests, finishes and acks those in hand, closes the connection.
+    pub fn shutdown(self) -> Result<()> {
+        self.stopper.trigger();
+        self.wait()
+    }
+
+    /// Blocks until the server has been stopped through a [`ShutdownTrigger`].
+    pub fn wait(self) -> Result<()> {
+        self.thread
+            .join()
+            .map_err(|_| Error::Config("the server thread panicked".into()))?
+    }
+}
+
+/// Stops a server; cheap to clone, harmless to trigger twice.
+#[derive(Clone)]
+pub struct ShutdownTrigger(Arc<Mutex<Option<Sender<()>>>>);
+
+impl ShutdownTrigger {
+    /// Asks the server to stop: every worker sees the stop channel disconnect.
+    pub fn trigger(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+    }
+}
+
+/// How one connection's life ended.
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+struct Supervisor {
+    config: ServerConfig,
+    handler: Arc<Handler>,
+    stop: Receiver<()>,
+    served: Arc<AtomicU64>,
+}
+
+impl Supervisor {
+    fn run(self, ready: Sender<Result<()>>) -> Result<()> {
+        let mut ready = Some(ready);
+        let mut backoff = self.config.reconnect_initial;
+        loop {
+            let end = match self.serve_one_connection(&mut ready) {
+                Ok(end) => end,
+                Err(error) => match ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Err(error));
+                        return Ok(());
+                    }
+                    None => SessionEnd::Lost(error.to_string()),
+                },
+            };
+            match end {
+                SessionEnd::Stopped => return Ok(()),
+                SessionEnd::Lost(reason) => {
+                    log::warn!("connection lost ({reason}); reconnecting in {backoff:?}");
+                    if self
+                        .stop
+                        .recv_timeout(backoff)
+                        .is_err_and(|e| e.is_disconnected())
+                    {
+                        return Ok(());
+                    }
+                    backoff = next_backoff(backoff, self.config.reconnect_max);
+                }
+            }
+        }
+    }
+
+    fn serve_one_connection(&self, ready: &mut Option<Sender<Result<()>>>) -> Result<SessionEnd> {
+        let mut connection = amqp::open(&self.config.connection, "fib-rpc server")?;
+        declare_request_queue(&mut connection, &self.config)?;
+        let (exit_sender, exits) = crossbeam_channel::unbounded();
+        let (consuming_sender, consuming) = crossbeam_channel::unbounded();
+        for index in 0..self.config.workers {
+            let channel = connection
+                .open_channel(None)
+                .map_err(|e| Error::broker("opening a worker channel", e))?;
+            let worker = Worker {
+                queue: self.config.queue.clone(),
+                prefetch: self.config.prefetch,
+                handler: Arc::clone(&self.handler),
+                stop: self.stop.clone(),
+                served: Arc::clone(&self.served),
+            };
+            let (exit_sender, consuming_sender) = (exit_sender.clone(), consuming_sender.clone());
+            std::thread::Builder::new()
+                .name(format!("fib-rpc-worker-{index}"))
+                .spawn(move || {
+                    let end = worker.run(channel, consuming_sender);
+                    let _ = exit_sender.send(end);
+                })
+                .map_err(|e| Error::Config(format!("cannot start a worker thread: {e}")))?;
+        }
+        drop((exit_sender, consuming_sender));
+        for _ in 0..self.config.workers {
+            match consuming.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => break,
+            }
+        }
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Ok(()));
+        } else {
+            log::info!("reconnected: consuming {} again", self.config.queue);
+        }
+        // The first worker to end decides: a stop, or a loss that ends the whole connection.
+        let first = exits.recv().unwrap_or(SessionEnd::Stopped);
+        if let SessionEnd::Lost(reason) = first {
+            // Closing the connection ends the other workers too; their unacked requests go back
+            // to the queue.
+            let _ = connection.close();
+            for _ in exits.iter() {}
+            return Ok(SessionEnd::Lost(reason));
+        }
+        let mut lost = None;
+        for end in exits.iter() {
+            if let SessionEnd::Lost(reason) = end {
+                lost.get_or_insert(reason);
+            }
+        }
+        let closed = connection.close();
+        match (lost, closed) {
+            (None, Ok(())) => Ok(SessionEnd::Stopped),
+            (Some(reason), _) => {
+                log::warn!("a worker lost its channel while stopping: {reason}");
+                Ok(SessionEnd::Stopped)
+            }
+            (None, Err(error)) => {
+                log::warn!("closing the connection: {error}");
+                Ok(SessionEnd::Stopped)
+            }
+        }
+    }
+}
+
+/// Declares the request queue as configured; if it exists with other arguments (a tutorial
+/// server declared it differently), uses it as it is.
+fn declare_request_queue(connection: &mut Connection, config: &ServerConfig) -> Result<()> {
+    let open_channel = |connection: &mut Connection| {
+        connection
+            .open_channel(None)
+            .map_err(|e| Error::broker("opening a channel", e))
+    };
+    let mut arguments = FieldTable::new();
+    if config.queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".to_owned(),
+            AmqpValue::LongString("quorum".to_owned()),
+        );
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        arguments,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = open_channel(connection)?;
+    let declared = channel
+        .queue_declare(config.queue.as_str(), options)
+        .map(|_| ());
+    match declared {
+        Ok(()) => {
+            let _ = channel.close();
+            Ok(())
+        }
+        Err(amiquip::Error::ServerClosedChannel { code, message, .. })
+            if code == PRECONDITION_FAILED =>
+        {
+            log::warn!(
+                "queue {} exists with other settings than ours ({message}); using it as it is",
+                config.queue
+            );
+            let channel = open_channel(connection)?;
+            channel
+                .queue_declare_passive(config.queue.as_str())
+                .map_err(|e| Error::broker(format!("using queue {}", config.queue), e))?;
+            let _ = channel.close();
+            Ok(())
+        }
+        Err(error) => Err(Error::broker(
+            format!("declaring queue {}", config.queue),
+            error,
+        )),
+    }
+}
+
+struct Worker {
+    queue: String,
+    prefetch: u16,
+    handler: Arc<Handler>,
+    stop: Receiver<()>,
+    served: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn run(self, channel: Channel, consuming: Sender<Result<()>>) -> SessionEnd {
+        let consumer = match channel
+            .qos(0, self.prefetch, false)
+            .and_then(|()| channel.basic_consume(self.queue.as_str(), ConsumerOptions::default()))
+        {
+            Ok(consumer) => consumer,
+            Err(error) => {
+                let reason = error.to_string();
+                let _ = consuming.send(Err(Error::broker(
+                    format!("consuming {}", self.queue),
+                    error,
+                )));
+                return SessionEnd::Lost(reason);
+            }
+        };
+        let _ = consuming.send(Ok(()));
+        drop(consuming);
+        loop {
+            crossbeam_channel::select! {
+                recv(consumer.receiver()) -> message => match message {
+                    Ok(ConsumerMessage::Delivery(delivery)) => {
+                        if let Err(error) = self.serve(&channel, delivery) {
+                            return SessionEnd::Lost(error.to_string());
+                        }
+                    }
+                    Ok(ConsumerMessage::ServerClosedConnection(error))
+                    | Ok(ConsumerMessage::ServerClosedChannel(error)) => {
+                        return SessionEnd::Lost(error.to_string())
+                    }
+                    Ok(ConsumerMessage::ServerCancelled) => {
+                        return SessionEnd::Lost(format!("the broker cancelled our consumer (queue {} deleted?)", self.queue))
+                    }
+                    Ok(_) | Err(_) => return SessionEnd::Lost("the connection was closed".into()),
+                },
+                recv(self.stop) -> _ => break,
+            }
+        }
+        // Stop: cancel, then serve whatever the broker sent before the cancel took effect, and
+        // leave only on the cancellation's own message, so nothing in hand goes unanswered.
+        if let Err(error) = consumer.cancel() {
+            return SessionEnd::Lost(error.to_string());
+        }
+        for message in consumer.receiver().iter() {
+            match message {
+                ConsumerMessage::Delivery(delivery) => {
+                    if let Err(error) = self.serve(&channel, delivery) {
+                        return SessionEnd::Lost(error.to_string());
+                    }
+                }
+                ConsumerMessage::ClientCancelled => break,
+                ConsumerMessage::ServerClosedConnection(error)
+                | ConsumerMessage::ServerClosedChannel(error) => {
+                    return SessionEnd::Lost(error.to_string())
+                }
+                _ => break,
+            }
+        }
+        drop(consumer);
+        let _ = channel.close();
+        SessionEnd::Stopped
+    }
+
+    /// Answers one request and acks it; an error here means the channel is gone.
+    fn serve(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let properties = &delivery.properties;
+        let Some(reply_to) = properties
+            .reply_to()
+            .clone()
+            .filter(|queue| !queue.is_empty())
+        else {
+            log::warn!(
+                "request {} has no reply_to: nobody to answer, dropping it",
+                protocol::quote(&delivery.body)
+            );
+            return delivery.ack(channel);
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery.body)))
+            .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
+        let mut reply_properties =
+            AmqpProperties::default().with_content_type(CONTENT_TYPE.to_owned());
+        if let Some(id) = properties.correlation_id() {
+            reply_properties = reply_properties.with_correlation_id(id.clone());
+        }
+        if let Some(mode) = properties.delivery_mode() {
+            reply_properties = reply_properties.with_delivery_mode(*mode);
+        }
+        let body = match outcome {
+            Ok(body) => {
+                log::debug!(
+                    "{} -> {} bytes",
+                    protocol::quote(&delivery.body),
+                    body.len()
+                );
+                body
+            }
+            Err(error) => {
+                log::debug!("{} -> error: {error}", protocol::quote(&delivery.body));
+                reply_properties = reply_properties.with_type_(ERROR_TYPE.to_owned());
+                error.message().as_bytes().to_vec()
+            }
+        };
+        channel.basic_publish(
+            "",
+            Publish::with_properties(&body, reply_to, reply_properties),
+        )?;
+        delivery.ack(channel)
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("internal error: the handler panicked ({detail})")
+}
+
+/// The wait before the next reconnection attempt: double the last, at most `max`.
+fn next_backoff(last: Duration, max: Duration) -> Duration {
+    (last * 2).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fibonacci_handler_answers_and_refuses() {
+        let handler = fibonacci_handler(1000);
+        assert_eq!(handler(b"10").unwrap(), b"55");
+        assert!(handler(b"1001").unwrap_err().message().contains("1000"));
+        assert!(handler(b"-1").is_err());
+    }
+
+    #[test]
+    fn panic_messages_are_readable() {
+        let panic = catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(
+            panic_message(&*panic),
+            "internal error: the handler panicked (boom 7)"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let max = Duration::from_secs(1);
+        let steps = std::iter::successors(Some(Duration::from_millis(100)), |last| {
+            Some(next_backoff(*last, max))
+        });
+        let millis: Vec<_> = steps.take(6).map(|step| step.as_millis()).collect();
+        assert_eq!(millis, [100, 200, 400, 800, 1000, 1000]);
+    }
+}
