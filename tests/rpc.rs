@@ -1,0 +1,339 @@
+//! Calls against a real broker and an in-process server.
+
+mod support;
+
+use amiquip::AmqpProperties;
+use fib_rpc::{fibonacci, protocol, HandlerError, RpcServer};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{RawPeer, TestQueue};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[test]
+fn round_trip() {
+    let queue = TestQueue::new("roundtrip");
+    let server = support::start_fib_server(&queue.name, 2);
+    let client = support::fib_client(&queue.name, TIMEOUT);
+    assert_eq!(client.call(10).unwrap().to_string(), "55");
+    assert_eq!(client.call(0).unwrap().to_string(), "0");
+    assert_eq!(client.call(1000).unwrap(), fibonacci(1000));
+    assert_eq!(client.rpc().pending_calls(), 0);
+    client.close().unwrap();
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_thousand_sequential_calls() {
+    let queue = TestQueue::new("sequential");
+    let server = support::start_fib_server(&queue.name, 2);
+    let client = support::fib_client(&queue.name, TIMEOUT);
+    for i in 0..1000u64 {
+        let n = i % 200;
+        assert_eq!(client.call(n).unwrap(), fibonacci(n), "fib({n})");
+    }
+    assert_eq!(server.served(), 1000);
+    client.close().unwrap();
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn several_threads_share_one_client() {
+    let queue = TestQueue::new("threads");
+    let server = support::start_fib_server(&queue.name, 2);
+    let client = Arc::new(support::fib_client(&queue.name, TIMEOUT));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let client = Arc::clone(&client);
+            std::thread::spawn(move || {
+                for i in 0..100u64 {
+                    let n = t * 100 + i;
+                    assert_eq!(client.call(n).unwrap(), fibonacci(n), "fib({n})");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(server.served(), 400);
+    assert_eq!(client.rpc().pending_calls(), 0);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn several_clients_in_parallel() {
+    let queue = TestQueue::new("clients");
+    let server = support::start_fib_server(&queue.name, 2);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let name = queue.name.clone();
+            std::thread::spawn(move || {
+                let client = support::fib_client(&name, TIMEOUT);
+                for n in (t * 50)..(t * 50 + 50) {
+                    assert_eq!(client.call(n).unwrap(), fibonacci(n));
+                }
+                client.close().unwrap();
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn two_servers_share_one_queue_and_both_get_work() {
+    let queue = TestQueue::new("two-servers");
+    let first = support::start_fib_server(&queue.name, 1);
+    let second = support::start_fib_server(&queue.name, 1);
+    let client = Arc::new(support::fib_client(&queue.name, TIMEOUT));
+    // Concurrent callers keep both consumers busy; prefetch 1 spreads requests between them.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let client = Arc::clone(&client);
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    assert_eq!(client.call(n).unwrap(), fibonacci(n));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let (a, b) = (first.served(), second.served());
+    assert_eq!(a + b, 200);
+    assert!(a > 0 && b > 0, "work was not shared: {a} and {b}");
+    first.shutdown().unwrap();
+    second.shutdown().unwrap();
+}
+
+#[test]
+fn missing_queue_fails_fast_with_no_server() {
+    let queue = TestQueue::new("missing");
+    let client = support::client();
+    let started = Instant::now();
+    let error = client
+        .call(&queue.name, b"5", Duration::from_secs(10))
+        .unwrap_err();
+    assert!(error.is_no_server(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.pending_calls(), 0);
+    assert!(
+        !queue.exists(),
+        "the client must never declare the request queue"
+    );
+}
+
+#[test]
+fn no_consumer_times_out_on_time_and_the_request_expires() {
+    let queue = TestQueue::new("no-consumer");
+    queue.declare_quorum();
+    let client = support::client();
+    let timeout = Duration::from_millis(700);
+    let started = Instant::now();
+    let error = client.call(&queue.name, b"5", timeout).unwrap_err();
+    let waited = started.elapsed();
+    assert!(error.is_timeout(), "{error}");
+    assert!(waited >= timeout, "gave up early: {waited:?}");
+    assert!(
+        waited < timeout + Duration::from_secs(2),
+        "gave up late: {waited:?}"
+    );
+    assert_eq!(
+        client.pending_calls(),
+        0,
+        "a timed-out call left its entry behind"
+    );
+    // The request carried expiration = timeout, so the broker drops it instead of keeping it
+    // for a server that would answer a caller who has gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue.counts().0 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stale request is still queued"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_input_gets_an_error_reply_and_the_server_keeps_serving() {
+    let queue = TestQueue::new("bad-input");
+    let server = support::start_fib_server(&queue.name, 2);
+    let client = support::client();
+    let bodies: &[&[u8]] = &[
+        b"",
+        b" ",
+        b"+5",
+        b"-1",
+        b"1e3",
+        b"0x10",
+        b"1.5",
+        b"\xff\xfe",
+        b"100001",
+        b"1000000000000000000000000000000",
+    ];
+    for body in bodies {
+        let error = client.call(&queue.name, body, TIMEOUT).unwrap_err();
+        let message = error
+            .remote_message()
+            .unwrap_or_else(|| panic!("{body:?}: {error}"));
+        assert!(!message.is_empty());
+    }
+    assert_eq!(client.call(&queue.name, b"10", TIMEOUT).unwrap(), b"55");
+    assert_eq!(server.served(), bodies.len() as u64 + 1);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn error_replies_are_marked_with_the_type_property_and_keep_the_correlation_id() {
+    let queue = TestQueue::new("error-reply");
+    let server = support::start_fib_server(&queue.name, 1);
+    let peer = RawPeer::new();
+    peer.publish(&queue.name, b"nope", peer.request_properties("id-1"));
+    let (properties, body) = peer.next_reply(TIMEOUT).expect("an error reply");
+    assert_eq!(properties.type_().as_deref(), Some(protocol::ERROR_TYPE));
+    assert_eq!(properties.correlation_id().as_deref(), Some("id-1"));
+    assert!(String::from_utf8(body).unwrap().contains("nope"));
+    peer.publish(&queue.name, b"12", peer.request_properties("id-2"));
+    let (properties, body) = peer.next_reply(TIMEOUT).expect("a reply");
+    assert_eq!(
+        properties.type_(),
+        &None,
+        "success replies carry no type, as in the tutorials"
+    );
+    assert_eq!(properties.correlation_id().as_deref(), Some("id-2"));
+    assert_eq!(body, b"144");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_request_without_reply_to_is_dropped_and_the_server_goes_on() {
+    let queue = TestQueue::new("no-reply-to");
+    let server = support::start_fib_server(&queue.name, 1);
+    let peer = RawPeer::new();
+    peer.publish(
+        &queue.name,
+        b"7",
+        AmqpProperties::default().with_correlation_id("x".into()),
+    );
+    let client = support::fib_client(&queue.name, TIMEOUT);
+    assert_eq!(client.call(7).unwrap().to_string(), "13");
+    assert_eq!(
+        server.served(),
+        2,
+        "the reply_to-less request was not consumed"
+    );
+    assert_eq!(
+        queue.counts().0,
+        0,
+        "nothing may pile up in the request queue"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_panicking_handler_gets_an_error_reply_and_the_worker_survives() {
+    let queue = TestQueue::new("panic");
+    let server = RpcServer::new(support::server_config(&queue.name, 1), |body: &[u8]| {
+        if body == b"boom" {
+            panic!("handler exploded");
+        }
+        Ok::<_, HandlerError>(body.to_vec())
+    })
+    .start()
+    .unwrap();
+    let client = support::client();
+    for _ in 0..3 {
+        let error = client.call(&queue.name, b"boom", TIMEOUT).unwrap_err();
+        assert!(
+            error.remote_message().unwrap().contains("handler exploded"),
+            "{error}"
+        );
+        // The one worker is still there.
+        assert_eq!(client.call(&queue.name, b"echo", TIMEOUT).unwrap(), b"echo");
+    }
+    assert_eq!(
+        queue.counts(),
+        (0, 1),
+        "the poison request must be acked, not redelivered"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn stray_and_duplicate_replies_never_answer_the_wrong_call() {
+    // A misbehaving server: before each real answer it sends a reply with a stranger's id, one
+    // without any id, and afterwards the same answer again (as after a redelivery).
+    let queue = TestQueue::new("stray");
+    queue.declare_classic(false);
+    let serving = queue.name.clone();
+    let (stop_sender, stop) = crossbeam_channel::bounded::<()>(0);
+    let server = std::thread::spawn(move || {
+        let mut connection = support::raw_connection();
+        let channel = connection.open_channel(None).unwrap();
+        let consumer = channel
+            .basic_consume(serving.as_str(), Default::default())
+            .unwrap();
+        loop {
+            crossbeam_channel::select! {
+                recv(consumer.receiver()) -> message => {
+                    let amiquip::ConsumerMessage::Delivery(delivery) = message.unwrap() else { break };
+                    let reply_to = delivery.properties.reply_to().clone().unwrap();
+                    let id = delivery.properties.correlation_id().clone().unwrap();
+                    let n: u64 = std::str::from_utf8(&delivery.body).unwrap().parse().unwrap();
+                    let answer = fibonacci(n).to_string();
+                    let send = |body: &[u8], properties: AmqpProperties| {
+                        channel.basic_publish("", amiquip::Publish::with_properties(body, reply_to.as_str(), properties)).unwrap();
+                    };
+                    send(b"666", AmqpProperties::default().with_correlation_id("stranger".into()));
+                    send(b"667", AmqpProperties::default());
+                    send(answer.as_bytes(), AmqpProperties::default().with_correlation_id(id.clone()));
+                    send(answer.as_bytes(), AmqpProperties::default().with_correlation_id(id));
+                    consumer.ack(delivery).unwrap();
+                }
+                recv(stop) -> _ => break,
+            }
+        }
+        // Close with the consumer still alive: dropping it first sends a cancel whose
+        // confirmation would reach a dropped receiver and kill the connection.
+        connection.close().unwrap();
+        drop(consumer);
+    });
+    let client = support::fib_client(&queue.name, TIMEOUT);
+    for n in [10u64, 11, 12, 13, 14] {
+        assert_eq!(client.call(n).unwrap(), fibonacci(n));
+    }
+    assert_eq!(client.rpc().pending_calls(), 0);
+    drop(stop_sender);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_stopping_server_finishes_the_request_in_hand() {
+    let queue = TestQueue::new("graceful");
+    let (started_sender, started) = crossbeam_channel::bounded(1);
+    let server = RpcServer::new(
+        support::server_config(&queue.name, 1),
+        move |body: &[u8]| {
+            let _ = started_sender.try_send(());
+            std::thread::sleep(Duration::from_millis(500));
+            Ok::<_, HandlerError>(body.to_vec())
+        },
+    )
+    .start()
+    .unwrap();
+    let client = support::client();
+    let pending = client.send(&queue.name, b"slow", TIMEOUT).unwrap();
+    started.recv_timeout(TIMEOUT).expect("the handler started");
+    server.shutdown().unwrap();
+    assert_eq!(pending.wait().unwrap(), b"slow");
+    assert_eq!(queue.counts(), (0, 0));
+}

@@ -1,0 +1,314 @@
+//! Shared test support: the real broker, unique queue names that clean up after themselves,
+//! in-process and out-of-process servers, and a raw AMQP peer for sending arbitrary requests.
+#![allow(dead_code)] // each test crate uses its own part of this module
+
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use fib_rpc::{
+    fibonacci_handler, ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueType, RpcClient,
+    RpcServer, ServerConfig, ServerHandle,
+};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The broker the suite runs against: `AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| fib_rpc::DEFAULT_URL.to_owned())
+}
+
+/// A raw amiquip connection to the test broker. Panics with instructions if there is none:
+/// a test that needs the broker never skips silently.
+pub fn raw_connection() -> Connection {
+    Connection::insecure_open(&amqp_url()).unwrap_or_else(|error| {
+        panic!(
+            "cannot reach the RabbitMQ broker at {} ({error}); run scripts/broker.sh, \
+             or scripts/test.sh which starts it",
+            redact(&amqp_url())
+        )
+    })
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}***{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A queue name of this test's own, deleted (with anything in it) when dropped.
+pub struct TestQueue {
+    pub name: String,
+}
+
+impl TestQueue {
+    pub fn new(prefix: &str) -> TestQueue {
+        TestQueue {
+            name: format!("test-{prefix}-{}", uuid::Uuid::new_v4()),
+        }
+    }
+
+    /// Declares it the way the official tutorials do today: durable, quorum.
+    pub fn declare_quorum(&self) {
+        declare(&self.name, QueueType::Quorum, true);
+    }
+
+    /// Declares it as a plain classic queue.
+    pub fn declare_classic(&self, durable: bool) {
+        declare(&self.name, QueueType::Classic, durable);
+    }
+
+    /// (messages ready, consumers) as the broker reports them.
+    pub fn counts(&self) -> (u32, u32) {
+        let mut connection = raw_connection();
+        let channel = connection.open_channel(None).unwrap();
+        let queue = channel.queue_declare_passive(self.name.as_str()).unwrap();
+        let counts = (
+            queue.declared_message_count().unwrap(),
+            queue.declared_consumer_count().unwrap(),
+        );
+        drop(queue);
+        drop(channel);
+        connection.close().unwrap();
+        counts
+    }
+
+    pub fn exists(&self) -> bool {
+        let mut connection = raw_connection();
+        let channel = connection.open_channel(None).unwrap();
+        let exists = channel.queue_declare_passive(self.name.as_str()).is_ok();
+        drop(channel);
+        let _ = connection.close();
+        exists
+    }
+}
+
+impl Drop for TestQueue {
+    fn drop(&mut self) {
+        if let Ok(mut connection) = Connection::insecure_open(&amqp_url()) {
+            if let Ok(channel) = connection.open_channel(None) {
+                let _ = channel.queue_delete(self.name.as_str(), QueueDeleteOptions::default());
+            }
+            let _ = connection.close();
+        }
+    }
+}
+
+fn declare(name: &str, queue_type: QueueType, durable: bool) {
+    let mut connection = raw_connection();
+    let channel = connection.open_channel(None).unwrap();
+    let mut arguments = FieldTable::new();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AmqpValue::LongString("quorum".into()),
+        );
+    }
+    channel
+        .queue_declare(
+            name,
+            QueueDeclareOptions {
+                durable,
+                arguments,
+                ..QueueDeclareOptions::default()
+            },
+        )
+        .unwrap();
+    drop(channel);
+    connection.close().unwrap();
+}
+
+pub fn server_config(queue: &str, workers: usize) -> ServerConfig {
+    ServerConfig {
+        connection: ConnectionConfig::new(amqp_url()),
+        queue: queue.to_owned(),
+        workers,
+        ..ServerConfig::default()
+    }
+}
+
+/// An in-process Fibonacci server on `queue`, consuming when this returns.
+pub fn start_fib_server(queue: &str, workers: usize) -> ServerHandle {
+    RpcServer::new(
+        server_config(queue, workers),
+        fibonacci_handler(fib_rpc::DEFAULT_MAX_N),
+    )
+    .start()
+    .expect("start the server")
+}
+
+pub fn client() -> RpcClient {
+    RpcClient::connect(&amqp_url()).expect("connect a client")
+}
+
+pub fn fib_client(queue: &str, timeout: Duration) -> FibonacciRpcClient {
+    let config = ClientConfig {
+        connection: ConnectionConfig::new(amqp_url()),
+        call_timeout: timeout,
+    };
+    FibonacciRpcClient::new(RpcClient::with_config(config).expect("connect a client"))
+        .with_queue(queue)
+}
+
+/// A bare AMQP peer with an exclusive reply queue, for requests no well-behaved client sends.
+pub struct RawPeer {
+    connection: Option<Connection>,
+    channel: Channel,
+    pub reply_queue: String,
+}
+
+impl RawPeer {
+    pub fn new() -> RawPeer {
+        let mut connection = raw_connection();
+        let channel = connection.open_channel(None).unwrap();
+        let reply_queue = channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+            )
+            .unwrap()
+            .name()
+            .to_owned();
+        RawPeer {
+            connection: Some(connection),
+            channel,
+            reply_queue,
+        }
+    }
+
+    /// Publishes `body` to `queue` with exactly these properties.
+    pub fn publish(&self, queue: &str, body: &[u8], properties: AmqpProperties) {
+        self.channel
+            .basic_publish("", Publish::with_properties(body, queue, properties))
+            .unwrap();
+    }
+
+    /// Properties of a well-formed request answering to this peer.
+    pub fn request_properties(&self, correlation_id: &str) -> AmqpProperties {
+        AmqpProperties::default()
+            .with_reply_to(self.reply_queue.clone())
+            .with_correlation_id(correlation_id.to_owned())
+    }
+
+    /// The next message in the reply queue, if one arrives within `timeout`.
+    pub fn next_reply(&self, timeout: Duration) -> Option<(AmqpProperties, Vec<u8>)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(get) = self
+                .channel
+                .basic_get(self.reply_queue.as_str(), true)
+                .unwrap()
+            {
+                return Some((get.delivery.properties, get.delivery.body));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close();
+        }
+    }
+}
+
+/// A `fib-server` process on its own queue; SIGTERMed (and reaped) when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    /// Starts the real binary and waits until it logs that it is serving.
+    pub fn start(queue: &str, extra_args: &[&str]) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fib-server"))
+            .args(["--queue", queue])
+            .args(extra_args)
+            .env("AMQP_URL", amqp_url())
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fib-server");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_sender, ready) = crossbeam_channel::bounded(1);
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("serving fib on queue") {
+                    let _ = ready_sender.try_send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut process = ServerProcess { child, log };
+        if ready.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = process.child.kill();
+            panic!(
+                "fib-server did not start: {:?}",
+                process.log.lock().unwrap()
+            );
+        }
+        process
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                panic!("fib-server did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Log lines that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
