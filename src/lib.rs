@@ -87,3 +87,8 @@ pub use fib::fibonacci;
 pub use server::{
     fibonacci_handler, Handler, RpcServer, ServerHandle, ShutdownTrigger, DEFAULT_MAX_N,
 };
+
+/// The README's Rust example is compiled as a doc test, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
