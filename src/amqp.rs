@@ -92,8 +92,10 @@ pub(crate) fn parse_url(config: &ConnectionConfig) -> Result<Endpoint> {
     Ok(endpoint)
 }
 
-/// Opens a connection; `name` shows in the management UI's client properties.
-pub(crate) fn open(config: &ConnectionConfig, name: &str) -> Result<Connection> {
+/// Opens a connection, labelled `config.connection_name`, else `default_name`, in the broker's
+/// list of connections.
+pub(crate) fn open(config: &ConnectionConfig, default_name: &str) -> Result<Connection> {
+    let name = config.connection_name.as_deref().unwrap_or(default_name);
     let endpoint = parse_url(config)?;
     let address = endpoint.address();
     let connect_error = |reason: String| Error::Connect {

@@ -11,13 +11,20 @@ use amiquip::{
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use num_bigint::BigUint;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 /// AMQP reply code of a mandatory message the broker could not route to any queue.
 const NO_ROUTE: u16 = 312;
+
+/// AMQP reply code of a passive declaration of a queue that does not exist.
+const NOT_FOUND: u16 = 404;
+
+/// How long a queue seen with consumers is trusted to still have them.
+const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// A blocking RPC client for any request queue that speaks the tutorial-6 protocol.
 ///
@@ -69,6 +76,9 @@ impl RpcClient {
     pub fn send(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<PendingReply> {
         let deadline = Instant::now() + timeout;
         let session = self.session()?;
+        if self.config.require_consumer {
+            session.ensure_consumer(queue)?;
+        }
         let correlation_id = Uuid::new_v4().to_string();
         let reply = session.pending.register(correlation_id.clone());
         let pending = PendingReply {
@@ -86,7 +96,8 @@ impl RpcClient {
             .with_reply_to(session.reply_queue.clone())
             .with_correlation_id(pending.correlation_id.clone())
             .with_content_type(CONTENT_TYPE.to_owned())
-            .with_expiration(expiration_millis(timeout));
+            .with_expiration(expiration_millis(timeout))
+            .with_headers(protocol::deadline_headers(SystemTime::now(), timeout));
         let publish = Publish {
             mandatory: true,
             ..Publish::with_properties(body, queue, properties)
@@ -198,6 +209,11 @@ fn expiration_millis(timeout: Duration) -> String {
 struct Session {
     connection: Mutex<Option<Connection>>,
     publisher: Mutex<Channel>,
+    /// For passive declarations, which close their channel when the queue is missing; opened
+    /// on first use so that a failed check never disturbs publishing.
+    inspector: Mutex<Option<Channel>>,
+    /// Queues seen with consumers, until when that answer is trusted.
+    served_until: Mutex<HashMap<String, Instant>>,
     reply_queue: String,
     pending: Arc<Pending>,
     lost: Arc<Mutex<Option<String>>>,
@@ -238,11 +254,70 @@ impl Session {
         Ok(Session {
             connection: Mutex::new(Some(connection)),
             publisher: Mutex::new(publisher),
+            inspector: Mutex::new(None),
+            served_until: Mutex::new(HashMap::new()),
             reply_queue,
             pending,
             lost,
             reader: Mutex::new(Some(reader)),
         })
+    }
+
+    /// Fails with [`Error::NoServer`] if `queue` is missing or has no consumer.
+    fn ensure_consumer(&self, queue: &str) -> Result<()> {
+        let now = Instant::now();
+        if lock(&self.served_until)
+            .get(queue)
+            .is_some_and(|until| *until > now)
+        {
+            return Ok(());
+        }
+        let consumers = self.consumer_count(queue)?;
+        if consumers == 0 {
+            return Err(Error::NoServer {
+                queue: queue.to_owned(),
+                reason: "the queue exists but no server is consuming it".to_owned(),
+            });
+        }
+        lock(&self.served_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
+        Ok(())
+    }
+
+    fn consumer_count(&self, queue: &str) -> Result<u32> {
+        let mut inspector = lock(&self.inspector);
+        if inspector.is_none() {
+            let mut connection = lock(&self.connection);
+            let connection = connection
+                .as_mut()
+                .ok_or_else(|| Error::ConnectionLost("the client is closed".to_owned()))?;
+            let channel = connection
+                .open_channel(None)
+                .map_err(|error| self.connection_error(error))?;
+            *inspector = Some(channel);
+        }
+        let channel = inspector.as_ref().expect("opened above");
+        match channel.queue_declare_passive(queue) {
+            Ok(declared) => Ok(declared.declared_consumer_count().unwrap_or(0)),
+            Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+                // The broker closed the channel; the next check opens a fresh one.
+                *inspector = None;
+                Err(if code == NOT_FOUND {
+                    Error::NoServer {
+                        queue: queue.to_owned(),
+                        reason: format!("no queue named {queue:?} exists"),
+                    }
+                } else {
+                    Error::Broker {
+                        operation: format!("checking queue {queue:?}"),
+                        reason: format!("{code} {message}"),
+                    }
+                })
+            }
+            Err(error) => {
+                *inspector = None;
+                Err(self.connection_error(error))
+            }
+        }
     }
 
     fn publisher(&self) -> MutexGuard<'_, Channel> {

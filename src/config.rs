@@ -20,6 +20,10 @@ pub struct ConnectionConfig {
     pub heartbeat: Duration,
     /// Bound on the TCP connect and the AMQP handshake together; default 5 s.
     pub connect_timeout: Duration,
+    /// Shown by the broker as the connection's `information` client property (`rabbitmqctl
+    /// list_connections client_properties`, the management UI); default: none, and the
+    /// connection is labelled `fib-rpc client` or `fib-rpc server on <queue>`.
+    pub connection_name: Option<String>,
 }
 
 impl Default for ConnectionConfig {
@@ -28,6 +32,7 @@ impl Default for ConnectionConfig {
             url: DEFAULT_URL.to_owned(),
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            connection_name: None,
         }
     }
 }
@@ -49,6 +54,12 @@ pub struct ClientConfig {
     pub connection: ConnectionConfig,
     /// Timeout of [`FibonacciRpcClient::call`](crate::FibonacciRpcClient::call); default 5 s.
     pub call_timeout: Duration,
+    /// If true (default), a call to a queue that exists but has no consumer fails at once with
+    /// [`Error::NoServer`] instead of waiting out its timeout. The consumer count is asked of
+    /// the broker on a separate channel and a positive answer is trusted for one second, so the
+    /// check costs nothing on the hot path. Set false to queue work for a server that will start
+    /// within the call's timeout.
+    pub require_consumer: bool,
 }
 
 impl Default for ClientConfig {
@@ -56,6 +67,7 @@ impl Default for ClientConfig {
         ClientConfig {
             connection: ConnectionConfig::default(),
             call_timeout: Duration::from_secs(5),
+            require_consumer: true,
         }
     }
 }

@@ -32,7 +32,8 @@
 //!     Ok(text.to_uppercase().into_bytes())
 //! })
 //! .start()?;
-//! server.wait()
+//! server.wait()?;
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -85,7 +86,8 @@ pub use config::{
 pub use error::{Error, HandlerError, Result};
 pub use fib::fibonacci;
 pub use server::{
-    fibonacci_handler, Handler, RpcServer, ServerHandle, ShutdownTrigger, DEFAULT_MAX_N,
+    fibonacci_handler, Handler, RpcServer, ServerHandle, ServerStats, ShutdownTrigger,
+    DEFAULT_MAX_N,
 };
 
 /// The README's Rust example is compiled as a doc test, so it cannot drift from the API.

@@ -6,16 +6,24 @@
 //!   ASCII decimal, exactly what the tutorial servers send.
 //! * Error reply: the same, with the AMQP `type` property set to [`ERROR_TYPE`] and a
 //!   human-readable UTF-8 message as body. Tutorial clients that ignore `type` see a non-numeric body.
+//! * Our requests also carry `expiration` (the call's timeout in milliseconds, so the broker drops
+//!   a request nobody took in time) and a [`DEADLINE_HEADER`] (when the caller stops waiting, in
+//!   milliseconds since the Unix epoch, so a server skips a request that waited in its prefetch
+//!   buffer too long). Both are optional: tutorial requests have neither and are always served.
 
 use crate::error::{Error, HandlerError, Result};
-use amiquip::AmqpProperties;
+use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use num_bigint::BigUint;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Value of the AMQP `type` property on error replies.
 pub const ERROR_TYPE: &str = "error";
 
 /// `content_type` of every request and reply we publish.
 pub const CONTENT_TYPE: &str = "text/plain";
+
+/// Request header holding the caller's deadline, in milliseconds since the Unix epoch.
+pub const DEADLINE_HEADER: &str = "x-deadline-ms";
 
 /// How many bytes of an offending body an error message quotes.
 const QUOTE_LIMIT: usize = 40;
@@ -76,6 +84,39 @@ pub fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Vec<u8
         Err(Error::Remote(String::from_utf8_lossy(&body).into_owned()))
     } else {
         Ok(body)
+    }
+}
+
+/// Request headers announcing that the caller stops waiting `timeout` after `now`.
+pub fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable {
+    let deadline = now + timeout;
+    let millis = deadline.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    });
+    let mut headers = FieldTable::new();
+    headers.insert(DEADLINE_HEADER.to_owned(), AmqpValue::LongLongInt(millis));
+    headers
+}
+
+/// True if the request announces a deadline that has passed at `now`. Requests without a
+/// (readable) deadline never expire here.
+pub fn is_expired(properties: &AmqpProperties, now: SystemTime) -> bool {
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get(DEADLINE_HEADER))
+    else {
+        return false;
+    };
+    let deadline_millis = match value {
+        AmqpValue::LongLongInt(millis) => u64::try_from(*millis).ok(),
+        AmqpValue::LongInt(millis) => u64::try_from(*millis).ok(),
+        AmqpValue::LongUInt(millis) => Some(u64::from(*millis)),
+        _ => None,
+    };
+    match deadline_millis {
+        Some(millis) => UNIX_EPOCH + Duration::from_millis(millis) < now,
+        None => false,
     }
 }
 
@@ -153,6 +194,33 @@ mod tests {
         let error = AmqpProperties::default().with_type_(ERROR_TYPE.to_string());
         let remote = decode_reply(&error, b"bad n".to_vec()).unwrap_err();
         assert_eq!(remote.remote_message(), Some("bad n"));
+    }
+
+    #[test]
+    fn a_request_expires_once_its_deadline_has_passed() {
+        let sent = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let properties = AmqpProperties::default()
+            .with_headers(deadline_headers(sent, Duration::from_millis(1500)));
+        assert!(!is_expired(&properties, sent));
+        assert!(!is_expired(&properties, sent + Duration::from_millis(1500)));
+        assert!(is_expired(&properties, sent + Duration::from_millis(1501)));
+    }
+
+    #[test]
+    fn requests_without_a_readable_deadline_never_expire() {
+        let far_future = UNIX_EPOCH + Duration::from_secs(u32::MAX.into());
+        assert!(!is_expired(&AmqpProperties::default(), far_future));
+        let mut headers = FieldTable::new();
+        headers.insert(DEADLINE_HEADER.into(), AmqpValue::LongString("soon".into()));
+        headers.insert("other".into(), AmqpValue::Boolean(true));
+        let odd = AmqpProperties::default().with_headers(headers);
+        assert!(!is_expired(&odd, far_future));
+        let mut negative = FieldTable::new();
+        negative.insert(DEADLINE_HEADER.into(), AmqpValue::LongLongInt(-5));
+        assert!(!is_expired(
+            &AmqpProperties::default().with_headers(negative),
+            far_future
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What a service does with a request body: the reply body, or a message for an error reply.
 pub type Handler = dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync;
@@ -24,6 +24,53 @@ pub const DEFAULT_MAX_N: u64 = 100_000;
 
 /// AMQP reply code for a declaration that conflicts with an existing queue.
 const PRECONDITION_FAILED: u16 = 406;
+
+/// `reply_to` prefix of RabbitMQ's direct reply-to pseudo-queues.
+const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+/// Counts of what a server did with the requests it received, since it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Requests answered with a success reply.
+    pub answered: u64,
+    /// Requests answered with an error reply (bad input, handler error or panic).
+    pub error_replies: u64,
+    /// Requests skipped because the caller's deadline had passed.
+    pub expired: u64,
+    /// Requests dropped because they had no `reply_to`.
+    pub unanswerable: u64,
+}
+
+impl ServerStats {
+    /// Every request taken off the queue and acked.
+    pub fn total(&self) -> u64 {
+        self.answered + self.error_replies + self.expired + self.unanswerable
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    answered: AtomicU64,
+    error_replies: AtomicU64,
+    expired: AtomicU64,
+    unanswerable: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ServerStats {
+        ServerStats {
+            answered: self.answered.load(Ordering::Relaxed),
+            error_replies: self.error_replies.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
+            unanswerable: self.unanswerable.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
 /// The Fibonacci service: body = n as ASCII decimal, reply = fib(n) as ASCII decimal, n at most
 /// `max_n`.
@@ -64,12 +111,12 @@ impl RpcServer {
         self.config.validate()?;
         let (stop_sender, stop) = crossbeam_channel::bounded::<()>(0);
         let (ready_sender, ready) = crossbeam_channel::bounded(1);
-        let served = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let supervisor = Supervisor {
             config: self.config,
             handler: self.handler,
             stop,
-            served: Arc::clone(&served),
+            counters: Arc::clone(&counters),
         };
         let thread = std::thread::Builder::new()
             .name("fib-rpc-server".into())
@@ -78,7 +125,7 @@ impl RpcServer {
         let handle = ServerHandle {
             stopper: ShutdownTrigger(Arc::new(Mutex::new(Some(stop_sender)))),
             thread,
-            served,
+            counters,
         };
         match ready.recv() {
             Ok(Ok(())) => Ok(handle),
@@ -101,7 +148,7 @@ impl RpcServer {
 pub struct ServerHandle {
     stopper: ShutdownTrigger,
     thread: JoinHandle<Result<()>>,
-    served: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl ServerHandle {
@@ -110,22 +157,25 @@ impl ServerHandle {
         self.stopper.clone()
     }
 
-    /// Requests handled so far, error replies included.
-    pub fn served(&self) -> u64 {
-        self.served.load(Ordering::Relaxed)
+    /// What the server did with the requests it received so far.
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
     }
 
-    /// Stops taking requests, finishes and acks those in hand, closes the connection.
-    pub fn shutdown(self) -> Result<()> {
+    /// Stops taking requests, finishes and acks those in hand, closes the connection; returns
+    /// the final counts.
+    pub fn shutdown(self) -> Result<ServerStats> {
         self.stopper.trigger();
         self.wait()
     }
 
-    /// Blocks until the server has been stopped through a [`ShutdownTrigger`].
-    pub fn wait(self) -> Result<()> {
+    /// Blocks until the server has been stopped through a [`ShutdownTrigger`]; returns the
+    /// final counts.
+    pub fn wait(self) -> Result<ServerStats> {
         self.thread
             .join()
-            .map_err(|_| Error::Config("the server thread panicked".into()))?
+            .map_err(|_| Error::Config("the server thread panicked".into()))??;
+        Ok(self.counters.snapshot())
     }
 }
 
@@ -153,7 +203,7 @@ struct Supervisor {
     config: ServerConfig,
     handler: Arc<Handler>,
     stop: Receiver<()>,
-    served: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl Supervisor {
@@ -189,7 +239,8 @@ impl Supervisor {
     }
 
     fn serve_one_connection(&self, ready: &mut Option<Sender<Result<()>>>) -> Result<SessionEnd> {
-        let mut connection = amqp::open(&self.config.connection, "fib-rpc server")?;
+        let name = format!("fib-rpc server on {}", self.config.queue);
+        let mut connection = amqp::open(&self.config.connection, &name)?;
         declare_request_queue(&mut connection, &self.config)?;
         let (exit_sender, exits) = crossbeam_channel::unbounded();
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
@@ -202,7 +253,7 @@ impl Supervisor {
                 prefetch: self.config.prefetch,
                 handler: Arc::clone(&self.handler),
                 stop: self.stop.clone(),
-                served: Arc::clone(&self.served),
+                counters: Arc::clone(&self.counters),
             };
             let (exit_sender, consuming_sender) = (exit_sender.clone(), consuming_sender.clone());
             std::thread::Builder::new()
@@ -311,7 +362,7 @@ struct Worker {
     prefetch: u16,
     handler: Arc<Handler>,
     stop: Receiver<()>,
-    served: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl Worker {
@@ -379,7 +430,7 @@ impl Worker {
 
     /// Answers one request and acks it; an error here means the channel is gone.
     fn serve(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
-        self.served.fetch_add(1, Ordering::Relaxed);
+        let counters = &self.counters;
         let properties = &delivery.properties;
         let Some(reply_to) = properties
             .reply_to()
@@ -390,8 +441,17 @@ impl Worker {
                 "request {} has no reply_to: nobody to answer, dropping it",
                 protocol::quote(&delivery.body)
             );
+            count(&counters.unanswerable);
             return delivery.ack(channel);
         };
+        if protocol::is_expired(properties, SystemTime::now()) {
+            log::debug!(
+                "request {} expired before we took it: skipped",
+                protocol::quote(&delivery.body)
+            );
+            count(&counters.expired);
+            return delivery.ack(channel);
+        }
         let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery.body)))
             .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
         let mut reply_properties =
@@ -409,19 +469,28 @@ impl Worker {
                     protocol::quote(&delivery.body),
                     body.len()
                 );
+                count(&counters.answered);
                 body
             }
             Err(error) => {
                 log::debug!("{} -> error: {error}", protocol::quote(&delivery.body));
+                count(&counters.error_replies);
                 reply_properties = reply_properties.with_type_(ERROR_TYPE.to_owned());
                 error.message().as_bytes().to_vec()
             }
         };
-        channel.basic_publish(
-            "",
-            Publish::with_properties(&body, reply_to, reply_properties),
-        )?;
-        delivery.ack(channel)
+        let reply = Publish::with_properties(&body, reply_to.as_str(), reply_properties);
+        if reply_to.starts_with(DIRECT_REPLY_TO_PREFIX) {
+            // A malformed direct reply-to address makes RabbitMQ close the whole connection
+            // (541 INTERNAL_ERROR) on publish. Ack first, so such a request cannot come back
+            // and take the server down again; a direct reply-to caller is bound to its live
+            // channel anyway, so a redelivered answer could not reach a restarted caller.
+            delivery.ack(channel)?;
+            channel.basic_publish("", reply)
+        } else {
+            channel.basic_publish("", reply)?;
+            delivery.ack(channel)
+        }
     }
 }
 

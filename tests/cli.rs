@@ -65,7 +65,14 @@ fn usage_errors_exit_2() {
 fn no_reply_in_time_exits_75() {
     let queue = TestQueue::new("cli-timeout");
     queue.declare_quorum();
-    let output = fib_client(&["--queue", &queue.name, "--timeout", "0.5", "5"]);
+    let output = fib_client(&[
+        "--queue",
+        &queue.name,
+        "--wait-for-server",
+        "--timeout",
+        "0.5",
+        "5",
+    ]);
     assert_eq!(output.status.code(), Some(75), "{}", stderr(&output));
     assert!(stderr(&output).contains("no reply"), "{}", stderr(&output));
 }
@@ -85,7 +92,20 @@ fn no_broker_or_no_queue_exits_69() {
     let queue = TestQueue::new("cli-missing");
     let output = fib_client(&["--queue", &queue.name, "5"]);
     assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
-    assert!(stderr(&output).contains("no server"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no queue named"),
+        "{}",
+        stderr(&output)
+    );
+
+    queue.declare_quorum();
+    let output = fib_client(&["--queue", &queue.name, "5"]);
+    assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no server is consuming"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]

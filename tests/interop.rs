@@ -172,7 +172,7 @@ fn a_tutorial_client_calls_our_server_and_a_tutorial_server_joins_our_quorum_que
     }
     drop(stop_sender);
     let served_by_theirs = theirs.join().unwrap();
-    assert_eq!(ours.served() + served_by_theirs, 42);
+    assert_eq!(ours.stats().total() + served_by_theirs, 42);
     ours.shutdown().unwrap();
 }
 
@@ -189,9 +189,9 @@ fn our_server_uses_a_queue_an_old_tutorial_declared_differently() {
     }
     drop(stop_sender);
     let served_by_theirs = theirs.join().unwrap();
-    assert_eq!(ours.served() + served_by_theirs, 20);
+    assert_eq!(ours.stats().total() + served_by_theirs, 20);
     assert!(
-        ours.served() > 0,
+        ours.stats().total() > 0,
         "our server never served the shared queue"
     );
     ours.shutdown().unwrap();

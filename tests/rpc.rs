@@ -32,7 +32,7 @@ fn a_thousand_sequential_calls() {
         let n = i % 200;
         assert_eq!(client.call(n).unwrap(), fibonacci(n), "fib({n})");
     }
-    assert_eq!(server.served(), 1000);
+    assert_eq!(server.stats().total(), 1000);
     client.close().unwrap();
     server.shutdown().unwrap();
 }
@@ -56,7 +56,7 @@ fn several_threads_share_one_client() {
     for thread in threads {
         thread.join().unwrap();
     }
-    assert_eq!(server.served(), 400);
+    assert_eq!(server.stats().total(), 400);
     assert_eq!(client.rpc().pending_calls(), 0);
     server.shutdown().unwrap();
 }
@@ -103,7 +103,7 @@ fn two_servers_share_one_queue_and_both_get_work() {
     for thread in threads {
         thread.join().unwrap();
     }
-    let (a, b) = (first.served(), second.served());
+    let (a, b) = (first.stats().total(), second.stats().total());
     assert_eq!(a + b, 200);
     assert!(a > 0 && b > 0, "work was not shared: {a} and {b}");
     first.shutdown().unwrap();
@@ -132,10 +132,32 @@ fn missing_queue_fails_fast_with_no_server() {
 }
 
 #[test]
-fn no_consumer_times_out_on_time_and_the_request_expires() {
+fn a_queue_without_consumers_fails_fast_with_no_server() {
     let queue = TestQueue::new("no-consumer");
     queue.declare_quorum();
     let client = support::client();
+    let started = Instant::now();
+    let error = client
+        .call(&queue.name, b"5", Duration::from_secs(10))
+        .unwrap_err();
+    assert!(error.is_no_server(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(queue.counts().0, 0, "the request must not have been queued");
+    // As soon as a server consumes the queue, the same client is served.
+    let server = support::start_fib_server(&queue.name, 1);
+    assert_eq!(client.call(&queue.name, b"5", TIMEOUT).unwrap(), b"5");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn without_a_server_a_patient_call_times_out_on_time_and_the_request_expires() {
+    let queue = TestQueue::new("patient");
+    queue.declare_quorum();
+    let client = support::patient_client();
     let timeout = Duration::from_millis(700);
     let started = Instant::now();
     let error = client.call(&queue.name, b"5", timeout).unwrap_err();
@@ -164,6 +186,18 @@ fn no_consumer_times_out_on_time_and_the_request_expires() {
 }
 
 #[test]
+fn a_patient_call_is_answered_by_a_server_that_starts_later() {
+    let queue = TestQueue::new("late-server");
+    queue.declare_quorum();
+    let client = support::patient_client();
+    let pending = client.send(&queue.name, b"20", TIMEOUT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = support::start_fib_server(&queue.name, 1);
+    assert_eq!(pending.wait().unwrap(), b"6765");
+    server.shutdown().unwrap();
+}
+
+#[test]
 fn bad_input_gets_an_error_reply_and_the_server_keeps_serving() {
     let queue = TestQueue::new("bad-input");
     let server = support::start_fib_server(&queue.name, 2);
@@ -188,7 +222,7 @@ fn bad_input_gets_an_error_reply_and_the_server_keeps_serving() {
         assert!(!message.is_empty());
     }
     assert_eq!(client.call(&queue.name, b"10", TIMEOUT).unwrap(), b"55");
-    assert_eq!(server.served(), bodies.len() as u64 + 1);
+    assert_eq!(server.stats().total(), bodies.len() as u64 + 1);
     server.shutdown().unwrap();
 }
 
@@ -227,7 +261,7 @@ fn a_request_without_reply_to_is_dropped_and_the_server_goes_on() {
     let client = support::fib_client(&queue.name, TIMEOUT);
     assert_eq!(client.call(7).unwrap().to_string(), "13");
     assert_eq!(
-        server.served(),
+        server.stats().total(),
         2,
         "the reply_to-less request was not consumed"
     );
@@ -276,12 +310,14 @@ fn stray_and_duplicate_replies_never_answer_the_wrong_call() {
     queue.declare_classic(false);
     let serving = queue.name.clone();
     let (stop_sender, stop) = crossbeam_channel::bounded::<()>(0);
+    let (ready_sender, ready) = crossbeam_channel::bounded(1);
     let server = std::thread::spawn(move || {
         let mut connection = support::raw_connection();
         let channel = connection.open_channel(None).unwrap();
         let consumer = channel
             .basic_consume(serving.as_str(), Default::default())
             .unwrap();
+        ready_sender.send(()).unwrap();
         loop {
             crossbeam_channel::select! {
                 recv(consumer.receiver()) -> message => {
@@ -307,6 +343,9 @@ fn stray_and_duplicate_replies_never_answer_the_wrong_call() {
         connection.close().unwrap();
         drop(consumer);
     });
+    ready
+        .recv_timeout(TIMEOUT)
+        .expect("the stray server started");
     let client = support::fib_client(&queue.name, TIMEOUT);
     for n in [10u64, 11, 12, 13, 14] {
         assert_eq!(client.call(n).unwrap(), fibonacci(n));

@@ -22,6 +22,10 @@ struct Args {
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 5.0, value_parser = parse_timeout)]
     timeout: f64,
+    /// Queue the request even if no server consumes the queue yet (a server that starts within
+    /// the timeout answers it); without this flag that fails at once with exit code 69.
+    #[arg(long)]
+    wait_for_server: bool,
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
@@ -54,6 +58,7 @@ fn run(args: &Args) -> Result<(), Error> {
     let config = ClientConfig {
         connection: ConnectionConfig::new(args.amqp_url.as_str()),
         call_timeout: Duration::from_secs_f64(args.timeout),
+        require_consumer: !args.wait_for_server,
     };
     let client = FibonacciRpcClient::new(RpcClient::with_config(config)?).with_queue(&args.queue);
     let mut stdout = std::io::stdout().lock();

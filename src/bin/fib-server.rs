@@ -78,7 +78,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    server.wait()?;
-    log::info!("stopped");
+    let stats = server.wait()?;
+    log::info!(
+        "stopped: {} answered, {} error replies, {} expired skipped, {} without reply_to",
+        stats.answered,
+        stats.error_replies,
+        stats.expired,
+        stats.unanswerable
+    );
     Ok(())
 }

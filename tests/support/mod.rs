@@ -146,10 +146,27 @@ pub fn client() -> RpcClient {
     RpcClient::connect(&amqp_url()).expect("connect a client")
 }
 
+/// Client settings for the test broker.
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        connection: ConnectionConfig::new(amqp_url()),
+        ..ClientConfig::default()
+    }
+}
+
+/// A client that queues requests even when no server consumes the queue yet.
+pub fn patient_client() -> RpcClient {
+    RpcClient::with_config(ClientConfig {
+        require_consumer: false,
+        ..client_config()
+    })
+    .expect("connect a client")
+}
+
 pub fn fib_client(queue: &str, timeout: Duration) -> FibonacciRpcClient {
     let config = ClientConfig {
-        connection: ConnectionConfig::new(amqp_url()),
         call_timeout: timeout,
+        ..client_config()
     };
     FibonacciRpcClient::new(RpcClient::with_config(config).expect("connect a client"))
         .with_queue(queue)
