@@ -211,30 +211,29 @@ impl Supervisor {
         let mut ready = Some(ready);
         let mut backoff = self.config.reconnect_initial;
         loop {
-            let end = match self.serve_one_connection(&mut ready) {
-                Ok(end) => end,
+            match self.serve_one_connection(&mut ready) {
+                Ok(SessionEnd::Stopped) => return Ok(()),
+                Ok(SessionEnd::Lost(reason)) => {
+                    // It was serving: a fresh loss starts the backoff over.
+                    backoff = self.config.reconnect_initial;
+                    log::warn!("connection lost ({reason}); reconnecting in {backoff:?}");
+                }
                 Err(error) => match ready.take() {
                     Some(ready) => {
                         let _ = ready.send(Err(error));
                         return Ok(());
                     }
-                    None => SessionEnd::Lost(error.to_string()),
+                    None => log::warn!("reconnecting failed ({error}); next try in {backoff:?}"),
                 },
-            };
-            match end {
-                SessionEnd::Stopped => return Ok(()),
-                SessionEnd::Lost(reason) => {
-                    log::warn!("connection lost ({reason}); reconnecting in {backoff:?}");
-                    if self
-                        .stop
-                        .recv_timeout(backoff)
-                        .is_err_and(|e| e.is_disconnected())
-                    {
-                        return Ok(());
-                    }
-                    backoff = next_backoff(backoff, self.config.reconnect_max);
-                }
             }
+            if self
+                .stop
+                .recv_timeout(backoff)
+                .is_err_and(|e| e.is_disconnected())
+            {
+                return Ok(());
+            }
+            backoff = next_backoff(backoff, self.config.reconnect_max);
         }
     }
 
