@@ -255,7 +255,7 @@ impl ServerProcess {
             .args(["--queue", queue])
             .args(extra_args)
             .env("AMQP_URL", amqp_url())
-            .env("RUST_LOG", "debug")
+            .env("RUST_LOG", "warn,fib_rpc=debug,fib_server=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -327,5 +327,79 @@ impl Drop for ServerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Closes, from the broker's side, every connection whose client properties contain `needle`
+/// (our connections carry their name in the `information` property). Returns how many.
+pub fn close_broker_connections(needle: &str) -> usize {
+    let listing = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl must be installed for the fault-injection tests");
+    assert!(
+        listing.status.success(),
+        "rabbitmqctl list_connections failed"
+    );
+    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
+    let pids: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        let status = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                pid,
+                "fault injected by a fib-rpc test",
+            ])
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "rabbitmqctl close_connection {pid} failed"
+        );
+    }
+    pids.len()
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), so a failing fuzz run can be
+/// replayed from its seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
     }
 }

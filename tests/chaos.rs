@@ -1,0 +1,509 @@
+//! Faults injected for real against the real broker and the real `fib-server` binary.
+//!
+//! Every test has its own queue and touches only its own connections, so the suite can run in
+//! parallel and beside a production server on `rpc_queue`.
+
+mod support;
+
+use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+use fib_rpc::{fibonacci, Error, FibonacciRpcClient, HandlerError, RpcServer};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::{RawPeer, ServerProcess, TestQueue};
+
+/// What a load run saw: correct answers, and every error.
+#[derive(Default, Debug)]
+struct LoadOutcome {
+    correct: usize,
+    errors: Vec<Error>,
+}
+
+/// Calls from `threads` threads on one shared client until stopped; `done` counts the calls
+/// that returned.
+struct Load {
+    done: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<LoadOutcome>>,
+}
+
+impl Load {
+    fn start(client: &Arc<FibonacciRpcClient>, threads: u64) -> Load {
+        let done = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|t| {
+                let (client, done, stop) =
+                    (Arc::clone(client), Arc::clone(&done), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    let mut outcome = LoadOutcome::default();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Large enough n that a request spends real time in a worker's hands.
+                        let n = 20_000 + (t * 7919 + i) % 5000;
+                        match client.call(n) {
+                            Ok(value) => {
+                                assert_eq!(value, fibonacci(n), "wrong answer for fib({n})");
+                                outcome.correct += 1;
+                            }
+                            Err(error) => outcome.errors.push(error),
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    outcome
+                })
+            })
+            .collect();
+        Load {
+            done,
+            stop,
+            threads,
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further calls have returned.
+    fn wait_for(&self, more: usize) {
+        let target = self.done() + more;
+        support::wait_until(
+            &format!("{target} calls have returned"),
+            Duration::from_secs(60),
+            || self.done() >= target,
+        );
+    }
+
+    fn finish(self) -> LoadOutcome {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadOutcome::default();
+        for thread in self.threads {
+            let outcome = thread.join().expect("a load thread panicked");
+            total.correct += outcome.correct;
+            total.errors.extend(outcome.errors);
+        }
+        total
+    }
+}
+
+/// The final counts a `fib-server` logs when it stops: (answered, error replies, expired).
+fn final_counts(server: &ServerProcess) -> (u64, u64, u64) {
+    let log = server.log.lock().unwrap();
+    let line = log
+        .iter()
+        .find(|line| line.contains("stopped: "))
+        .unwrap_or_else(|| panic!("no final counts in the log: {log:?}"));
+    let numbers: Vec<u64> = line
+        .split("stopped: ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse().unwrap())
+        .collect();
+    (numbers[0], numbers[1], numbers[2])
+}
+
+#[test]
+fn chaos_1_kill_9_one_of_two_servers_mid_load_loses_nothing() {
+    let queue = TestQueue::new("chaos-kill");
+    let victim = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let _survivor = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let client = Arc::new(support::fib_client(&queue.name, Duration::from_secs(20)));
+    let load = Load::start(&client, 8);
+    load.wait_for(200);
+    victim.signal("KILL");
+    let at_kill = load.done();
+    load.wait_for(400);
+    let outcome = load.finish();
+    assert!(
+        outcome.errors.is_empty(),
+        "calls failed: {:?}",
+        outcome.errors
+    );
+    eprintln!(
+        "kill -9: {} calls, every one answered correctly; the kill came after {at_kill}",
+        outcome.correct
+    );
+    assert_eq!(client.rpc().pending_calls(), 0);
+    assert_eq!(
+        queue.counts(),
+        (0, 2),
+        "the survivor's 2 workers, nothing left over"
+    );
+}
+
+#[test]
+fn chaos_2_server_connection_closed_by_the_broker_recovers() {
+    let queue = TestQueue::new("chaos-server-conn");
+    let server = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let client = Arc::new(support::fib_client(&queue.name, Duration::from_secs(5)));
+    let load = Load::start(&client, 4);
+    load.wait_for(100);
+    let closed_at = Instant::now();
+    let closed = support::close_broker_connections(&format!("fib-rpc server on {}", queue.name));
+    assert_eq!(closed, 1, "the server's one connection");
+    support::wait_until("the server consumes again", Duration::from_secs(10), || {
+        server.log_lines_with("reconnected: consuming") == 1 && queue.counts().1 == 2
+    });
+    let recovered_in = closed_at.elapsed();
+    load.wait_for(200);
+    let outcome = load.finish();
+    // Calls that met the outage may fail, but only with a clear, typed error, and none hung
+    // (each returned within its 5 s timeout or the load would not have finished).
+    for error in &outcome.errors {
+        assert!(
+            error.is_no_server() || error.is_timeout(),
+            "unclear error: {error}"
+        );
+    }
+    eprintln!(
+        "server reconnected {recovered_in:?} after the close was requested; {} of {} calls failed meanwhile",
+        outcome.errors.len(),
+        outcome.correct + outcome.errors.len()
+    );
+    for n in 0..20 {
+        assert_eq!(client.call(n).unwrap(), fibonacci(n), "after recovery");
+    }
+}
+
+#[test]
+fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_reconnects() {
+    let queue = TestQueue::new("chaos-client-conn");
+    let (started_sender, started) = crossbeam_channel::unbounded();
+    let server = RpcServer::new(
+        support::server_config(&queue.name, 2),
+        move |body: &[u8]| {
+            if body == b"slow" {
+                let _ = started_sender.send(());
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            Ok::<_, HandlerError>(body.to_vec())
+        },
+    )
+    .start()
+    .unwrap();
+    let name = format!("chaos client {}", uuid::Uuid::new_v4());
+    let mut config = support::client_config();
+    config.connection.connection_name = Some(name.clone());
+    let client = fib_rpc::RpcClient::with_config(config).unwrap();
+    let in_flight = client
+        .send(&queue.name, b"slow", Duration::from_secs(30))
+        .unwrap();
+    started.recv_timeout(Duration::from_secs(5)).unwrap();
+    let closed_at = Instant::now();
+    assert_eq!(support::close_broker_connections(&name), 1);
+    let error = in_flight.wait().unwrap_err();
+    let failed_after = closed_at.elapsed();
+    assert!(error.is_connection(), "{error}");
+    assert!(
+        error.to_string().contains("fault injected") || error.to_string().contains("320"),
+        "the real cause is kept: {error}"
+    );
+    assert!(
+        failed_after < Duration::from_secs(5),
+        "took {failed_after:?}"
+    );
+    eprintln!("in-flight call failed {failed_after:?} after the close: {error}");
+    assert_eq!(
+        client
+            .call(&queue.name, b"again", Duration::from_secs(5))
+            .unwrap(),
+        b"again",
+        "the next call reconnects"
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn chaos_4_sigterm_one_of_two_servers_mid_load_answers_everything() {
+    let queue = TestQueue::new("chaos-sigterm");
+    let mut leaving = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let _staying = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let client = Arc::new(support::fib_client(&queue.name, Duration::from_secs(20)));
+    let load = Load::start(&client, 8);
+    load.wait_for(200);
+    leaving.signal("TERM");
+    assert_eq!(leaving.wait_exit(Duration::from_secs(15)), Some(0));
+    load.wait_for(200);
+    let outcome = load.finish();
+    assert!(
+        outcome.errors.is_empty(),
+        "calls failed: {:?}",
+        outcome.errors
+    );
+    let (answered, _, _) = final_counts(&leaving);
+    assert!(answered > 0, "the leaving server never took part");
+    eprintln!(
+        "SIGTERM: the leaving server answered {answered} of {} calls, none failed",
+        outcome.correct
+    );
+}
+
+#[test]
+fn chaos_5_no_server_fails_fast_for_a_missing_queue_and_an_idle_one() {
+    let queue = TestQueue::new("chaos-no-server");
+    let client = support::fib_client(&queue.name, Duration::from_secs(10));
+    let started = Instant::now();
+    let missing = client.call(5).unwrap_err();
+    let missing_after = started.elapsed();
+    queue.declare_quorum();
+    let started = Instant::now();
+    let idle = client.call(5).unwrap_err();
+    let idle_after = started.elapsed();
+    assert!(missing.is_no_server(), "{missing}");
+    assert!(idle.is_no_server(), "{idle}");
+    assert!(missing_after < Duration::from_secs(1), "{missing_after:?}");
+    assert!(idle_after < Duration::from_secs(1), "{idle_after:?}");
+    eprintln!(
+        "no server: missing queue {missing_after:?}, idle queue {idle_after:?} (timeout 10 s)"
+    );
+}
+
+#[test]
+fn chaos_6_stale_requests_are_never_computed() {
+    let queue = TestQueue::new("chaos-stale");
+    queue.declare_quorum();
+    let client = Arc::new(support::patient_client());
+    let stale: Vec<_> = (0..20)
+        .map(|n| {
+            let body = n.to_string();
+            client
+                .send(&queue.name, body.as_bytes(), Duration::from_millis(300))
+                .unwrap()
+        })
+        .collect();
+    for pending in stale {
+        assert!(pending.wait().unwrap_err().is_timeout());
+    }
+    // A request that reaches a server after its caller's deadline (here: no broker expiration,
+    // a deadline header already in the past) is skipped, not computed.
+    let peer = RawPeer::new();
+    let mut headers = FieldTable::new();
+    let past = std::time::SystemTime::now() - Duration::from_secs(1);
+    let past_ms = past
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    headers.insert(
+        fib_rpc::protocol::DEADLINE_HEADER.into(),
+        AmqpValue::LongLongInt(past_ms as i64),
+    );
+    peer.publish(
+        &queue.name,
+        b"30",
+        peer.request_properties("late").with_headers(headers),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut server = ServerProcess::start(&queue.name, &["--workers", "1"]);
+    support::wait_until("the late request is taken", Duration::from_secs(10), || {
+        queue.counts().0 == 0
+    });
+    assert_eq!(
+        client
+            .call(&queue.name, b"12", Duration::from_secs(5))
+            .unwrap(),
+        b"144"
+    );
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    let (answered, error_replies, expired) = final_counts(&server);
+    assert_eq!(
+        (answered, error_replies, expired),
+        (1, 0, 1),
+        "only the fresh call computed; 20 expired at the broker, 1 skipped by the server"
+    );
+    assert!(peer.next_reply(Duration::from_millis(200)).is_none());
+}
+
+/// Random header values of every type amiquip and RabbitMQ both understand.
+fn random_value(rng: &mut support::Rng, depth: u32) -> AmqpValue {
+    match rng.below(if depth > 1 { 10 } else { 12 }) {
+        0 => AmqpValue::Boolean(rng.chance(50)),
+        1 => AmqpValue::ShortShortInt(rng.next() as i8),
+        2 => AmqpValue::LongInt(rng.next() as i32),
+        3 => AmqpValue::LongUInt(rng.next() as u32),
+        4 => AmqpValue::LongLongInt(rng.next() as i64),
+        5 => AmqpValue::Float(f32::from_bits(rng.next() as u32)),
+        6 => AmqpValue::Double(f64::from_bits(rng.next())),
+        7 => AmqpValue::LongString({
+            let len = rng.below(40) as usize;
+            String::from_utf8_lossy(&rng.bytes(len)).into_owned()
+        }),
+        8 => AmqpValue::Timestamp(rng.next()),
+        9 => {
+            let len = rng.below(40) as usize;
+            AmqpValue::ByteArray(rng.bytes(len))
+        }
+        10 => AmqpValue::FieldArray(
+            (0..rng.below(4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
+        _ => AmqpValue::FieldTable(random_table(rng, depth + 1)),
+    }
+}
+
+fn random_table(rng: &mut support::Rng, depth: u32) -> FieldTable {
+    let mut table = FieldTable::new();
+    for i in 0..rng.below(5) {
+        table.insert(format!("x-fuzz-{i}"), random_value(rng, depth));
+    }
+    table
+}
+
+fn random_body(rng: &mut support::Rng) -> Vec<u8> {
+    match rng.below(8) {
+        0 => Vec::new(),
+        1 => rng.below(200_000).to_string().into_bytes(),
+        2 => format!("{}", rng.below(1000)).into_bytes(),
+        3 => format!("-{}", rng.below(1000)).into_bytes(),
+        4 => format!(" {} ", rng.below(1000)).into_bytes(),
+        5 => (0..rng.below(60))
+            .map(|_| b'0' + (rng.below(10) as u8))
+            .collect(),
+        _ => {
+            let len = rng.below(64) as usize;
+            rng.bytes(len)
+        }
+    }
+}
+
+#[test]
+fn chaos_7_fuzzed_requests_never_crash_a_worker_and_every_answerable_one_is_answered() {
+    let queue = TestQueue::new("chaos-fuzz");
+    let mut server = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let peer = RawPeer::new();
+    let elsewhere = format!("test-nowhere-{}", uuid::Uuid::new_v4());
+    let mut rng = support::Rng::new(0x5eed_f1b0);
+    let mut expected = HashSet::new();
+    let mut answerable_without_id = 0usize;
+    for i in 0..1000u32 {
+        let mut body = random_body(&mut rng);
+        if i == 500 {
+            body = vec![b'7'; 10 * 1024 * 1024];
+        }
+        let mut properties = AmqpProperties::default();
+        let answerable = match rng.below(10) {
+            0 => false,
+            1 => {
+                properties = properties.with_reply_to(String::new());
+                false
+            }
+            2 => {
+                properties = properties.with_reply_to(elsewhere.clone());
+                false
+            }
+            _ => {
+                properties = properties.with_reply_to(peer.reply_queue.clone());
+                true
+            }
+        };
+        let id = format!("fuzz-{i}");
+        if rng.chance(85) {
+            properties = properties.with_correlation_id(id.clone());
+            if answerable {
+                expected.insert(id);
+            }
+        } else if answerable {
+            answerable_without_id += 1;
+        }
+        if rng.chance(40) {
+            properties = properties.with_headers(random_table(&mut rng, 0));
+        }
+        if rng.chance(30) {
+            properties =
+                properties.with_content_type(String::from_utf8_lossy(&rng.bytes(8)).into_owned());
+        }
+        if rng.chance(20) {
+            properties = properties
+                .with_type_(["error", "", "request", "x"][rng.below(4) as usize].to_owned());
+        }
+        if rng.chance(20) {
+            properties = properties.with_delivery_mode(1 + rng.below(2) as u8);
+        }
+        if rng.chance(20) {
+            properties = properties.with_priority(rng.below(10) as u8);
+        }
+        if rng.chance(20) {
+            properties = properties.with_message_id(format!("m{}", rng.next()));
+        }
+        if rng.chance(20) {
+            properties = properties.with_timestamp(rng.next() >> 32);
+        }
+        if rng.chance(10) {
+            properties = properties.with_app_id("fuzzer".to_owned());
+        }
+        peer.publish(&queue.name, &body, properties);
+    }
+    let mut answered = HashSet::new();
+    let mut without_id = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.len() < expected.len() || without_id < answerable_without_id {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} answerable requests answered",
+            answered.len() + without_id,
+            expected.len() + answerable_without_id
+        );
+        let Some((properties, _)) = peer.next_reply(Duration::from_secs(1)) else {
+            continue;
+        };
+        match properties.correlation_id() {
+            Some(id) => assert!(answered.insert(id.clone()), "{id} answered twice"),
+            None => without_id += 1,
+        }
+    }
+    assert_eq!(answered, expected);
+    assert!(
+        peer.next_reply(Duration::from_millis(300)).is_none(),
+        "an extra reply"
+    );
+    assert_eq!(
+        queue.counts(),
+        (0, 2),
+        "nothing piled up; both workers still consuming"
+    );
+    let client = support::fib_client(&queue.name, Duration::from_secs(5));
+    assert_eq!(client.call(40).unwrap(), fibonacci(40));
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(server.log_lines_with("panicked"), 0);
+    assert_eq!(server.log_lines_with("connection lost"), 0);
+    let (answered, error_replies, _) = final_counts(&server);
+    eprintln!(
+        "fuzz: 1000 requests, {} answerable: {answered} success and {error_replies} error replies in all",
+        expected.len() + answerable_without_id
+    );
+}
+
+#[test]
+fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
+    let queue = TestQueue::new("chaos-reply-to");
+    let server = ServerProcess::start(&queue.name, &["--workers", "1"]);
+    let peer = RawPeer::new();
+    for suffix in ["AAAA.x", "g2sAAWE=.k", "!!!.x"] {
+        let properties = AmqpProperties::default()
+            .with_reply_to(format!("amq.rabbitmq.reply-to.{suffix}"))
+            .with_correlation_id(suffix.to_owned());
+        peer.publish(&queue.name, b"5", properties);
+    }
+    // Each one costs the server its connection once, and only once: it was acked first.
+    support::wait_until("three connection losses", Duration::from_secs(20), || {
+        server.log_lines_with("connection lost") == 3
+    });
+    support::wait_until("the server consumes again", Duration::from_secs(20), || {
+        server.log_lines_with("reconnected: consuming") == 3 && queue.counts() == (0, 1)
+    });
+    let client = support::fib_client(&queue.name, Duration::from_secs(10));
+    assert_eq!(client.call(25).unwrap(), fibonacci(25));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        server.log_lines_with("connection lost"),
+        3,
+        "a poison request came back"
+    );
+}
