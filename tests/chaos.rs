@@ -507,3 +507,39 @@ fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
         "a poison request came back"
     );
 }
+
+#[test]
+fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_the_queue() {
+    let queue = TestQueue::new("chaos-second-signal");
+    let mut server = ServerProcess::start(&queue.name, &["--workers", "1", "--max-n", "100000000"]);
+    let client = support::client();
+    // fib(3000000) takes seconds: the request is certainly still in hand when the signals come.
+    let slow = client
+        .send(&queue.name, b"3000000", Duration::from_secs(60))
+        .unwrap();
+    support::wait_until("the request is taken", Duration::from_secs(10), || {
+        queue.counts().0 == 0
+    });
+    server.signal("TERM");
+    support::wait_until("the server begins to stop", Duration::from_secs(10), || {
+        server.log_lines_with("finishing requests in hand") == 1
+    });
+    let second_at = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(130));
+    let exited_after = second_at.elapsed();
+    assert!(
+        exited_after < Duration::from_secs(2),
+        "took {exited_after:?}"
+    );
+    // Unacked, the request returns to the queue for the next server: nothing is lost.
+    support::wait_until(
+        "the request is back in the queue",
+        Duration::from_secs(10),
+        || queue.counts() == (1, 0),
+    );
+    let _next = ServerProcess::start(&queue.name, &["--workers", "1", "--max-n", "100000000"]);
+    let value = slow.wait().expect("answered by the next server");
+    assert_eq!(value, fibonacci(3_000_000).to_string().into_bytes());
+    eprintln!("second signal: exit 130 after {exited_after:?}; the request was answered by the next server");
+}
