@@ -1,7 +1,7 @@
 //! The blocking client: one connection, one exclusive callback queue, many calls.
 
 use crate::amqp;
-use crate::config::{ClientConfig, ConnectionConfig, DEFAULT_QUEUE};
+use crate::config::{ClientConfig, ConnectionConfig, ReplyMode, DEFAULT_QUEUE};
 use crate::error::{Error, Result};
 use crate::pending::{Outcome, Pending};
 use crate::protocol::{self, CONTENT_TYPE};
@@ -19,6 +19,9 @@ use uuid::Uuid;
 
 /// AMQP reply code of a mandatory message the broker could not route to any queue.
 const NO_ROUTE: u16 = 312;
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// AMQP reply code of a passive declaration of a queue that does not exist.
 const NOT_FOUND: u16 = 404;
@@ -51,7 +54,7 @@ impl RpcClient {
 
     /// Connects with these settings. Fails at once if the broker cannot be reached.
     pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
-        let session = Session::open(&config.connection)?;
+        let session = Session::open(&config)?;
         Ok(RpcClient {
             config,
             session: Mutex::new(Some(Arc::new(session))),
@@ -69,6 +72,23 @@ impl RpcClient {
     /// [`Error::NoServer`] if no queue of that name exists, or [`Error::ConnectionLost`].
     pub fn call(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.send(queue, body, timeout)?.wait()
+    }
+
+    /// Sends every body to `queue` before waiting for any reply, then collects the replies in
+    /// the order of `bodies`. Each call's `timeout` runs from its own send.
+    pub fn call_many<B: AsRef<[u8]>>(
+        &self,
+        queue: &str,
+        bodies: &[B],
+        timeout: Duration,
+    ) -> Vec<Result<Vec<u8>>> {
+        let sent: Vec<_> = bodies
+            .iter()
+            .map(|body| self.send(queue, body.as_ref(), timeout))
+            .collect();
+        sent.into_iter()
+            .map(|pending| pending.and_then(PendingReply::wait))
+            .collect()
     }
 
     /// Sends `body` to `queue` without waiting; the reply is collected with
@@ -141,7 +161,7 @@ impl RpcClient {
         if let Some(dead) = current.take() {
             let _ = dead.close();
         }
-        let session = Arc::new(Session::open(&self.config.connection)?);
+        let session = Arc::new(Session::open(&self.config)?);
         *current = Some(Arc::clone(&session));
         Ok(session)
     }
@@ -221,39 +241,55 @@ struct Session {
 }
 
 impl Session {
-    fn open(config: &ConnectionConfig) -> Result<Session> {
-        let mut connection = amqp::open(config, "fib-rpc client")?;
-        let open_channel = |connection: &mut Connection| {
-            connection
-                .open_channel(None)
-                .map_err(|e| Error::broker("opening a channel", e))
-        };
-        let consumer_channel = open_channel(&mut connection)?;
-        let publisher = open_channel(&mut connection)?;
-        let returns = publisher
+    fn open(config: &ClientConfig) -> Result<Session> {
+        let mut connection = amqp::open(&config.connection, "fib-rpc client")?;
+        let channel = connection
+            .open_channel(None)
+            .map_err(|e| Error::broker("opening a channel", e))?;
+        let returns = channel
             .listen_for_returns()
             .map_err(|e| Error::broker("listening for returned messages", e))?;
+        let (reply_queue, consumer) = match config.reply_mode {
+            ReplyMode::CallbackQueue => {
+                let options = QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                };
+                let name = channel
+                    .queue_declare("", options)
+                    .map_err(|e| Error::broker("declaring the callback queue", e))?
+                    .name()
+                    .to_owned();
+                (name.clone(), channel.basic_consume(name, no_ack()))
+            }
+            ReplyMode::DirectReplyTo => (
+                DIRECT_REPLY_TO.to_owned(),
+                channel.basic_consume(DIRECT_REPLY_TO, no_ack()),
+            ),
+        };
+        let consumer = consumer.map_err(|e| Error::broker("consuming replies", e))?;
+        let replies = consumer.receiver().clone();
+        // amiquip's Consumer borrows its channel, but callers must publish on this very channel
+        // (direct reply-to demands it) from any thread. Forgetting the handle keeps the
+        // subscription alive, without a borrow, for as long as the channel: it ends when the
+        // connection closes, and never with a cancel whose confirmation could reach a dropped
+        // receiver and take the connection down. What stays allocated is the consumer tag and
+        // one reference to the delivery queue, once per connection.
+        std::mem::forget(consumer);
         let pending = Arc::new(Pending::default());
         let lost = Arc::new(Mutex::new(None));
-        let (ready_sender, ready) = crossbeam_channel::bounded(1);
         let reader = ReplyReader {
             pending: Arc::clone(&pending),
             lost: Arc::clone(&lost),
-            returns,
         };
         let reader = std::thread::Builder::new()
             .name("fib-rpc-replies".into())
-            .spawn(move || reader.run(consumer_channel, ready_sender))
+            .spawn(move || reader.run(&replies, returns))
             .map_err(|e| Error::Config(format!("cannot start the reply reader thread: {e}")))?;
-        let reply_queue = match ready.recv() {
-            Ok(Ok(name)) => name,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(Error::ConnectionLost("the reply reader stopped".into())),
-        };
-        log::debug!("client ready, callback queue {reply_queue}");
+        log::debug!("client ready, replies to {reply_queue}");
         Ok(Session {
             connection: Mutex::new(Some(connection)),
-            publisher: Mutex::new(publisher),
+            publisher: Mutex::new(channel),
             inspector: Mutex::new(None),
             served_until: Mutex::new(HashMap::new()),
             reply_queue,
@@ -350,61 +386,29 @@ impl Session {
     }
 }
 
-/// The thread that owns the callback queue's consumer and routes what arrives.
+/// The thread that routes replies and returned requests to their callers.
 struct ReplyReader {
     pending: Arc<Pending>,
     lost: Arc<Mutex<Option<String>>>,
-    returns: Receiver<Return>,
 }
 
 impl ReplyReader {
-    fn run(self, channel: Channel, ready: crossbeam_channel::Sender<Result<String>>) {
-        let declared = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-            )
-            .map_err(|e| Error::broker("declaring the callback queue", e));
-        let queue = match declared {
-            Ok(queue) => queue,
-            Err(error) => {
-                let _ = ready.send(Err(error));
-                return;
-            }
-        };
-        let options = ConsumerOptions {
-            no_ack: true,
-            ..ConsumerOptions::default()
-        };
-        let consumer = match queue.consume(options) {
-            Ok(consumer) => consumer,
-            Err(error) => {
-                let _ = ready.send(Err(Error::broker("consuming the callback queue", error)));
-                return;
-            }
-        };
-        let _ = ready.send(Ok(queue.name().to_owned()));
-        let mut returns = self.returns.clone();
-        // Leave only on a non-delivery message or a disconnect: dropping a consumer while its
-        // cancellation is still in flight can take the whole amiquip connection down.
+    fn run(self, replies: &Receiver<ConsumerMessage>, mut returns: Receiver<Return>) {
         let reason = loop {
             crossbeam_channel::select! {
-                recv(consumer.receiver()) -> message => match message {
+                recv(replies) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => self.route_reply(delivery),
                     Ok(ConsumerMessage::ServerClosedConnection(error))
                     | Ok(ConsumerMessage::ServerClosedChannel(error)) => break error.to_string(),
                     Ok(ConsumerMessage::ServerCancelled) => {
-                        break "the broker cancelled the callback queue consumer (queue deleted?)"
+                        break "the broker cancelled the reply consumer (callback queue deleted?)"
                             .to_owned()
                     }
                     Ok(_) | Err(_) => break "the client closed the connection".to_owned(),
                 },
                 recv(returns) -> returned => match returned {
                     Ok(returned) => self.route_return(returned),
-                    // The channel is gone; the consumer will tell us why.
+                    // The channel is gone; the reply consumer will tell us why.
                     Err(_) => returns = crossbeam_channel::never(),
                 },
             }
@@ -487,6 +491,16 @@ impl FibonacciRpcClient {
         protocol::parse_biguint(&body)
     }
 
+    /// fib(n) for every n, all requests sent before any reply is awaited; results in order.
+    pub fn call_many(&self, numbers: &[u64]) -> Vec<Result<BigUint>> {
+        let bodies: Vec<String> = numbers.iter().map(u64::to_string).collect();
+        self.rpc
+            .call_many(&self.queue, &bodies, self.timeout)
+            .into_iter()
+            .map(|reply| reply.and_then(|body| protocol::parse_biguint(&body)))
+            .collect()
+    }
+
     /// The generic client underneath.
     pub fn rpc(&self) -> &RpcClient {
         &self.rpc
@@ -495,6 +509,13 @@ impl FibonacciRpcClient {
     /// Closes the connection.
     pub fn close(self) -> Result<()> {
         self.rpc.close()
+    }
+}
+
+fn no_ack() -> ConsumerOptions {
+    ConsumerOptions {
+        no_ack: true,
+        ..ConsumerOptions::default()
     }
 }
 

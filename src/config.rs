@@ -60,6 +60,20 @@ pub struct ClientConfig {
     /// check costs nothing on the hot path. Set false to queue work for a server that will start
     /// within the call's timeout.
     pub require_consumer: bool,
+    /// Where replies come back; default [`ReplyMode::CallbackQueue`].
+    pub reply_mode: ReplyMode,
+}
+
+/// How a client receives its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    /// An exclusive, server-named callback queue per connection, as in the tutorial (default).
+    #[default]
+    CallbackQueue,
+    /// RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): no queue at all; replies go straight
+    /// to the client's channel. Needs RabbitMQ; a reply arriving after the connection is gone is
+    /// dropped by the broker.
+    DirectReplyTo,
 }
 
 impl Default for ClientConfig {
@@ -68,6 +82,7 @@ impl Default for ClientConfig {
             connection: ConnectionConfig::default(),
             call_timeout: Duration::from_secs(5),
             require_consumer: true,
+            reply_mode: ReplyMode::default(),
         }
     }
 }

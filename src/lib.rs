@@ -81,7 +81,7 @@ mod server;
 
 pub use client::{FibonacciRpcClient, PendingReply, RpcClient};
 pub use config::{
-    ClientConfig, ConnectionConfig, QueueType, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,
+    ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,
 };
 pub use error::{Error, HandlerError, Result};
 pub use fib::fibonacci;

@@ -117,3 +117,19 @@ fn the_server_stops_cleanly_on_sigterm() {
     assert_eq!(server.wait_exit(Duration::from_secs(10)), Some(0));
     assert_eq!(queue.counts(), (0, 0));
 }
+
+#[test]
+fn five_hundred_numbers_in_one_invocation() {
+    let queue = TestQueue::new("cli-many");
+    let _server = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let numbers: Vec<String> = (1..=500).map(|n| n.to_string()).collect();
+    let mut args = vec!["--queue", queue.name.as_str()];
+    args.extend(numbers.iter().map(String::as_str));
+    let output = fib_client(&args);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
+    let expected: Vec<String> = (1..=500u64)
+        .map(|n| fib_rpc::fibonacci(n).to_string())
+        .collect();
+    assert_eq!(lines, expected);
+}
