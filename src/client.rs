@@ -9,11 +9,10 @@ use amiquip::{
     AmqpProperties, Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish,
     QueueDeclareOptions, Return,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use num_bigint::BigUint;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
@@ -31,10 +30,11 @@ const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// A blocking RPC client for any request queue that speaks the tutorial-6 protocol.
 ///
-/// One connection and one exclusive, server-named callback queue serve every call. A reader
-/// thread routes each reply to its caller by `correlation_id`; replies nobody waits for (late
-/// replies of timed-out calls, duplicates after a redelivery, strangers) are logged at debug and
-/// dropped. The client is `Send + Sync`: share it between threads behind an `Arc`.
+/// One connection and one exclusive, server-named callback queue (or direct reply-to) serve
+/// every call. Waiting callers read the replies and route each to its caller by
+/// `correlation_id`; replies nobody waits for (late replies of timed-out calls, duplicates after
+/// a redelivery, strangers) are logged at debug and dropped. The client is `Send + Sync`: share
+/// it between threads behind an `Arc`.
 ///
 /// If the connection is lost, calls in flight fail with [`Error::ConnectionLost`] and the next
 /// call reconnects with a new callback queue.
@@ -109,6 +109,7 @@ impl RpcClient {
             timeout,
             deadline,
         };
+        session.dispatch_ready();
         if let Some(reason) = session.lost_reason() {
             return Err(Error::ConnectionLost(reason));
         }
@@ -194,18 +195,36 @@ impl PendingReply {
     }
 
     /// Blocks until the reply arrives or the call's timeout (counted from the send) passes.
+    ///
+    /// While it waits, the caller itself reads the connection's replies and hands each to the
+    /// caller it belongs to: a reply reaches a lone caller with no thread in between.
     pub fn wait(self) -> Result<Vec<u8>> {
-        match self.reply.recv_deadline(self.deadline) {
-            Ok(outcome) => outcome,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
-                queue: self.queue.clone(),
-                timeout: self.timeout,
-            }),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::ConnectionLost(
-                self.session
-                    .lost_reason()
-                    .unwrap_or_else(|| "the reply reader stopped".to_owned()),
-            )),
+        let session = &self.session;
+        loop {
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            crossbeam_channel::select! {
+                recv(self.reply) -> outcome => {
+                    return outcome.unwrap_or_else(|_| Err(session.lost_error("the call was dropped")))
+                }
+                recv(session.replies) -> message => match message {
+                    Ok(message) => session.dispatch(message),
+                    Err(_) => session.connection_gone(),
+                },
+                recv(session.returns) -> returned => match returned {
+                    Ok(returned) => session.route_return(returned),
+                    Err(_) => session.connection_gone(),
+                },
+                default(remaining) => {
+                    // A reply may have been routed to us in the last instant.
+                    return match self.reply.try_recv() {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(Error::Timeout {
+                            queue: self.queue.clone(),
+                            timeout: self.timeout,
+                        }),
+                    };
+                }
+            }
         }
     }
 }
@@ -228,6 +247,7 @@ fn expiration_millis(timeout: Duration) -> String {
 /// One connection's worth of client state; replaced wholesale after a connection loss.
 struct Session {
     connection: Mutex<Option<Connection>>,
+    /// Requests go out on the channel that consumes the replies (direct reply-to demands it).
     publisher: Mutex<Channel>,
     /// For passive declarations, which close their channel when the queue is missing; opened
     /// on first use so that a failed check never disturbs publishing.
@@ -235,9 +255,13 @@ struct Session {
     /// Queues seen with consumers, until when that answer is trusted.
     served_until: Mutex<HashMap<String, Instant>>,
     reply_queue: String,
-    pending: Arc<Pending>,
-    lost: Arc<Mutex<Option<String>>>,
-    reader: Mutex<Option<JoinHandle<()>>>,
+    pending: Pending,
+    /// Replies and the consumer's fate, read by whichever caller is waiting.
+    replies: Receiver<ConsumerMessage>,
+    /// Mandatory requests the broker could not route.
+    returns: Receiver<Return>,
+    /// Why the connection is gone, once it is.
+    lost: Mutex<Option<String>>,
 }
 
 impl Session {
@@ -276,16 +300,6 @@ impl Session {
         // receiver and take the connection down. What stays allocated is the consumer tag and
         // one reference to the delivery queue, once per connection.
         std::mem::forget(consumer);
-        let pending = Arc::new(Pending::default());
-        let lost = Arc::new(Mutex::new(None));
-        let reader = ReplyReader {
-            pending: Arc::clone(&pending),
-            lost: Arc::clone(&lost),
-        };
-        let reader = std::thread::Builder::new()
-            .name("fib-rpc-replies".into())
-            .spawn(move || reader.run(&replies, returns))
-            .map_err(|e| Error::Config(format!("cannot start the reply reader thread: {e}")))?;
         log::debug!("client ready, replies to {reply_queue}");
         Ok(Session {
             connection: Mutex::new(Some(connection)),
@@ -293,9 +307,10 @@ impl Session {
             inspector: Mutex::new(None),
             served_until: Mutex::new(HashMap::new()),
             reply_queue,
-            pending,
-            lost,
-            reader: Mutex::new(Some(reader)),
+            pending: Pending::default(),
+            replies,
+            returns,
+            lost: Mutex::new(None),
         })
     }
 
@@ -365,9 +380,62 @@ impl Session {
     }
 
     /// amiquip reports every failure after the first as a bare `EventLoopDropped`; prefer the
-    /// reason the reader saw when the connection went down.
+    /// reason recorded when the connection went down.
     fn connection_error(&self, error: amiquip::Error) -> Error {
         Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| error.to_string()))
+    }
+
+    fn lost_error(&self, fallback: &str) -> Error {
+        Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| fallback.to_owned()))
+    }
+
+    /// Routes whatever has arrived, without blocking; notices a lost connection.
+    fn dispatch_ready(&self) {
+        loop {
+            match self.replies.try_recv() {
+                Ok(message) => self.dispatch(message),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.connection_gone();
+                    break;
+                }
+            }
+        }
+        while let Ok(returned) = self.returns.try_recv() {
+            self.route_return(returned);
+        }
+    }
+
+    fn dispatch(&self, message: ConsumerMessage) {
+        match message {
+            ConsumerMessage::Delivery(delivery) => self.route_reply(delivery),
+            ConsumerMessage::ServerClosedConnection(error)
+            | ConsumerMessage::ServerClosedChannel(error) => self.mark_lost(error.to_string()),
+            ConsumerMessage::ServerCancelled => self.mark_lost(
+                "the broker cancelled the reply consumer (callback queue deleted?)".to_owned(),
+            ),
+            _ => self.mark_lost("the client closed the connection".to_owned()),
+        }
+    }
+
+    /// The driver dropped our receivers: the connection is gone, maybe without a last message.
+    fn connection_gone(&self) {
+        while let Ok(message) = self.replies.try_recv() {
+            self.dispatch(message);
+        }
+        self.mark_lost("the connection to the broker closed".to_owned());
+    }
+
+    /// Records the first reason the connection went down and fails every waiting call with it.
+    fn mark_lost(&self, reason: String) {
+        let reason = {
+            let mut lost = lock(&self.lost);
+            if lost.is_none() {
+                log::debug!("client connection lost: {reason}");
+            }
+            lost.get_or_insert(reason).clone()
+        };
+        self.pending.fail_all(&reason);
     }
 
     fn close(&self) -> Result<()> {
@@ -375,47 +443,11 @@ impl Session {
             Some(connection) => connection.close(),
             None => Ok(()),
         };
-        if let Some(reader) = lock(&self.reader).take() {
-            let _ = reader.join();
-        }
+        self.connection_gone();
         match closed {
             Ok(()) => Ok(()),
-            Err(error) if self.lost_reason().is_some() => Err(self.connection_error(error)),
             Err(error) => Err(Error::broker("closing the connection", error)),
         }
-    }
-}
-
-/// The thread that routes replies and returned requests to their callers.
-struct ReplyReader {
-    pending: Arc<Pending>,
-    lost: Arc<Mutex<Option<String>>>,
-}
-
-impl ReplyReader {
-    fn run(self, replies: &Receiver<ConsumerMessage>, mut returns: Receiver<Return>) {
-        let reason = loop {
-            crossbeam_channel::select! {
-                recv(replies) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => self.route_reply(delivery),
-                    Ok(ConsumerMessage::ServerClosedConnection(error))
-                    | Ok(ConsumerMessage::ServerClosedChannel(error)) => break error.to_string(),
-                    Ok(ConsumerMessage::ServerCancelled) => {
-                        break "the broker cancelled the reply consumer (callback queue deleted?)"
-                            .to_owned()
-                    }
-                    Ok(_) | Err(_) => break "the client closed the connection".to_owned(),
-                },
-                recv(returns) -> returned => match returned {
-                    Ok(returned) => self.route_return(returned),
-                    // The channel is gone; the reply consumer will tell us why.
-                    Err(_) => returns = crossbeam_channel::never(),
-                },
-            }
-        };
-        log::debug!("reply reader stopping: {reason}");
-        *lock(&self.lost) = Some(reason.clone());
-        self.pending.fail_all(&reason);
     }
 
     fn route_reply(&self, delivery: Delivery) {

@@ -56,9 +56,10 @@
 //! # Threading
 //!
 //! [`RpcClient`] and [`FibonacciRpcClient`] are `Send + Sync`: share one behind an `Arc` and
-//! call from any number of threads; each call blocks only its own thread. A client runs one
-//! background thread that reads replies; amiquip runs one I/O thread per connection. A server
-//! runs a supervisor thread and `workers` worker threads.
+//! call from any number of threads; each call blocks only its own thread. A client has no
+//! thread of its own: whichever caller is waiting reads the replies and hands each to its
+//! caller, so a lone caller gets its reply with no thread hop. amiquip runs one I/O thread per
+//! connection. A server runs a supervisor thread and `workers` worker threads.
 //!
 //! # Limitations
 //!
@@ -79,6 +80,7 @@ mod pending;
 pub mod protocol;
 mod server;
 
+pub use amqp::connect as amqp_connection;
 pub use client::{FibonacciRpcClient, PendingReply, RpcClient};
 pub use config::{
     ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,
