@@ -92,6 +92,13 @@ pub(crate) fn parse_url(config: &ConnectionConfig) -> Result<Endpoint> {
     Ok(endpoint)
 }
 
+/// Opens a plain amiquip connection the way fib-rpc does (`TCP_NODELAY`, heartbeat, connect
+/// timeout, the same URL handling), for work the RPC layer does not cover: declaring or
+/// inspecting queues, or measuring the raw AMQP round trip as `fib-bench` does.
+pub fn connect(config: &ConnectionConfig) -> Result<Connection> {
+    open(config, "fib-rpc")
+}
+
 /// Opens a connection, labelled `config.connection_name`, else `default_name`, in the broker's
 /// list of connections.
 pub(crate) fn open(config: &ConnectionConfig, default_name: &str) -> Result<Connection> {

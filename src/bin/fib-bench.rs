@@ -1,0 +1,544 @@
+//! `fib-bench`: latency and throughput of fib-rpc, side by side with the raw AMQP limit.
+//!
+//! Every run measures two things of the same shape on the same broker: a raw amiquip
+//! publish → consume → reply ping-pong with no RPC layer (the limit), and fib-rpc itself.
+
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, ConsumerMessage, ConsumerOptions, FieldTable, Publish,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use fib_rpc::{
+    amqp_connection, fibonacci, fibonacci_handler, ClientConfig, ConnectionConfig,
+    FibonacciRpcClient, QueueType, ReplyMode, RpcClient, RpcServer, ServerConfig, DEFAULT_MAX_N,
+};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Measure fib-rpc calls against the raw AMQP round trip on the same broker.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+struct Args {
+    /// Benchmark a server already running on this queue (no server is started for fib-rpc).
+    #[arg(long)]
+    queue: Option<String>,
+    /// Worker threads of the servers this tool starts.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Prefetch per worker of the servers this tool starts.
+    #[arg(long, default_value_t = 1)]
+    prefetch: u16,
+    /// Type of the request queues this tool declares.
+    #[arg(long, value_enum, default_value_t = Kind::Classic)]
+    queue_type: Kind,
+    /// The n of every request.
+    #[arg(long, default_value_t = 10)]
+    n: u64,
+    /// Client threads, all sharing one fib-rpc client (one connection).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Calls each thread keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
+    /// Total calls per measurement (ignored with --duration).
+    #[arg(long, default_value_t = 5000)]
+    calls: u64,
+    /// Measure for this many seconds instead of a fixed count.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Calls before measuring, to warm connections and caches up.
+    #[arg(long, default_value_t = 500)]
+    warmup: u64,
+    /// How fib-rpc receives replies.
+    #[arg(long, value_enum, default_value_t = Mode::Queue)]
+    reply_mode: Mode,
+    /// Skip the raw limit.
+    #[arg(long)]
+    no_raw: bool,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Broker URL.
+    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
+    amqp_url: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Classic,
+    Quorum,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// An exclusive callback queue (the default of the library).
+    Queue,
+    /// RabbitMQ's direct reply-to.
+    Direct,
+}
+
+/// One measurement: how many calls, how long, and their latencies.
+struct Report {
+    calls: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn micros(&self, quantile: f64) -> u64 {
+        self.latency.value_at_quantile(quantile)
+    }
+
+    fn json(&self) -> String {
+        format!(
+            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{},"p90_us":{},"p99_us":{},"p999_us":{},"max_us":{}}}"#,
+            self.calls,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.micros(0.5),
+            self.micros(0.9),
+            self.micros(0.99),
+            self.micros(0.999),
+            self.latency.max()
+        )
+    }
+
+    fn row(&self, label: &str) -> String {
+        format!(
+            "{label:<10} {:>8} {:>10.1} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            self.calls,
+            self.rate(),
+            self.micros(0.5),
+            self.micros(0.9),
+            self.micros(0.99),
+            self.micros(0.999),
+            self.latency.max()
+        )
+    }
+}
+
+/// When a measurement ends: after a number of calls, or at an instant.
+#[derive(Clone, Copy)]
+enum Budget {
+    Calls(u64),
+    Until(Instant),
+}
+
+/// Shared by the threads of one measurement.
+struct Progress {
+    started: AtomicU64,
+    budget: Budget,
+    bar: ProgressBar,
+}
+
+impl Progress {
+    fn new(budget: Budget, show: bool) -> Progress {
+        let bar = if show {
+            let bar = match budget {
+                Budget::Calls(calls) => ProgressBar::new(calls),
+                Budget::Until(_) => ProgressBar::new_spinner(),
+            };
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed} {pos} calls {per_sec} {bar:30}")
+                    .expect("a valid template"),
+            );
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Progress {
+            started: AtomicU64::new(0),
+            budget,
+            bar,
+        }
+    }
+
+    /// Claims the right to send one more call.
+    fn claim(&self) -> bool {
+        match self.budget {
+            Budget::Calls(calls) => self.started.fetch_add(1, Ordering::Relaxed) < calls,
+            Budget::Until(end) => Instant::now() < end,
+        }
+    }
+
+    fn finished_one(&self) {
+        self.bar.inc(1);
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn budget(args: &Args, measuring: bool) -> Budget {
+    match (measuring, args.duration) {
+        (false, _) => Budget::Calls(args.warmup),
+        (true, Some(seconds)) => Budget::Until(Instant::now() + Duration::from_secs_f64(seconds)),
+        (true, None) => Budget::Calls(args.calls),
+    }
+}
+
+fn shows_progress(args: &Args, measuring: bool) -> bool {
+    measuring
+        && args
+            .duration
+            .map_or(args.calls >= 50_000, |seconds| seconds >= 3.0)
+}
+
+/// Runs `threads` copies of `body`, each given the shared progress; merges their histograms.
+fn measure<F>(args: &Args, measuring: bool, body: F) -> anyhow::Result<Report>
+where
+    F: Fn(&Progress) -> anyhow::Result<Histogram<u64>> + Sync,
+{
+    let progress = Progress::new(budget(args, measuring), shows_progress(args, measuring));
+    let started = Instant::now();
+    let histograms = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..args.threads)
+            .map(|_| scope.spawn(|| body(&progress)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|thread| thread.join().expect("a benchmark thread panicked"))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let elapsed = started.elapsed();
+    progress.bar.finish_and_clear();
+    let mut latency = new_histogram();
+    for histogram in &histograms {
+        latency.add(histogram)?;
+    }
+    Ok(Report {
+        calls: latency.len(),
+        elapsed,
+        latency,
+    })
+}
+
+fn record(histogram: &mut Histogram<u64>, sent: Instant) {
+    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+    histogram.saturating_record(micros.max(1));
+}
+
+/// fib-rpc: each thread keeps `in_flight` calls going on the shared client.
+fn rpc_thread(
+    client: &FibonacciRpcClient,
+    queue: &str,
+    args: &Args,
+    progress: &Progress,
+) -> anyhow::Result<Histogram<u64>> {
+    let body = args.n.to_string();
+    let expected = fibonacci(args.n).to_string().into_bytes();
+    let timeout = Duration::from_secs(30);
+    let mut histogram = new_histogram();
+    let mut window = VecDeque::with_capacity(args.in_flight);
+    loop {
+        while window.len() < args.in_flight && progress.claim() {
+            let pending = client.rpc().send(queue, body.as_bytes(), timeout)?;
+            window.push_back((Instant::now(), pending));
+        }
+        let Some((sent, pending)) = window.pop_front() else {
+            return Ok(histogram);
+        };
+        let reply = pending.wait()?;
+        if reply != expected {
+            bail!("wrong answer: {}", String::from_utf8_lossy(&reply));
+        }
+        record(&mut histogram, sent);
+        progress.finished_one();
+    }
+}
+
+/// The raw limit, client side: a channel of its own with an exclusive reply queue.
+struct RawCaller {
+    channel: Channel,
+    reply_queue: String,
+    replies: crossbeam_channel::Receiver<ConsumerMessage>,
+}
+
+impl RawCaller {
+    fn new(channel: Channel) -> anyhow::Result<RawCaller> {
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let reply_queue = channel.queue_declare("", options)?.name().to_owned();
+        let no_ack = ConsumerOptions {
+            no_ack: true,
+            ..ConsumerOptions::default()
+        };
+        let consumer = channel.basic_consume(reply_queue.as_str(), no_ack)?;
+        let replies = consumer.receiver().clone();
+        // The subscription must outlive warm-up and measurement; dropping the handle would
+        // cancel it (and a cancel racing its confirmation can kill an amiquip connection).
+        std::mem::forget(consumer);
+        Ok(RawCaller {
+            channel,
+            reply_queue,
+            replies,
+        })
+    }
+}
+
+/// The raw limit, client side: `in_flight` requests going, replies matched by correlation id.
+fn raw_thread(
+    caller: &RawCaller,
+    queue: &str,
+    args: &Args,
+    progress: &Progress,
+) -> anyhow::Result<Histogram<u64>> {
+    let RawCaller {
+        channel,
+        reply_queue,
+        replies,
+    } = caller;
+    let body = args.n.to_string();
+    let mut histogram = new_histogram();
+    let mut in_flight: HashMap<u64, Instant> = HashMap::with_capacity(args.in_flight);
+    let mut next_id = 0u64;
+    loop {
+        while in_flight.len() < args.in_flight && progress.claim() {
+            let properties = AmqpProperties::default()
+                .with_reply_to(reply_queue.clone())
+                .with_correlation_id(next_id.to_string());
+            channel.basic_publish(
+                "",
+                Publish::with_properties(body.as_bytes(), queue, properties),
+            )?;
+            in_flight.insert(next_id, Instant::now());
+            next_id += 1;
+        }
+        if in_flight.is_empty() {
+            return Ok(histogram);
+        }
+        match replies.recv_timeout(Duration::from_secs(30))? {
+            ConsumerMessage::Delivery(delivery) => {
+                let id: u64 = delivery
+                    .properties
+                    .correlation_id()
+                    .as_deref()
+                    .and_then(|id| id.parse().ok())
+                    .context("a raw reply without our correlation id")?;
+                let sent = in_flight.remove(&id).context("an unknown raw reply")?;
+                record(&mut histogram, sent);
+                progress.finished_one();
+            }
+            other => bail!("raw reply queue closed: {other:?}"),
+        }
+    }
+}
+
+/// The raw limit, server side: one channel per worker, prefetch, reply then ack.
+fn raw_worker(channel: Channel, queue: String, prefetch: u16, stop: Arc<AtomicBool>) {
+    let consume = channel
+        .qos(0, prefetch, false)
+        .and_then(|()| channel.basic_consume(queue, ConsumerOptions::default()));
+    let Ok(consumer) = consume else { return };
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(ConsumerMessage::Delivery(delivery)) =
+            consumer.receiver().recv_timeout(Duration::from_millis(100))
+        else {
+            continue;
+        };
+        let n = std::str::from_utf8(&delivery.body)
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        let answer = fibonacci(n).to_string();
+        let mut properties = AmqpProperties::default();
+        if let Some(id) = delivery.properties.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let Some(reply_to) = delivery.properties.reply_to().clone() else {
+            continue;
+        };
+        let published = channel.basic_publish(
+            "",
+            Publish::with_properties(answer.as_bytes(), reply_to, properties),
+        );
+        if published.and_then(|()| consumer.ack(delivery)).is_err() {
+            return;
+        }
+    }
+}
+
+fn declare(channel: &Channel, queue: &str, kind: Kind) -> anyhow::Result<()> {
+    let mut arguments = FieldTable::new();
+    if let Kind::Quorum = kind {
+        arguments.insert(
+            "x-queue-type".into(),
+            AmqpValue::LongString("quorum".into()),
+        );
+    }
+    channel.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            durable: true,
+            arguments,
+            ..QueueDeclareOptions::default()
+        },
+    )?;
+    Ok(())
+}
+
+fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
+    let queue = format!("fib-bench-raw-{}", uuid::Uuid::new_v4());
+    let mut server_connection = amqp_connection(connection)?;
+    let setup = server_connection.open_channel(None)?;
+    declare(&setup, &queue, args.queue_type)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..args.workers)
+        .map(|_| {
+            let channel = server_connection.open_channel(None)?;
+            let (queue, stop) = (queue.clone(), Arc::clone(&stop));
+            let prefetch = args.prefetch;
+            Ok(std::thread::spawn(move || {
+                raw_worker(channel, queue, prefetch, stop)
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut client_connection = amqp_connection(connection)?;
+    let callers = (0..args.threads)
+        .map(|_| RawCaller::new(client_connection.open_channel(None)?).map(std::sync::Mutex::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let next_channel = AtomicU64::new(0);
+    let run = |measuring| {
+        next_channel.store(0, Ordering::Relaxed);
+        measure(args, measuring, |progress| {
+            let index = next_channel.fetch_add(1, Ordering::Relaxed) as usize;
+            let caller = callers[index].lock().expect("one thread per caller");
+            raw_thread(&caller, &queue, args, progress)
+        })
+    };
+    run(false)?;
+    let report = run(true);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.join();
+    }
+    setup.queue_delete(queue.as_str(), QueueDeleteOptions::default())?;
+    client_connection.close()?;
+    server_connection.close()?;
+    report
+}
+
+fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
+    let own_queue = format!("fib-bench-rpc-{}", uuid::Uuid::new_v4());
+    let queue = args.queue.clone().unwrap_or_else(|| own_queue.clone());
+    let server = match args.queue {
+        Some(_) => None,
+        None => Some(
+            RpcServer::new(
+                ServerConfig {
+                    connection: connection.clone(),
+                    queue: queue.clone(),
+                    queue_type: match args.queue_type {
+                        Kind::Classic => QueueType::Classic,
+                        Kind::Quorum => QueueType::Quorum,
+                    },
+                    workers: args.workers,
+                    prefetch: args.prefetch,
+                    ..ServerConfig::default()
+                },
+                fibonacci_handler(DEFAULT_MAX_N),
+            )
+            .start()?,
+        ),
+    };
+    let client = FibonacciRpcClient::new(RpcClient::with_config(ClientConfig {
+        connection: connection.clone(),
+        reply_mode: match args.reply_mode {
+            Mode::Queue => ReplyMode::CallbackQueue,
+            Mode::Direct => ReplyMode::DirectReplyTo,
+        },
+        ..ClientConfig::default()
+    })?);
+    let run = |measuring| {
+        measure(args, measuring, |progress| {
+            rpc_thread(&client, &queue, args, progress)
+        })
+    };
+    run(false)?;
+    let report = run(true);
+    client.close()?;
+    if let Some(server) = server {
+        server.shutdown()?;
+        let mut admin = amqp_connection(connection)?;
+        admin
+            .open_channel(None)?
+            .queue_delete(own_queue.as_str(), QueueDeleteOptions::default())?;
+        admin.close()?;
+    }
+    report
+}
+
+/// This process's peak resident set, in kB, from /proc (Linux).
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    if args.threads == 0 || args.in_flight == 0 || args.workers == 0 || args.prefetch == 0 {
+        bail!("--threads, --in-flight, --workers and --prefetch must be at least 1");
+    }
+    let connection = ConnectionConfig::new(args.amqp_url.as_str());
+    let raw = if args.no_raw {
+        None
+    } else {
+        Some(run_raw(&args, &connection).context("measuring the raw limit")?)
+    };
+    let rpc = run_rpc(&args, &connection).context("measuring fib-rpc")?;
+    let shape = format!(
+        "{:?} queue, {} workers x prefetch {}, {} threads x {} in flight, n={}, replies via {:?}",
+        args.queue_type,
+        args.workers,
+        args.prefetch,
+        args.threads,
+        args.in_flight,
+        args.n,
+        args.reply_mode
+    )
+    .to_lowercase();
+    let rss = peak_rss_kb().unwrap_or(0);
+    if args.json {
+        let raw_json = raw.as_ref().map_or("null".to_owned(), Report::json);
+        let fraction = raw.as_ref().map_or("null".to_owned(), |raw| {
+            format!("{:.3}", rpc.rate() / raw.rate())
+        });
+        println!(
+            r#"{{"shape":"{shape}","raw":{raw_json},"rpc":{},"fraction_of_raw":{fraction},"peak_rss_kb":{rss}}}"#,
+            rpc.json()
+        );
+        return Ok(());
+    }
+    println!("fib-bench: {shape}");
+    println!(
+        "{:<10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "", "calls", "calls/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us"
+    );
+    if let Some(raw) = &raw {
+        println!("{}", raw.row("raw limit"));
+    }
+    println!("{}", rpc.row("fib-rpc"));
+    if let Some(raw) = &raw {
+        println!(
+            "fib-rpc reaches {:.2} of the raw calls/s, at {:.2}x its p50 latency",
+            rpc.rate() / raw.rate(),
+            rpc.micros(0.5) as f64 / raw.micros(0.5) as f64
+        );
+    }
+    println!("peak RSS of this process: {rss} kB");
+    Ok(())
+}
