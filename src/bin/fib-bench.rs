@@ -57,6 +57,10 @@ struct Args {
     /// How fib-rpc receives replies.
     #[arg(long, value_enum, default_value_t = Mode::Queue)]
     reply_mode: Mode,
+    /// Alternate raw and fib-rpc measurements this many times and report each side's median
+    /// round (by calls/s): on a small shared machine one round can be off by 20%.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Skip the raw limit.
     #[arg(long)]
     no_raw: bool,
@@ -368,6 +372,15 @@ fn raw_worker(channel: Channel, queue: String, prefetch: u16, stop: Arc<AtomicBo
             return;
         }
     }
+    // Cancel, then wait for the cancellation's own message before the consumer is dropped:
+    // dropping it earlier lets the driver send to a dropped receiver, which kills the connection.
+    if consumer.cancel().is_ok() {
+        for message in consumer.receiver().iter() {
+            if !matches!(message, ConsumerMessage::Delivery(_)) {
+                break;
+            }
+        }
+    }
 }
 
 fn declare(channel: &Channel, queue: &str, kind: Kind) -> anyhow::Result<()> {
@@ -480,6 +493,13 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     report
 }
 
+/// The report with the median calls/s.
+fn median(mut reports: Vec<Report>) -> Option<Report> {
+    reports.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let middle = reports.len() / 2;
+    reports.into_iter().nth(middle)
+}
+
 /// This process's peak resident set, in kB, from /proc (Linux).
 fn peak_rss_kb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -494,12 +514,16 @@ fn main() -> anyhow::Result<()> {
         bail!("--threads, --in-flight, --workers and --prefetch must be at least 1");
     }
     let connection = ConnectionConfig::new(args.amqp_url.as_str());
-    let raw = if args.no_raw {
-        None
-    } else {
-        Some(run_raw(&args, &connection).context("measuring the raw limit")?)
-    };
-    let rpc = run_rpc(&args, &connection).context("measuring fib-rpc")?;
+    let mut raws = Vec::new();
+    let mut rpcs = Vec::new();
+    for _ in 0..args.rounds {
+        if !args.no_raw {
+            raws.push(run_raw(&args, &connection).context("measuring the raw limit")?);
+        }
+        rpcs.push(run_rpc(&args, &connection).context("measuring fib-rpc")?);
+    }
+    let raw = median(raws);
+    let rpc = median(rpcs).expect("at least one round");
     let shape = format!(
         "{:?} queue, {} workers x prefetch {}, {} threads x {} in flight, n={}, replies via {:?}",
         args.queue_type,

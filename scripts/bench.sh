@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The standard benchmark set: fib-rpc against the raw AMQP limit on this machine's broker, for
+# both queue types, then the prefetch x workers sweep and the memory figures. Prints a markdown
+# report and keeps it in target/bench/results.md.
+# BENCH_SECONDS (default 3) and BENCH_ROUNDS (default 3) trade time for steadier numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${BENCH_SECONDS:-3}
+rounds=${BENCH_ROUNDS:-3}
+scripts/broker.sh
+cargo build --release --quiet --bins
+bench=target/release/fib-bench
+out=target/bench
+mkdir -p "$out"
+report=$out/results.md
+
+# One markdown row from fib-bench's JSON: shape, raw and fib-rpc figures, fraction.
+row() {
+    python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+raw, rpc = d["raw"], d["rpc"]
+def cell(r, key, fmt="{:.0f}"):
+    return fmt.format(r[key]) if r else "-"
+print("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+    sys.argv[1], cell(raw, "calls_per_second"), cell(raw, "p50_us"),
+    cell(rpc, "calls_per_second"), cell(rpc, "p50_us"), cell(rpc, "p99_us"),
+    "-" if d["fraction_of_raw"] is None else "{:.2f}".format(d["fraction_of_raw"]),
+    d["peak_rss_kb"]))
+' "$1"
+}
+
+measure() {
+    local label=$1
+    shift
+    "$bench" --duration "$seconds" --rounds "$rounds" --json "$@" 2>/dev/null | row "$label"
+}
+
+{
+    echo "# fib-bench results"
+    echo
+    echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), RabbitMQ $(rabbitmqctl -q version 2>/dev/null || echo '?'), n = 10,"
+    echo "${seconds} s per measurement, median of ${rounds} alternating rounds, $(date -u +%Y-%m-%d)."
+    echo "Raw = plain amiquip publish -> consume -> reply, same queue type, workers, prefetch, threads and calls in flight."
+    for type in classic quorum; do
+        echo
+        echo "## ${type} request queue, server with 2 workers"
+        echo
+        echo "| shape | raw calls/s | raw p50 us | fib-rpc calls/s | p50 us | p99 us | of raw | client RSS kB |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        measure "sequential, callback queue" --queue-type "$type"
+        measure "sequential, direct reply-to" --queue-type "$type" --reply-mode direct
+        measure "8 threads, 1 call each, prefetch 1" --queue-type "$type" --threads 8
+        measure "8 threads x 8 in flight, prefetch 1" --queue-type "$type" --threads 8 --in-flight 8
+        measure "8 threads x 8 in flight, prefetch 10" --queue-type "$type" --threads 8 --in-flight 8 --prefetch 10
+        measure "8 threads x 8 in flight, prefetch 1, direct reply-to" --queue-type "$type" --threads 8 --in-flight 8 --reply-mode direct
+    done
+
+    echo
+    echo "## Prefetch x workers (classic queue, 8 threads x 8 in flight, fib-rpc only)"
+    echo
+    echo "| workers | prefetch 1 | prefetch 10 | prefetch 50 |"
+    echo "| ---: | ---: | ---: | ---: |"
+    for workers in 1 2 3 4; do
+        line="| $workers"
+        for prefetch in 1 10 50; do
+            rate=$("$bench" --duration "$seconds" --no-raw --json --threads 8 --in-flight 8 \
+                --workers "$workers" --prefetch "$prefetch" 2>/dev/null |
+                python3 -c 'import json,sys; print("{:.0f}".format(json.load(sys.stdin)["rpc"]["calls_per_second"]))')
+            line="$line | $rate"
+        done
+        echo "$line |"
+    done
+
+    echo
+    echo "## Memory"
+    echo
+    queue="fib-bench-memory-$$"
+    target/release/fib-server --queue "$queue" --queue-type classic --workers 2 2>/dev/null &
+    server=$!
+    trap 'kill $server 2>/dev/null || true' EXIT
+    until target/release/fib-client --queue "$queue" --timeout 1 0 >/dev/null 2>&1; do sleep 0.2; done
+    "$bench" --queue "$queue" --no-raw --duration "$seconds" --threads 8 --in-flight 8 --json >/dev/null 2>&1
+    server_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+    client_kb=$("$bench" --queue "$queue" --no-raw --calls 20000 --threads 1 --in-flight 1000 --json 2>/dev/null |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["peak_rss_kb"])')
+    kill -TERM "$server"
+    wait "$server" || true
+    trap - EXIT
+    rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+    echo "- fib-server peak RSS under 8 threads x 8 in flight: ${server_kb} kB"
+    echo "- client (fib-bench) peak RSS with 1000 calls in flight: ${client_kb} kB"
+} | tee "$report"
+echo "(kept in $report)" >&2
