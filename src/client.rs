@@ -1,17 +1,18 @@
 //! The blocking client: one connection, one exclusive callback queue, many calls.
 
+use crate::admin::{self, NOT_FOUND};
 use crate::amqp;
-use crate::config::{ClientConfig, ConnectionConfig, ReplyMode, DEFAULT_QUEUE};
+use crate::config::{ClientConfig, ConnectionConfig, QueueType, ReplyMode, DEFAULT_QUEUE};
 use crate::error::{Error, Result};
 use crate::pending::{Outcome, Pending};
 use crate::protocol::{self, CONTENT_TYPE};
 use amiquip::{
-    AmqpProperties, Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery, Publish,
-    QueueDeclareOptions, Return,
+    AmqpProperties, Channel, Confirm, Connection, ConsumerMessage, ConsumerOptions, Delivery,
+    Publish, QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{Receiver, TryRecvError};
 use num_bigint::BigUint;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -19,11 +20,11 @@ use uuid::Uuid;
 /// AMQP reply code of a mandatory message the broker could not route to any queue.
 const NO_ROUTE: u16 = 312;
 
+/// AMQP `delivery_mode` of a message the broker writes to disk.
+const PERSISTENT: u8 = 2;
+
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// AMQP reply code of a passive declaration of a queue that does not exist.
-const NOT_FOUND: u16 = 404;
 
 /// How long a queue seen with consumers is trusted to still have them.
 const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
@@ -89,6 +90,38 @@ impl RpcClient {
         sent.into_iter()
             .map(|pending| pending.and_then(PendingReply::wait))
             .collect()
+    }
+
+    /// Sends `body` to `queue` with `reply_to` set to the durable queue `results` (declared if
+    /// missing) and returns the request's `correlation_id` once the broker has it: the reply is
+    /// read later, by this or any other process, with a [`ResultConsumer`](crate::ResultConsumer).
+    ///
+    /// Request and reply are persistent and the publish is confirmed by the broker, so the
+    /// result survives this process's exit (and, on durable queues, a broker restart). Fails
+    /// with [`Error::NoServer`] as [`call`](Self::call) does.
+    pub fn submit(&self, queue: &str, body: &[u8], results: &str) -> Result<String> {
+        let session = self.session()?;
+        session.ensure_results_queue(results)?;
+        if self.config.require_consumer {
+            session.ensure_consumer(queue)?;
+        } else {
+            session.consumer_count(queue)?;
+        }
+        let correlation_id = Uuid::new_v4().to_string();
+        let properties = AmqpProperties::default()
+            .with_reply_to(results.to_owned())
+            .with_correlation_id(correlation_id.clone())
+            .with_content_type(CONTENT_TYPE.to_owned())
+            .with_delivery_mode(PERSISTENT);
+        session.publish_confirmed(
+            Publish {
+                mandatory: true,
+                ..Publish::with_properties(body, queue, properties)
+            },
+            self.config.connection.connect_timeout,
+        )?;
+        log::trace!("submitted {correlation_id} -> {queue}, results to {results}");
+        Ok(correlation_id)
     }
 
     /// Sends `body` to `queue` without waiting; the reply is collected with
@@ -254,6 +287,10 @@ struct Session {
     inspector: Mutex<Option<Channel>>,
     /// Queues seen with consumers, until when that answer is trusted.
     served_until: Mutex<HashMap<String, Instant>>,
+    /// For [`RpcClient::submit`]: a channel in confirm mode, opened on first use.
+    submitter: Mutex<Option<Submitter>>,
+    /// Result queues declared on this connection.
+    result_queues: Mutex<HashSet<String>>,
     reply_queue: String,
     pending: Pending,
     /// Replies and the consumer's fate, read by whichever caller is waiting.
@@ -306,11 +343,50 @@ impl Session {
             publisher: Mutex::new(channel),
             inspector: Mutex::new(None),
             served_until: Mutex::new(HashMap::new()),
+            submitter: Mutex::new(None),
+            result_queues: Mutex::new(HashSet::new()),
             reply_queue,
             pending: Pending::default(),
             replies,
             returns,
             lost: Mutex::new(None),
+        })
+    }
+
+    fn ensure_results_queue(&self, queue: &str) -> Result<()> {
+        let mut declared = lock(&self.result_queues);
+        if declared.contains(queue) {
+            return Ok(());
+        }
+        let mut connection = lock(&self.connection);
+        let connection = connection
+            .as_mut()
+            .ok_or_else(|| Error::ConnectionLost("the client is closed".to_owned()))?;
+        admin::declare_durable(connection, queue, QueueType::Classic)?;
+        declared.insert(queue.to_owned());
+        Ok(())
+    }
+
+    /// Publishes on the confirm-mode channel and waits for the broker's verdict.
+    fn publish_confirmed(&self, publish: Publish, timeout: Duration) -> Result<()> {
+        let mut submitter = lock(&self.submitter);
+        if submitter.is_none() {
+            let mut connection = lock(&self.connection);
+            let connection = connection
+                .as_mut()
+                .ok_or_else(|| Error::ConnectionLost("the client is closed".to_owned()))?;
+            *submitter = Some(Submitter::open(connection)?);
+        }
+        let outcome = submitter
+            .as_mut()
+            .expect("opened above")
+            .publish(publish, timeout);
+        if outcome.as_ref().is_err_and(Error::is_connection) {
+            *submitter = None;
+        }
+        outcome.map_err(|error| match error {
+            Error::ConnectionLost(reason) => self.lost_error(&reason),
+            other => other,
         })
     }
 
@@ -477,6 +553,74 @@ impl Session {
             }
         };
         self.pending.resolve(&id, Err(error));
+    }
+}
+
+/// A channel in publisher-confirm mode: a publish counts once the broker has taken it.
+struct Submitter {
+    channel: Channel,
+    confirms: Receiver<Confirm>,
+    returns: Receiver<Return>,
+    published: u64,
+}
+
+impl Submitter {
+    fn open(connection: &mut Connection) -> Result<Submitter> {
+        let channel = admin::open_channel(connection)?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .map_err(|e| Error::broker("listening for confirms", e))?;
+        let returns = channel
+            .listen_for_returns()
+            .map_err(|e| Error::broker("listening for returned messages", e))?;
+        channel
+            .enable_publisher_confirms()
+            .map_err(|e| Error::broker("enabling publisher confirms", e))?;
+        Ok(Submitter {
+            channel,
+            confirms,
+            returns,
+            published: 0,
+        })
+    }
+
+    fn publish(&mut self, publish: Publish, timeout: Duration) -> Result<()> {
+        let queue = publish.routing_key.clone();
+        self.channel
+            .basic_publish("", publish)
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        self.published += 1;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let confirm = self
+                .confirms
+                .recv_deadline(deadline)
+                .map_err(|_| Error::ConnectionLost("no publisher confirm in time".to_owned()))?;
+            let (payload, acked) = match confirm {
+                Confirm::Ack(payload) => (payload, true),
+                Confirm::Nack(payload) => (payload, false),
+            };
+            let covers_ours = payload.delivery_tag == self.published
+                || (payload.multiple && payload.delivery_tag >= self.published);
+            if !covers_ours {
+                continue;
+            }
+            // The broker sends a mandatory message's return before its confirm.
+            if let Ok(returned) = self.returns.try_recv() {
+                return Err(Error::NoServer {
+                    queue,
+                    reason: format!("{} {}", returned.reply_code, returned.reply_text),
+                });
+            }
+            return if acked {
+                Ok(())
+            } else {
+                Err(Error::Broker {
+                    operation: format!("publishing to {queue:?}"),
+                    reason: "the broker refused the message (nack)".to_owned(),
+                })
+            };
+        }
     }
 }
 

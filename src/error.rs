@@ -48,6 +48,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// The queue does not exist.
+    #[error("no queue named {0:?}")]
+    QueueNotFound(String),
+
     /// The server answered with an error reply (`type = error`): bad input, refused work, or a
     /// failing handler. The message is the server's.
     #[error("remote error: {0}")]
@@ -76,6 +80,11 @@ impl Error {
     /// True if no server serves the request queue.
     pub fn is_no_server(&self) -> bool {
         matches!(self, Error::NoServer { .. })
+    }
+
+    /// True if a queue asked about does not exist.
+    pub fn is_queue_not_found(&self) -> bool {
+        matches!(self, Error::QueueNotFound(_))
     }
 
     /// True if the server answered with an error reply.

@@ -71,6 +71,7 @@
 //!   handler should be idempotent.
 //! * The library logs through `log` and installs no logger.
 
+mod admin;
 mod amqp;
 mod client;
 mod config;
@@ -78,8 +79,11 @@ mod error;
 mod fib;
 mod pending;
 pub mod protocol;
+mod results;
 mod server;
+mod services;
 
+pub use admin::{QueueAdmin, QueueStatus};
 pub use amqp::connect as amqp_connection;
 pub use client::{FibonacciRpcClient, PendingReply, RpcClient};
 pub use config::{
@@ -87,10 +91,9 @@ pub use config::{
 };
 pub use error::{Error, HandlerError, Result};
 pub use fib::fibonacci;
-pub use server::{
-    fibonacci_handler, Handler, RpcServer, ServerHandle, ServerStats, ShutdownTrigger,
-    DEFAULT_MAX_N,
-};
+pub use results::{ResultConsumer, ResultMessage};
+pub use server::{Handler, RpcServer, ServerHandle, ServerStats, ShutdownTrigger};
+pub use services::{addition_handler, fibonacci_handler, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N};
 
 /// The README's Rust example is compiled as a doc test, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -1,14 +1,11 @@
 //! The server: a pool of worker threads serving one request queue with a handler.
 
+use crate::admin;
 use crate::amqp;
-use crate::config::{QueueType, ServerConfig};
+use crate::config::ServerConfig;
 use crate::error::{Error, HandlerError, Result};
-use crate::fib::fibonacci;
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
-use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery,
-    FieldTable, Publish, QueueDeclareOptions,
-};
+use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
 use crossbeam_channel::{Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +15,6 @@ use std::time::{Duration, SystemTime};
 
 /// What a service does with a request body: the reply body, or a message for an error reply.
 pub type Handler = dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync;
-
-/// The largest n the Fibonacci service computes by default; fib(100000) has 20899 digits.
-pub const DEFAULT_MAX_N: u64 = 100_000;
-
-/// AMQP reply code for a declaration that conflicts with an existing queue.
-const PRECONDITION_FAILED: u16 = 406;
 
 /// `reply_to` prefix of RabbitMQ's direct reply-to pseudo-queues.
 const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
@@ -70,15 +61,6 @@ impl Counters {
 
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// The Fibonacci service: body = n as ASCII decimal, reply = fib(n) as ASCII decimal, n at most
-/// `max_n`.
-pub fn fibonacci_handler(max_n: u64) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
-    move |body| {
-        let n = protocol::parse_bounded_u64(body, max_n)?;
-        Ok(fibonacci(n).to_string().into_bytes())
-    }
 }
 
 /// Serves one request queue with a handler on a pool of worker threads.
@@ -240,7 +222,7 @@ impl Supervisor {
     fn serve_one_connection(&self, ready: &mut Option<Sender<Result<()>>>) -> Result<SessionEnd> {
         let name = format!("fib-rpc server on {}", self.config.queue);
         let mut connection = amqp::open(&self.config.connection, &name)?;
-        declare_request_queue(&mut connection, &self.config)?;
+        admin::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
         let (exit_sender, exits) = crossbeam_channel::unbounded();
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
         for index in 0..self.config.workers {
@@ -303,56 +285,6 @@ impl Supervisor {
                 Ok(SessionEnd::Stopped)
             }
         }
-    }
-}
-
-/// Declares the request queue as configured; if it exists with other arguments (a tutorial
-/// server declared it differently), uses it as it is.
-fn declare_request_queue(connection: &mut Connection, config: &ServerConfig) -> Result<()> {
-    let open_channel = |connection: &mut Connection| {
-        connection
-            .open_channel(None)
-            .map_err(|e| Error::broker("opening a channel", e))
-    };
-    let mut arguments = FieldTable::new();
-    if config.queue_type == QueueType::Quorum {
-        arguments.insert(
-            "x-queue-type".to_owned(),
-            AmqpValue::LongString("quorum".to_owned()),
-        );
-    }
-    let options = QueueDeclareOptions {
-        durable: true,
-        arguments,
-        ..QueueDeclareOptions::default()
-    };
-    let channel = open_channel(connection)?;
-    let declared = channel
-        .queue_declare(config.queue.as_str(), options)
-        .map(|_| ());
-    match declared {
-        Ok(()) => {
-            let _ = channel.close();
-            Ok(())
-        }
-        Err(amiquip::Error::ServerClosedChannel { code, message, .. })
-            if code == PRECONDITION_FAILED =>
-        {
-            log::warn!(
-                "queue {} exists with other settings than ours ({message}); using it as it is",
-                config.queue
-            );
-            let channel = open_channel(connection)?;
-            channel
-                .queue_declare_passive(config.queue.as_str())
-                .map_err(|e| Error::broker(format!("using queue {}", config.queue), e))?;
-            let _ = channel.close();
-            Ok(())
-        }
-        Err(error) => Err(Error::broker(
-            format!("declaring queue {}", config.queue),
-            error,
-        )),
     }
 }
 
@@ -510,14 +442,6 @@ fn next_backoff(last: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_fibonacci_handler_answers_and_refuses() {
-        let handler = fibonacci_handler(1000);
-        assert_eq!(handler(b"10").unwrap(), b"55");
-        assert!(handler(b"1001").unwrap_err().message().contains("1000"));
-        assert!(handler(b"-1").is_err());
-    }
 
     #[test]
     fn panic_messages_are_readable() {

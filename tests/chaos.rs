@@ -94,10 +94,10 @@ fn final_counts(server: &ServerProcess) -> (u64, u64, u64) {
     let log = server.log.lock().unwrap();
     let line = log
         .iter()
-        .find(|line| line.contains("stopped: "))
+        .find(|line| line.contains("stopped fib: "))
         .unwrap_or_else(|| panic!("no final counts in the log: {log:?}"));
     let numbers: Vec<u64> = line
-        .split("stopped: ")
+        .split("stopped fib: ")
         .nth(1)
         .unwrap()
         .split(|c: char| !c.is_ascii_digit())

@@ -1,36 +1,48 @@
-//! `fib-server`: serves the Fibonacci service on a RabbitMQ queue.
+//! `fib-server`: serves the bundled services (Fibonacci, Addition) on RabbitMQ queues.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use clap::Parser;
 use fib_rpc::{
-    fibonacci_handler, ConnectionConfig, QueueType, RpcServer, ServerConfig, DEFAULT_MAX_N,
+    addition_handler, fibonacci_handler, ConnectionConfig, QueueType, RpcServer, ServerConfig,
+    ServerHandle, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::process::ExitCode;
 
-/// Serve fib(n) over RabbitMQ (tutorial-6 protocol) until Ctrl-C or SIGTERM.
+/// Serve fib(n) (and other bundled services) over RabbitMQ, tutorial-6 protocol, until Ctrl-C
+/// or SIGTERM.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Request queue to serve.
+    /// A service to host, each on its own queue with its own workers: `fib` (on --queue), `add`
+    /// (on add_queue), or NAME=QUEUE. Repeatable. Default: fib.
+    #[arg(long = "service", value_name = "NAME[=QUEUE]")]
+    services: Vec<String>,
+    /// Request queue of the fib service.
     #[arg(long, default_value = fib_rpc::DEFAULT_QUEUE)]
     queue: String,
-    /// Worker threads, each with its own channel [default: number of cores].
+    /// Worker threads per service, each with its own channel [default: number of cores].
     #[arg(long)]
     workers: Option<usize>,
     /// Unacknowledged requests per worker (1 = fair dispatch).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     prefetch: u16,
-    /// Largest n served; larger requests get an error reply.
+    /// Largest n the fib service computes; larger requests get an error reply.
     #[arg(long, default_value_t = DEFAULT_MAX_N)]
     max_n: u64,
-    /// How to declare the queue if it does not exist: quorum or classic.
+    /// Most digits of an operand the add service accepts.
+    #[arg(long, default_value_t = DEFAULT_MAX_DIGITS)]
+    max_digits: usize,
+    /// How to declare queues that do not exist: quorum or classic.
     #[arg(long, default_value = "quorum")]
     queue_type: QueueType,
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
 }
+
+/// Default queue of the add service, as in the callback-queue case study.
+const ADD_QUEUE: &str = "add_queue";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -47,44 +59,86 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// (service name, queue) from `--service` values.
+fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
+    if args.services.is_empty() {
+        return Ok(vec![("fib".to_owned(), args.queue.clone())]);
+    }
+    let mut services: Vec<(String, String)> = Vec::new();
+    for spec in &args.services {
+        let (name, queue) = match spec.split_once('=') {
+            Some((name, queue)) => (name, queue.to_owned()),
+            None if spec == "fib" => (spec.as_str(), args.queue.clone()),
+            None if spec == "add" => (spec.as_str(), ADD_QUEUE.to_owned()),
+            None => (spec.as_str(), String::new()),
+        };
+        if !matches!(name, "fib" | "add") {
+            bail!("unknown service {name:?}: the bundled services are fib and add");
+        }
+        if queue.is_empty() {
+            bail!("--service {spec}: the queue name is empty");
+        }
+        if services.iter().any(|(_, taken)| *taken == queue) {
+            bail!("two services on queue {queue}: give each its own queue");
+        }
+        services.push((name.to_owned(), queue));
+    }
+    Ok(services)
+}
+
+fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
     let defaults = ServerConfig::default();
     let config = ServerConfig {
-        connection: ConnectionConfig::new(args.amqp_url),
-        queue: args.queue,
+        connection: ConnectionConfig::new(args.amqp_url.as_str()),
+        queue: queue.to_owned(),
         queue_type: args.queue_type,
         workers: args.workers.unwrap_or(defaults.workers),
         prefetch: args.prefetch,
         ..defaults
     };
-    let (queue, workers, prefetch) = (config.queue.clone(), config.workers, config.prefetch);
-    let server = RpcServer::new(config, fibonacci_handler(args.max_n)).start()?;
-    log::info!(
-        "serving fib on queue {queue}: {workers} workers, prefetch {prefetch}, max n {}",
-        args.max_n
-    );
+    let (workers, prefetch) = (config.workers, config.prefetch);
+    let server = match name {
+        "fib" => RpcServer::new(config, fibonacci_handler(args.max_n)).start()?,
+        _ => RpcServer::new(config, addition_handler(args.max_digits)).start()?,
+    };
+    log::info!("serving {name} on queue {queue}: {workers} workers, prefetch {prefetch}");
+    Ok(server)
+}
 
-    let trigger = server.shutdown_trigger();
+fn run(args: Args) -> anyhow::Result<()> {
+    let services = services(&args)?;
+    let mut servers = Vec::new();
+    for (name, queue) in &services {
+        servers.push((name, start(&args, name, queue)?));
+    }
+    log::info!("all services consuming (max n {})", args.max_n);
+
+    let triggers: Vec<_> = servers
+        .iter()
+        .map(|(_, server)| server.shutdown_trigger())
+        .collect();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("installing signal handlers")?;
     std::thread::spawn(move || {
         let mut received = signals.forever();
         if received.next().is_some() {
             log::info!("stopping: finishing requests in hand (signal again to exit at once)");
-            trigger.trigger();
+            triggers.iter().for_each(|trigger| trigger.trigger());
         }
         if received.next().is_some() {
             log::warn!("second signal: exiting at once");
             std::process::exit(130);
         }
     });
-    let stats = server.wait()?;
-    log::info!(
-        "stopped: {} answered, {} error replies, {} expired skipped, {} without reply_to",
-        stats.answered,
-        stats.error_replies,
-        stats.expired,
-        stats.unanswerable
-    );
+    for (name, server) in servers {
+        let stats = server.wait()?;
+        log::info!(
+            "stopped {name}: {} answered, {} error replies, {} expired skipped, {} without reply_to",
+            stats.answered,
+            stats.error_replies,
+            stats.expired,
+            stats.unanswerable
+        );
+    }
     Ok(())
 }

@@ -266,7 +266,7 @@ impl ServerProcess {
         let lines = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("serving fib on queue") {
+                if line.contains("all services consuming") {
                     let _ = ready_sender.try_send(());
                 }
                 lines.lock().unwrap().push(line);

@@ -1,0 +1,128 @@
+//! Queue administration: declaring durable queues, status and purge, without `rabbitmqctl`.
+
+use crate::amqp;
+use crate::config::{ConnectionConfig, QueueType};
+use crate::error::{Error, Result};
+use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
+
+/// AMQP reply code for a declaration that conflicts with an existing queue.
+const PRECONDITION_FAILED: u16 = 406;
+
+/// AMQP reply code for a queue that does not exist.
+pub(crate) const NOT_FOUND: u16 = 404;
+
+/// A queue as the broker reports it: `rabbitmqctl list_queues name messages consumers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStatus {
+    /// The queue's name.
+    pub name: String,
+    /// Messages ready for delivery (not counting those delivered and not yet acked).
+    pub messages: u32,
+    /// Consumers attached.
+    pub consumers: u32,
+}
+
+/// A connection for inspecting and managing queues.
+pub struct QueueAdmin {
+    connection: Connection,
+}
+
+impl QueueAdmin {
+    /// Connects to the broker.
+    pub fn connect(config: &ConnectionConfig) -> Result<QueueAdmin> {
+        Ok(QueueAdmin {
+            connection: amqp::open(config, "fib-rpc admin")?,
+        })
+    }
+
+    /// Messages ready and consumers attached; [`Error::QueueNotFound`] if there is no such queue.
+    pub fn status(&mut self, queue: &str) -> Result<QueueStatus> {
+        // A passive declaration of a missing queue closes its channel: one channel per question.
+        let channel = open_channel(&mut self.connection)?;
+        let status = channel
+            .queue_declare_passive(queue)
+            .map(|declared| QueueStatus {
+                name: queue.to_owned(),
+                messages: declared.declared_message_count().unwrap_or(0),
+                consumers: declared.declared_consumer_count().unwrap_or(0),
+            })
+            .map_err(|error| not_found_or(queue, error, "inspecting"))?;
+        let _ = channel.close();
+        Ok(status)
+    }
+
+    /// Deletes every ready message of `queue`; returns how many there were.
+    pub fn purge(&mut self, queue: &str) -> Result<u32> {
+        self.status(queue)?;
+        let channel = open_channel(&mut self.connection)?;
+        let purged = channel
+            .queue_purge(queue)
+            .map_err(|error| not_found_or(queue, error, "purging"))?;
+        let _ = channel.close();
+        Ok(purged)
+    }
+
+    /// Closes the connection.
+    pub fn close(self) -> Result<()> {
+        self.connection
+            .close()
+            .map_err(|e| Error::broker("closing the connection", e))
+    }
+}
+
+fn not_found_or(queue: &str, error: amiquip::Error, operation: &str) -> Error {
+    match error {
+        amiquip::Error::ServerClosedChannel { code, .. } if code == NOT_FOUND => {
+            Error::QueueNotFound(queue.to_owned())
+        }
+        other => Error::broker(format!("{operation} queue {queue:?}"), other),
+    }
+}
+
+pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
+    connection
+        .open_channel(None)
+        .map_err(|e| Error::broker("opening a channel", e))
+}
+
+/// Declares a durable queue of this type; if it exists with other arguments (a tutorial server
+/// declared it differently, say), uses it as it is.
+pub(crate) fn declare_durable(
+    connection: &mut Connection,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<()> {
+    let mut arguments = FieldTable::new();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".to_owned(),
+            AmqpValue::LongString("quorum".to_owned()),
+        );
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        arguments,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = open_channel(connection)?;
+    match channel.queue_declare(queue, options) {
+        Ok(_) => {
+            let _ = channel.close();
+            Ok(())
+        }
+        Err(amiquip::Error::ServerClosedChannel { code, message, .. })
+            if code == PRECONDITION_FAILED =>
+        {
+            log::warn!(
+                "queue {queue} exists with other settings than ours ({message}); using it as it is"
+            );
+            let channel = open_channel(connection)?;
+            channel
+                .queue_declare_passive(queue)
+                .map_err(|e| Error::broker(format!("using queue {queue}"), e))?;
+            let _ = channel.close();
+            Ok(())
+        }
+        Err(error) => Err(Error::broker(format!("declaring queue {queue}"), error)),
+    }
+}

@@ -1,0 +1,153 @@
+//! `fib-results`: a callback worker; prints the results that arrive on a result queue.
+
+use clap::Parser;
+use fib_rpc::{ConnectionConfig, ResultConsumer, ResultMessage};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Print one line per result arriving on RESULTS (sent there by `fib-client --reply-to RESULTS
+/// --no-wait`): `correlation_id  value`, or `correlation_id  error: message`. Runs until
+/// Ctrl-C/SIGTERM or --count results. Several may read one queue: each result goes to one.
+///
+/// Exit codes: 0 ok, 69 broker unavailable.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The durable result queue (declared if missing).
+    #[arg(value_name = "RESULTS")]
+    queue: String,
+    /// One JSON object per line: {"correlation_id":..., "value":...} or {..., "error":...}.
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many results.
+    #[arg(long, value_name = "K")]
+    count: Option<u64>,
+    /// Broker URL.
+    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
+    amqp_url: String,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fib-results: {error}");
+            ExitCode::from(if error.is_connection() { 69 } else { 1 })
+        }
+    }
+}
+
+fn run(args: &Args) -> fib_rpc::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| fib_rpc::Error::Config(format!("installing signal handlers: {e}")))?;
+    }
+    let mut consumer =
+        ResultConsumer::open(&ConnectionConfig::new(args.amqp_url.as_str()), &args.queue)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0;
+    while !stop.load(Ordering::Relaxed) && args.count.is_none_or(|count| printed < count) {
+        // Short waits, so a signal is noticed promptly; the result in hand is acked only when
+        // the next is asked for, or at close, after it has been printed.
+        let Some(result) = consumer.next_timeout(Duration::from_millis(200))? else {
+            continue;
+        };
+        let line = if args.json {
+            json_line(&result)
+        } else {
+            text_line(&result)
+        };
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
+        printed += 1;
+    }
+    consumer.close()
+}
+
+fn text_line(result: &ResultMessage) -> String {
+    let id = result.correlation_id.as_deref().unwrap_or("-");
+    match &result.outcome {
+        Ok(body) => format!("{id}  {}", String::from_utf8_lossy(body)),
+        Err(error) => format!(
+            "{id}  error: {}",
+            error.remote_message().unwrap_or("unknown")
+        ),
+    }
+}
+
+fn json_line(result: &ResultMessage) -> String {
+    let id = result
+        .correlation_id
+        .as_deref()
+        .map_or("null".to_owned(), json_string);
+    match &result.outcome {
+        Ok(body) => format!(
+            r#"{{"correlation_id":{id},"value":{}}}"#,
+            json_string(&String::from_utf8_lossy(body))
+        ),
+        Err(error) => format!(
+            r#"{{"correlation_id":{id},"error":{}}}"#,
+            json_string(error.remote_message().unwrap_or("unknown"))
+        ),
+    }
+}
+
+fn json_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            '\t' => quoted.push_str("\\t"),
+            c if u32::from(c) < 0x20 => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_what_json_requires() {
+        assert_eq!(json_string("plain"), r#""plain""#);
+        assert_eq!(json_string("a \"q\" \\ b"), r#""a \"q\" \\ b""#);
+        assert_eq!(json_string("line\nnext\u{1}"), r#""line\nnext\u0001""#);
+    }
+
+    #[test]
+    fn result_lines_name_the_correlation_id() {
+        let ok = ResultMessage {
+            correlation_id: Some("id-1".into()),
+            outcome: Ok(b"55".to_vec()),
+        };
+        let failed = ResultMessage {
+            correlation_id: None,
+            outcome: Err(fib_rpc::Error::Remote("bad \"x\"".into())),
+        };
+        assert_eq!(text_line(&ok), "id-1  55");
+        assert_eq!(json_line(&ok), r#"{"correlation_id":"id-1","value":"55"}"#);
+        assert_eq!(text_line(&failed), "-  error: bad \"x\"");
+        assert_eq!(
+            json_line(&failed),
+            r#"{"correlation_id":null,"error":"bad \"x\""}"#
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Asynchronous result pipelines: results that outlive the caller, read from a shared queue.
+//!
+//! [`RpcClient::submit`](crate::RpcClient::submit) publishes a request whose `reply_to` names a
+//! durable result queue and returns at once; servers reply there as to anyone; any number of
+//! [`ResultConsumer`]s read that queue, each result going to exactly one of them.
+
+use crate::admin::{self, open_channel};
+use crate::amqp;
+use crate::config::{ConnectionConfig, QueueType};
+use crate::error::{Error, Result};
+use crate::protocol;
+use amiquip::{Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+/// One result from a result queue.
+#[derive(Debug)]
+pub struct ResultMessage {
+    /// The `correlation_id` that [`submit`](crate::RpcClient::submit) returned for the request.
+    pub correlation_id: Option<String>,
+    /// The reply body, or [`Error::Remote`] for an error reply.
+    pub outcome: Result<Vec<u8>>,
+}
+
+/// Reads results from a durable result queue, one at a time.
+///
+/// A result is acked once the caller has taken it: when it asks for the next one or closes the
+/// consumer. A consumer that dies before then leaves its result to another consumer, so nothing
+/// is lost; [`close`](Self::close) after the last result, or it is delivered again.
+pub struct ResultConsumer {
+    connection: Option<Connection>,
+    channel: Channel,
+    deliveries: Receiver<ConsumerMessage>,
+    taken: Option<Delivery>,
+    failed: bool,
+}
+
+impl ResultConsumer {
+    /// Connects and starts reading `queue`, declaring it durable if it does not exist yet (so a
+    /// consumer may start before any request is sent).
+    pub fn open(config: &ConnectionConfig, queue: &str) -> Result<ResultConsumer> {
+        let mut connection = amqp::open(config, "fib-rpc results")?;
+        admin::declare_durable(&mut connection, queue, QueueType::Classic)?;
+        let channel = open_channel(&mut connection)?;
+        // One unacked result at a time: consumers sharing the queue split the results fairly.
+        channel
+            .qos(0, 1, false)
+            .map_err(|e| Error::broker("setting prefetch", e))?;
+        let consumer = channel
+            .basic_consume(queue, ConsumerOptions::default())
+            .map_err(|e| Error::broker(format!("consuming {queue}"), e))?;
+        let deliveries = consumer.receiver().clone();
+        // The handle borrows the channel we keep beside it; the subscription lasts as long as
+        // the channel, and ends with the connection, never with a cancel racing its own
+        // confirmation (which can take an amiquip connection down).
+        std::mem::forget(consumer);
+        Ok(ResultConsumer {
+            connection: Some(connection),
+            channel,
+            deliveries,
+            taken: None,
+            failed: false,
+        })
+    }
+
+    /// The next result, waiting at most `timeout`; `None` if none came.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<ResultMessage>> {
+        self.ack_taken()?;
+        let message = match self.deliveries.recv_timeout(timeout) {
+            Ok(message) => message,
+            Err(RecvTimeoutError::Timeout) => return Ok(None),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::ConnectionLost("the connection closed".into()))
+            }
+        };
+        match message {
+            ConsumerMessage::Delivery(delivery) => {
+                let result = ResultMessage {
+                    correlation_id: delivery.properties.correlation_id().clone(),
+                    outcome: protocol::decode_reply(&delivery.properties, delivery.body.clone()),
+                };
+                self.taken = Some(delivery);
+                Ok(Some(result))
+            }
+            ConsumerMessage::ServerClosedConnection(error)
+            | ConsumerMessage::ServerClosedChannel(error) => {
+                Err(Error::ConnectionLost(error.to_string()))
+            }
+            other => Err(Error::ConnectionLost(format!(
+                "the result consumer ended: {other:?}"
+            ))),
+        }
+    }
+
+    /// Acks the last result taken and closes the connection.
+    pub fn close(mut self) -> Result<()> {
+        self.ack_taken()?;
+        match self.connection.take() {
+            Some(connection) => connection
+                .close()
+                .map_err(|e| Error::broker("closing the connection", e)),
+            None => Ok(()),
+        }
+    }
+
+    fn ack_taken(&mut self) -> Result<()> {
+        match self.taken.take() {
+            Some(delivery) => delivery
+                .ack(&self.channel)
+                .map_err(|e| Error::ConnectionLost(format!("acking a result: {e}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Blocks for each next result; ends after the first error.
+impl Iterator for ResultConsumer {
+    type Item = Result<ResultMessage>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            match self.next_timeout(Duration::from_secs(3600)) {
+                Ok(Some(result)) => return Some(Ok(result)),
+                Ok(None) => continue,
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ResultConsumer {
+    fn drop(&mut self) {
+        // The last result stays unacked: it was not confirmed taken, so another consumer
+        // gets it.
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close();
+        }
+    }
+}

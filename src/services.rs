@@ -1,0 +1,104 @@
+//! The bundled services: Fibonacci (tutorial 6) and Addition (the callback-queue case study).
+
+use crate::error::HandlerError;
+use crate::fib::fibonacci;
+use crate::protocol::{self, quote};
+use num_bigint::BigInt;
+
+/// The largest n the Fibonacci service computes by default; fib(100000) has 20899 digits.
+pub const DEFAULT_MAX_N: u64 = 100_000;
+
+/// The most digits an Addition operand may have by default.
+pub const DEFAULT_MAX_DIGITS: usize = 100_000;
+
+/// The Fibonacci service: body = n as ASCII decimal, reply = fib(n) as ASCII decimal, n at most
+/// `max_n`.
+pub fn fibonacci_handler(max_n: u64) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
+    move |body| {
+        let n = protocol::parse_bounded_u64(body, max_n)?;
+        Ok(fibonacci(n).to_string().into_bytes())
+    }
+}
+
+/// The Addition service: body = `x,y`, two decimal integers (an optional `-`, then ASCII
+/// digits, no spaces), reply = x + y, exact; each operand at most `max_digits` digits.
+pub fn addition_handler(max_digits: usize) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
+    move |body| {
+        let malformed = || {
+            HandlerError::new(format!(
+                "invalid request {}: expected two decimal integers as x,y",
+                quote(body)
+            ))
+        };
+        let mut operands = body.split(|byte| *byte == b',');
+        let (Some(x), Some(y), None) = (operands.next(), operands.next(), operands.next()) else {
+            return Err(malformed());
+        };
+        let parse = |operand: &[u8]| -> Result<BigInt, HandlerError> {
+            let digits = operand.strip_prefix(b"-").unwrap_or(operand);
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(malformed());
+            }
+            if digits.len() > max_digits {
+                return Err(HandlerError::new(format!(
+                    "an operand has {} digits: the maximum is {max_digits}",
+                    digits.len()
+                )));
+            }
+            BigInt::parse_bytes(operand, 10).ok_or_else(malformed)
+        };
+        let sum = parse(x)? + parse(y)?;
+        Ok(sum.to_string().into_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fibonacci_handler_answers_and_refuses() {
+        let handler = fibonacci_handler(1000);
+        assert_eq!(handler(b"10").unwrap(), b"55");
+        assert!(handler(b"1001").unwrap_err().message().contains("1000"));
+        assert!(handler(b"-1").is_err());
+    }
+
+    #[test]
+    fn addition_is_exact_for_big_and_negative_operands() {
+        let add = addition_handler(DEFAULT_MAX_DIGITS);
+        assert_eq!(add(b"3,5").unwrap(), b"8");
+        assert_eq!(add(b"-3,5").unwrap(), b"2");
+        assert_eq!(add(b"-3,-5").unwrap(), b"-8");
+        assert_eq!(add(b"0,0").unwrap(), b"0");
+        assert_eq!(
+            add(b"99999999999999999999999999,1").unwrap(),
+            b"100000000000000000000000000"
+        );
+    }
+
+    #[test]
+    fn addition_refuses_every_malformed_form() {
+        let add = addition_handler(10);
+        for body in [
+            &b""[..],
+            b"3",
+            b"3,",
+            b",5",
+            b"3,5,7",
+            b"3 ,5",
+            b" 3,5",
+            b"+3,5",
+            b"--3,5",
+            b"-,5",
+            b"3;5",
+            b"1e3,5",
+            b"\xff,5",
+        ] {
+            let error = add(body).expect_err(&format!("{body:?} accepted"));
+            assert!(error.message().contains("x,y"), "{error}");
+        }
+        let too_long = add(b"12345678901,1").unwrap_err();
+        assert!(too_long.message().contains("maximum is 10"), "{too_long}");
+    }
+}
