@@ -31,8 +31,11 @@ struct Args {
     amqp_url: String,
 }
 
+/// Warnings only, and none of amiquip's: a missing queue it warns about is already our error.
+const QUIET_LOGS: &str = "warn,amiquip=error";
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(QUIET_LOGS)).init();
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
