@@ -51,6 +51,9 @@
 //!   official tutorials do; a queue that already exists with other arguments is used as it is.
 //!   A pool of worker threads, each with its own channel and prefetch; a request is acked only
 //!   after its reply is published.
+//! * Result pipelines ([`RpcClient::submit`], [`ResultConsumer`]): the same protocol with
+//!   `reply_to` naming a durable result queue; persistent, publisher-confirmed requests whose
+//!   results outlive the sender.
 //! * Every connection sets `TCP_NODELAY` and a 10 s heartbeat.
 //!
 //! # Threading
@@ -69,6 +72,11 @@
 //! * At-least-once delivery: a server that dies after replying but before acking will have the
 //!   request computed again by another server; the client discards the second reply, but the
 //!   handler should be idempotent.
+//! * The server's deadline check compares the client's and the server's wall clocks; with skew,
+//!   a request may be skipped early or computed late (the broker's `expiration` is unaffected).
+//! * amiquip consumers borrow their channel; to publish on a consuming channel from any thread,
+//!   the client keeps the subscription and forgets its handle, which leaves a consumer tag and
+//!   a queue reference allocated per connection (not per call).
 //! * The library logs through `log` and installs no logger.
 
 mod admin;
