@@ -6,7 +6,6 @@
 
 mod support;
 
-use fib_rpc::{HandlerError, RpcServer};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::TestQueue;
@@ -44,19 +43,7 @@ impl Drop for StoppedBroker {
 #[test]
 fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
     let queue = TestQueue::new("broker-restart");
-    let (started_sender, started) = crossbeam_channel::unbounded();
-    let server = RpcServer::new(
-        support::server_config(&queue.name, 2),
-        move |body: &[u8]| {
-            if body == b"slow" {
-                let _ = started_sender.send(());
-                std::thread::sleep(Duration::from_secs(3));
-            }
-            Ok::<_, HandlerError>(body.to_vec())
-        },
-    )
-    .start()
-    .unwrap();
+    let (server, started) = support::start_slow_echo_server(&queue.name, 2, Duration::from_secs(3));
     let client = support::client();
     let timeout = Duration::from_secs(5);
     assert_eq!(

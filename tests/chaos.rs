@@ -6,7 +6,7 @@
 mod support;
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use fib_rpc::{fibonacci, Error, FibonacciRpcClient, HandlerError, RpcServer};
+use fib_rpc::{fibonacci, Error, FibonacciRpcClient};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -173,19 +173,7 @@ fn chaos_2_server_connection_closed_by_the_broker_recovers() {
 #[test]
 fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_reconnects() {
     let queue = TestQueue::new("chaos-client-conn");
-    let (started_sender, started) = crossbeam_channel::unbounded();
-    let server = RpcServer::new(
-        support::server_config(&queue.name, 2),
-        move |body: &[u8]| {
-            if body == b"slow" {
-                let _ = started_sender.send(());
-                std::thread::sleep(Duration::from_secs(2));
-            }
-            Ok::<_, HandlerError>(body.to_vec())
-        },
-    )
-    .start()
-    .unwrap();
+    let (server, started) = support::start_slow_echo_server(&queue.name, 2, Duration::from_secs(2));
     let name = format!("chaos client {}", uuid::Uuid::new_v4());
     let mut config = support::client_config();
     config.connection.connection_name = Some(name.clone());

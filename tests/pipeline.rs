@@ -191,3 +191,44 @@ fn submit_and_consume_in_the_library_with_error_results_and_redelivery_of_untake
     assert_eq!(results.counts(), (0, 0));
     server.shutdown().unwrap();
 }
+
+#[test]
+fn fib_results_count_prints_text_lines_and_exits_by_itself() {
+    let requests = TestQueue::new("count-requests");
+    let results = TestQueue::new("count-results");
+    let server = support::start_fib_server(&requests.name, 1);
+    let client = support::client();
+    let mut expected = Vec::new();
+    for (n, body) in [(10u64, "10"), (20, "20")] {
+        let id = client
+            .submit(&requests.name, body.as_bytes(), &results.name)
+            .unwrap();
+        expected.push(format!("{id}  {}", fibonacci(n)));
+    }
+    let refused = client
+        .submit(&requests.name, b"oops", &results.name)
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fib-results"))
+        .args([&results.name, "--count", "3"])
+        .env("AMQP_URL", support::amqp_url())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: HashSet<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in &expected {
+        assert!(
+            lines.contains(line.as_str()),
+            "{line} missing from {stdout}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with(&format!("{refused}  error: invalid request"))),
+        "{stdout}"
+    );
+    assert_eq!(results.counts(), (0, 0), "all three acked");
+    server.shutdown().unwrap();
+}

@@ -4,20 +4,12 @@
 mod support;
 
 use fib_rpc::fibonacci;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use support::{RawPeer, ServerProcess, TestQueue};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-fn fib_client(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fib-client"))
-        .args(args)
-        .env("AMQP_URL", support::amqp_url())
-        .output()
-        .expect("run fib-client")
-}
 
 #[test]
 fn fibonacci_and_addition_in_one_server_process() {
@@ -79,7 +71,7 @@ fn fibonacci_and_addition_in_one_server_process() {
     );
 
     // Negative operands start with a dash: `--` ends the options, as usual.
-    let output = fib_client(&[
+    let output = support::run_fib_client(&[
         "--service",
         "add",
         "--queue",
@@ -106,7 +98,8 @@ fn status_shows_messages_and_consumers_and_purge_needs_yes() {
         idle.counts() == (3, 0) && served.counts() == (0, 2)
     });
 
-    let output = fib_client(&["--status", "--queue", &idle.name, "--queue", &served.name]);
+    let output =
+        support::run_fib_client(&["--status", "--queue", &idle.name, "--queue", &served.name]);
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
@@ -117,17 +110,18 @@ fn status_shows_messages_and_consumers_and_purge_needs_yes() {
     );
 
     let missing = TestQueue::new("status-missing");
-    let output = fib_client(&["--status", "--queue", &missing.name, "--queue", &idle.name]);
+    let output =
+        support::run_fib_client(&["--status", "--queue", &missing.name, "--queue", &idle.name]);
     assert_eq!(output.status.code(), Some(69));
     assert!(String::from_utf8(output.stdout)
         .unwrap()
         .contains(&format!("{}\t3\t0", idle.name)));
 
-    let refused = fib_client(&["--purge", "--queue", &idle.name]);
+    let refused = support::run_fib_client(&["--purge", "--queue", &idle.name]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     assert_eq!(idle.counts(), (3, 0), "nothing purged without --yes");
-    let purged = fib_client(&["--purge", "--yes", "--queue", &idle.name]);
+    let purged = support::run_fib_client(&["--purge", "--yes", "--queue", &idle.name]);
     assert_eq!(purged.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(purged.stdout).unwrap(),

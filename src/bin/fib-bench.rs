@@ -102,30 +102,33 @@ impl Report {
         self.latency.value_at_quantile(quantile)
     }
 
-    fn json(&self) -> String {
-        format!(
-            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{},"p90_us":{},"p99_us":{},"p999_us":{},"max_us":{}}}"#,
-            self.calls,
-            self.elapsed.as_secs_f64(),
-            self.rate(),
+    /// p50, p90, p99, p99.9 and max, in microseconds.
+    fn latencies(&self) -> [u64; 5] {
+        [
             self.micros(0.5),
             self.micros(0.9),
             self.micros(0.99),
             self.micros(0.999),
-            self.latency.max()
+            self.latency.max(),
+        ]
+    }
+
+    fn json(&self) -> String {
+        let [p50, p90, p99, p999, max] = self.latencies();
+        format!(
+            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{p50},"p90_us":{p90},"p99_us":{p99},"p999_us":{p999},"max_us":{max}}}"#,
+            self.calls,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
         )
     }
 
     fn row(&self, label: &str) -> String {
+        let [p50, p90, p99, p999, max] = self.latencies();
         format!(
-            "{label:<10} {:>8} {:>10.1} {:>8} {:>8} {:>8} {:>9} {:>8}",
+            "{label:<10} {:>8} {:>10.1} {p50:>8} {p90:>8} {p99:>8} {p999:>9} {max:>8}",
             self.calls,
             self.rate(),
-            self.micros(0.5),
-            self.micros(0.9),
-            self.micros(0.99),
-            self.micros(0.999),
-            self.latency.max()
         )
     }
 }

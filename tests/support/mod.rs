@@ -7,11 +7,11 @@ use amiquip::{
     QueueDeleteOptions,
 };
 use fib_rpc::{
-    fibonacci_handler, ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueType, RpcClient,
-    RpcServer, ServerConfig, ServerHandle,
+    fibonacci_handler, ClientConfig, ConnectionConfig, FibonacciRpcClient, HandlerError, QueueType,
+    RpcClient, RpcServer, ServerConfig, ServerHandle,
 };
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,35 @@ pub fn start_fib_server(queue: &str, workers: usize) -> ServerHandle {
     )
     .start()
     .expect("start the server")
+}
+
+/// An in-process echo server on `queue` that takes `delay` over a request whose body is `slow`
+/// (answering others at once), and signals each time such a request reaches its handler.
+pub fn start_slow_echo_server(
+    queue: &str,
+    workers: usize,
+    delay: Duration,
+) -> (ServerHandle, crossbeam_channel::Receiver<()>) {
+    let (started_sender, started) = crossbeam_channel::unbounded();
+    let server = RpcServer::new(server_config(queue, workers), move |body: &[u8]| {
+        if body == b"slow" {
+            let _ = started_sender.send(());
+            std::thread::sleep(delay);
+        }
+        Ok::<_, HandlerError>(body.to_vec())
+    })
+    .start()
+    .expect("start the echo server");
+    (server, started)
+}
+
+/// Runs the real `fib-client` binary against the test broker.
+pub fn run_fib_client(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args(args)
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .expect("run fib-client")
 }
 
 pub fn client() -> RpcClient {
