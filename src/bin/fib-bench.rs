@@ -434,8 +434,8 @@ fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
             raw_thread(&caller, &queue, args, progress)
         })
     };
-    run(false)?;
-    let report = run(true);
+    // Warm-up and measurement; a failure of either still cleans up below.
+    let report = run(false).and_then(|_| run(true));
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         let _ = worker.join();
@@ -482,8 +482,8 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
             rpc_thread(&client, &queue, args, progress)
         })
     };
-    run(false)?;
-    let report = run(true);
+    // Warm-up and measurement; a failure of either still cleans up below.
+    let report = run(false).and_then(|_| run(true));
     client.close()?;
     if let Some(server) = server {
         server.shutdown()?;
