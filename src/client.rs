@@ -353,16 +353,22 @@ impl Session {
         })
     }
 
+    /// Runs `work` with the connection, for the rare operations that open channels.
+    fn with_connection<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        match lock(&self.connection).as_mut() {
+            Some(connection) => work(connection),
+            None => Err(Error::ConnectionLost("the client is closed".to_owned())),
+        }
+    }
+
     fn ensure_results_queue(&self, queue: &str) -> Result<()> {
         let mut declared = lock(&self.result_queues);
         if declared.contains(queue) {
             return Ok(());
         }
-        let mut connection = lock(&self.connection);
-        let connection = connection
-            .as_mut()
-            .ok_or_else(|| Error::ConnectionLost("the client is closed".to_owned()))?;
-        admin::declare_durable(connection, queue, QueueType::Classic)?;
+        self.with_connection(|connection| {
+            admin::declare_durable(connection, queue, QueueType::Classic)
+        })?;
         declared.insert(queue.to_owned());
         Ok(())
     }
@@ -371,11 +377,7 @@ impl Session {
     fn publish_confirmed(&self, publish: Publish, timeout: Duration) -> Result<()> {
         let mut submitter = lock(&self.submitter);
         if submitter.is_none() {
-            let mut connection = lock(&self.connection);
-            let connection = connection
-                .as_mut()
-                .ok_or_else(|| Error::ConnectionLost("the client is closed".to_owned()))?;
-            *submitter = Some(Submitter::open(connection)?);
+            *submitter = Some(self.with_connection(Submitter::open)?);
         }
         let outcome = submitter
             .as_mut()
@@ -413,13 +415,11 @@ impl Session {
     fn consumer_count(&self, queue: &str) -> Result<u32> {
         let mut inspector = lock(&self.inspector);
         if inspector.is_none() {
-            let mut connection = lock(&self.connection);
-            let connection = connection
-                .as_mut()
-                .ok_or_else(|| Error::ConnectionLost("the client is closed".to_owned()))?;
-            let channel = connection
-                .open_channel(None)
-                .map_err(|error| self.connection_error(error))?;
+            let channel = self.with_connection(|connection| {
+                connection
+                    .open_channel(None)
+                    .map_err(|error| self.connection_error(error))
+            })?;
             *inspector = Some(channel);
         }
         let channel = inspector.as_ref().expect("opened above");
