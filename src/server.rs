@@ -104,19 +104,17 @@ impl RpcServer {
             .name("fib-rpc-server".into())
             .spawn(move || supervisor.run(ready_sender))
             .map_err(|e| Error::Config(format!("cannot start the server thread: {e}")))?;
-        let handle = ServerHandle {
-            stopper: ShutdownTrigger(Arc::new(Mutex::new(Some(stop_sender)))),
-            thread,
-            counters,
-        };
         match ready.recv() {
-            Ok(Ok(())) => Ok(handle),
+            Ok(Ok(())) => Ok(ServerHandle {
+                stopper: ShutdownTrigger(Arc::new(Mutex::new(Some(stop_sender)))),
+                thread: Some(thread),
+                counters,
+            }),
             Ok(Err(error)) => {
-                let _ = handle.thread.join();
+                let _ = thread.join();
                 Err(error)
             }
-            Err(_) => Err(handle
-                .thread
+            Err(_) => Err(thread
                 .join()
                 .map_err(|_| Error::Config("the server thread panicked".into()))
                 .and_then(|result| result)
@@ -126,10 +124,11 @@ impl RpcServer {
     }
 }
 
-/// A running server.
+/// A running server. Dropping the handle stops the server as [`shutdown`](Self::shutdown)
+/// does, ignoring errors.
 pub struct ServerHandle {
     stopper: ShutdownTrigger,
-    thread: JoinHandle<Result<()>>,
+    thread: Option<JoinHandle<Result<()>>>,
     counters: Arc<Counters>,
 }
 
@@ -153,11 +152,22 @@ impl ServerHandle {
 
     /// Blocks until the server has been stopped through a [`ShutdownTrigger`]; returns the
     /// final counts.
-    pub fn wait(self) -> Result<ServerStats> {
-        self.thread
-            .join()
-            .map_err(|_| Error::Config("the server thread panicked".into()))??;
+    pub fn wait(mut self) -> Result<ServerStats> {
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| Error::Config("the server thread panicked".into()))??;
+        }
         Ok(self.counters.snapshot())
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stopper.trigger();
+            let _ = thread.join();
+        }
     }
 }
 

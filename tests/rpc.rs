@@ -363,3 +363,12 @@ fn a_stopping_server_finishes_the_request_in_hand() {
     assert_eq!(pending.wait().unwrap(), b"slow");
     assert_eq!(queue.counts(), (0, 0));
 }
+
+#[test]
+fn dropping_the_server_handle_stops_the_server() {
+    let queue = TestQueue::new("dropped-handle");
+    let server = support::start_fib_server(&queue.name, 2);
+    support::wait_until("both workers consume", TIMEOUT, || queue.counts() == (0, 2));
+    drop(server);
+    support::wait_until("no worker consumes", TIMEOUT, || queue.counts() == (0, 0));
+}
