@@ -304,9 +304,7 @@ struct Session {
 impl Session {
     fn open(config: &ClientConfig) -> Result<Session> {
         let mut connection = amqp::open(&config.connection, "fib-rpc client")?;
-        let channel = connection
-            .open_channel(None)
-            .map_err(|e| Error::broker("opening a channel", e))?;
+        let channel = admin::open_channel(&mut connection)?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| Error::broker("listening for returned messages", e))?;
@@ -458,7 +456,7 @@ impl Session {
     /// amiquip reports every failure after the first as a bare `EventLoopDropped`; prefer the
     /// reason recorded when the connection went down.
     fn connection_error(&self, error: amiquip::Error) -> Error {
-        Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| error.to_string()))
+        self.lost_error(&error.to_string())
     }
 
     fn lost_error(&self, fallback: &str) -> Error {

@@ -236,9 +236,7 @@ impl Supervisor {
         let (exit_sender, exits) = crossbeam_channel::unbounded();
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
         for index in 0..self.config.workers {
-            let channel = connection
-                .open_channel(None)
-                .map_err(|e| Error::broker("opening a worker channel", e))?;
+            let channel = admin::open_channel(&mut connection)?;
             let worker = Worker {
                 queue: self.config.queue.clone(),
                 prefetch: self.config.prefetch,
