@@ -43,7 +43,7 @@ impl Drop for StoppedBroker {
 #[test]
 fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
     let queue = TestQueue::new("broker-restart");
-    let (server, started) = support::start_slow_echo_server(&queue.name, 2, Duration::from_secs(3));
+    let (server, gate) = support::start_gated_echo_server(&queue.name, 2);
     let client = support::client();
     let timeout = Duration::from_secs(5);
     assert_eq!(
@@ -54,10 +54,11 @@ fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
     let in_flight = client
         .send(&queue.name, b"slow", Duration::from_secs(60))
         .unwrap();
-    started.recv_timeout(timeout).unwrap();
+    gate.started.recv_timeout(timeout).unwrap();
     let stopped_at = Instant::now();
     let broker = StoppedBroker::stop();
     let error = in_flight.wait().unwrap_err();
+    gate.release();
     assert!(error.is_connection(), "{error}");
     assert!(
         error.to_string().contains("shutdown"),

@@ -173,7 +173,7 @@ fn chaos_2_server_connection_closed_by_the_broker_recovers() {
 #[test]
 fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_reconnects() {
     let queue = TestQueue::new("chaos-client-conn");
-    let (server, started) = support::start_slow_echo_server(&queue.name, 2, Duration::from_secs(2));
+    let (server, gate) = support::start_gated_echo_server(&queue.name, 2);
     let name = format!("chaos client {}", uuid::Uuid::new_v4());
     let mut config = support::client_config();
     config.connection.connection_name = Some(name.clone());
@@ -181,11 +181,13 @@ fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_
     let in_flight = client
         .send(&queue.name, b"slow", Duration::from_secs(30))
         .unwrap();
-    started.recv_timeout(Duration::from_secs(5)).unwrap();
+    gate.started.recv_timeout(Duration::from_secs(5)).unwrap();
     let closed_at = Instant::now();
     assert_eq!(support::close_broker_connections(&name), 1);
+    // The handler still holds the request, so no reply can race the close.
     let error = in_flight.wait().unwrap_err();
     let failed_after = closed_at.elapsed();
+    gate.release();
     assert!(error.is_connection(), "{error}");
     assert!(
         error.to_string().contains("fault injected") || error.to_string().contains("320"),
@@ -285,7 +287,11 @@ fn chaos_6_stale_requests_are_never_computed() {
         b"30",
         peer.request_properties("late").with_headers(headers),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    support::wait_until(
+        "the late request is queued",
+        Duration::from_secs(10),
+        || queue.counts() == (1, 0),
+    );
     let mut server = ServerProcess::start(&queue.name, &["--workers", "1"]);
     support::wait_until("the late request is taken", Duration::from_secs(10), || {
         queue.counts().0 == 0
@@ -488,7 +494,8 @@ fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
     });
     let client = support::fib_client(&queue.name, Duration::from_secs(10));
     assert_eq!(client.call(25).unwrap(), fibonacci(25));
-    std::thread::sleep(Duration::from_millis(500));
+    // The poisons were acked before the replies that cost the connection: none is queued again.
+    assert_eq!(queue.counts(), (0, 1));
     assert_eq!(
         server.log_lines_with("connection lost"),
         3,

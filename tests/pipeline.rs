@@ -114,7 +114,10 @@ fn results_outlive_the_sender_and_reach_exactly_one_of_two_callback_workers() {
     support::wait_until("100 results are printed", Duration::from_secs(20), || {
         workers.iter().map(ResultsProcess::count).sum::<usize>() >= 100
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Nothing is left to deliver: every result is printed, and a duplicate would show below.
+    support::wait_until("the result queue is empty", Duration::from_secs(20), || {
+        results.counts().0 == 0
+    });
     for worker in &mut workers {
         assert_eq!(worker.stop(), Some(0), "a clean stop on SIGTERM");
     }

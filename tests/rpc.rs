@@ -171,14 +171,11 @@ fn without_a_server_a_patient_call_times_out_on_time_and_the_request_expires() {
     );
     // The request carried expiration = timeout, so the broker drops it instead of keeping it
     // for a server that would answer a caller who has gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while queue.counts().0 > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stale request is still queued"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait_until(
+        "the stale request is dropped",
+        Duration::from_secs(5),
+        || queue.counts().0 == 0,
+    );
 }
 
 #[test]
@@ -187,7 +184,9 @@ fn a_patient_call_is_answered_by_a_server_that_starts_later() {
     queue.declare_quorum();
     let client = support::patient_client();
     let pending = client.send(&queue.name, b"20", TIMEOUT).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    support::wait_until("the request is queued", TIMEOUT, || {
+        queue.counts() == (1, 0)
+    });
     let server = support::start_fib_server(&queue.name, 1);
     assert_eq!(pending.wait().unwrap(), b"6765");
     server.shutdown().unwrap();
@@ -354,12 +353,16 @@ fn stray_and_duplicate_replies_never_answer_the_wrong_call() {
 #[test]
 fn a_stopping_server_finishes_the_request_in_hand() {
     let queue = TestQueue::new("graceful");
-    let (server, started) =
-        support::start_slow_echo_server(&queue.name, 1, Duration::from_millis(500));
+    let (server, gate) = support::start_gated_echo_server(&queue.name, 1);
     let client = support::client();
     let pending = client.send(&queue.name, b"slow", TIMEOUT).unwrap();
-    started.recv_timeout(TIMEOUT).expect("the handler started");
-    server.shutdown().unwrap();
+    gate.started
+        .recv_timeout(TIMEOUT)
+        .expect("the handler started");
+    // The stop is asked for while the handler still holds the request.
+    server.shutdown_trigger().trigger();
+    gate.release();
+    server.wait().unwrap();
     assert_eq!(pending.wait().unwrap(), b"slow");
     assert_eq!(queue.counts(), (0, 0));
 }

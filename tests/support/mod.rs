@@ -142,24 +142,46 @@ pub fn start_fib_server(queue: &str, workers: usize) -> ServerHandle {
     .expect("start the server")
 }
 
-/// An in-process echo server on `queue` that takes `delay` over a request whose body is `slow`
-/// (answering others at once), and signals each time such a request reaches its handler.
-pub fn start_slow_echo_server(
-    queue: &str,
-    workers: usize,
-    delay: Duration,
-) -> (ServerHandle, crossbeam_channel::Receiver<()>) {
+/// Holds an echo server's `slow` requests in its handler until the test lets them go.
+pub struct Gate {
+    /// Receives one message each time a `slow` request reaches the handler.
+    pub started: crossbeam_channel::Receiver<()>,
+    release: Mutex<Option<crossbeam_channel::Sender<()>>>,
+}
+
+impl Gate {
+    /// Lets every held request, and every later one, through.
+    pub fn release(&self) {
+        self.release.lock().unwrap().take();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// An in-process echo server on `queue` whose handler holds a request whose body is `slow`
+/// until the gate is released (answering others at once), so a test decides when it finishes.
+pub fn start_gated_echo_server(queue: &str, workers: usize) -> (ServerHandle, Gate) {
     let (started_sender, started) = crossbeam_channel::unbounded();
+    let (release, released) = crossbeam_channel::bounded::<()>(0);
     let server = RpcServer::new(server_config(queue, workers), move |body: &[u8]| {
         if body == b"slow" {
             let _ = started_sender.send(());
-            std::thread::sleep(delay);
+            // Returns when the gate's sender is dropped.
+            let _ = released.recv();
         }
         Ok::<_, HandlerError>(body.to_vec())
     })
     .start()
     .expect("start the echo server");
-    (server, started)
+    let gate = Gate {
+        started,
+        release: Mutex::new(Some(release)),
+    };
+    (server, gate)
 }
 
 /// Runs the real `fib-client` binary against the test broker.
