@@ -10,8 +10,13 @@
 //!   a request nobody took in time) and a [`DEADLINE_HEADER`] (when the caller stops waiting, in
 //!   milliseconds since the Unix epoch, so a server skips a request that waited in its prefetch
 //!   buffer too long). Both are optional: tutorial requests have neither and are always served.
+//! * A request whose headers the AMQP driver could not safely parse (nested deeper than 64
+//!   levels, or malformed properties) arrives with its headers replaced by [`REJECTED_HEADER`]
+//!   and is answered with an error reply; a `correlation_id` that is not UTF-8 is echoed in the
+//!   reply byte for byte.
 
 use crate::error::{Error, HandlerError, Result};
+pub use crate::frames::REJECTED_HEADER;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use num_bigint::BigUint;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -89,7 +94,7 @@ pub fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Vec<u8
 
 /// Request headers announcing that the caller stops waiting `timeout` after `now`.
 pub fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable {
-    let deadline = now + timeout;
+    let deadline = crate::deadline::wall_clock_after(now, timeout);
     let millis = deadline.duration_since(UNIX_EPOCH).map_or(0, |since| {
         i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
     });
@@ -117,6 +122,15 @@ pub fn is_expired(properties: &AmqpProperties, now: SystemTime) -> bool {
     match deadline_millis {
         Some(millis) => UNIX_EPOCH + Duration::from_millis(millis) < now,
         None => false,
+    }
+}
+
+/// Why fib-rpc replaced a message's headers on arrival (nested too deep, or unparsable
+/// properties), if it did: such a request is answered with an error reply.
+pub fn rejection(properties: &AmqpProperties) -> Option<String> {
+    match properties.headers().as_ref()?.get(REJECTED_HEADER)? {
+        AmqpValue::LongString(reason) => Some(reason.clone()),
+        _ => None,
     }
 }
 

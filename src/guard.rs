@@ -1,0 +1,429 @@
+//! The stream amiquip reads from and writes to: our socket, with every content header frame
+//! passed through [`frames`](crate::frames) on the way in and out.
+//!
+//! amiquip parses only the bytes this stream hands it, so a message it could not survive never
+//! reaches it. Frames other than content headers are passed through as they are, without
+//! being buffered whole.
+
+use crate::frames::{self, RawIds, HEADER_FRAME};
+use mio::{Evented, Poll, PollOpt, Ready, Token};
+use std::io::{self, Read, Write};
+
+/// Type, channel and payload size precede every frame's payload.
+const FRAME_HEADER: usize = 7;
+
+/// The frame-end octet that follows every payload.
+const FRAME_END: usize = 1;
+
+/// The protocol header a client writes before its first frame.
+const PROTOCOL_HEADER: usize = 8;
+
+/// Content headers larger than this are passed through unread; RabbitMQ's own frame limit is
+/// far smaller.
+const MAX_INSPECTED_HEADER: usize = 64 * 1024 * 1024;
+
+/// A socket whose content header frames are made safe before amiquip parses them.
+pub(crate) struct GuardedStream {
+    socket: mio::net::TcpStream,
+    inbound: Inbound,
+    outbound: Outbound,
+    raw_ids: RawIds,
+}
+
+impl GuardedStream {
+    pub fn new(socket: mio::net::TcpStream) -> GuardedStream {
+        GuardedStream {
+            socket,
+            inbound: Inbound::default(),
+            outbound: Outbound {
+                passing: PROTOCOL_HEADER,
+                ..Outbound::default()
+            },
+            raw_ids: RawIds::new(),
+        }
+    }
+}
+
+impl Read for GuardedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut chunk = [0; 16 * 1024];
+        loop {
+            if !self.inbound.output.is_empty() || self.inbound.ended {
+                return Ok(self.inbound.take(buf));
+            }
+            // Read until the socket would block (amiquip polls edge-triggered), or until there
+            // is something to hand on.
+            match self.socket.read(&mut chunk)? {
+                0 => self.inbound.end(),
+                read => self.inbound.push(&chunk[..read], &mut self.raw_ids),
+            }
+        }
+    }
+}
+
+impl Write for GuardedStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbound
+            .write(&mut self.socket, buf, &mut self.raw_ids)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.outbound.flush_pending(&mut self.socket)?;
+        self.socket.flush()
+    }
+}
+
+impl Evented for GuardedStream {
+    fn register(
+        &self,
+        poll: &Poll,
+        token: Token,
+        interest: Ready,
+        opts: PollOpt,
+    ) -> io::Result<()> {
+        self.socket.register(poll, token, interest, opts)
+    }
+
+    fn reregister(
+        &self,
+        poll: &Poll,
+        token: Token,
+        interest: Ready,
+        opts: PollOpt,
+    ) -> io::Result<()> {
+        self.socket.reregister(poll, token, interest, opts)
+    }
+
+    fn deregister(&self, poll: &Poll) -> io::Result<()> {
+        self.socket.deregister(poll)
+    }
+}
+
+impl amiquip::IoStream for GuardedStream {}
+
+/// Splits the inbound byte stream into frames and rewrites content headers.
+#[derive(Default)]
+struct Inbound {
+    /// Bytes of the frame header being read.
+    header: Vec<u8>,
+    /// Bytes of the current frame still to pass through unread.
+    passing: usize,
+    /// A content header frame being collected whole (header, payload and end octet).
+    collecting: Option<Vec<u8>>,
+    /// Bytes ready for amiquip.
+    output: Vec<u8>,
+    ended: bool,
+}
+
+impl Inbound {
+    fn push(&mut self, mut input: &[u8], raw_ids: &mut RawIds) {
+        while !input.is_empty() {
+            if self.passing > 0 {
+                let taken = self.passing.min(input.len());
+                self.output.extend_from_slice(&input[..taken]);
+                self.passing -= taken;
+                input = &input[taken..];
+            } else if let Some(frame) = self.collecting.as_mut() {
+                let wanted = frame.capacity() - frame.len();
+                let taken = wanted.min(input.len());
+                frame.extend_from_slice(&input[..taken]);
+                input = &input[taken..];
+                if frame.len() == frame.capacity() {
+                    let frame = self.collecting.take().expect("collecting");
+                    self.output
+                        .extend_from_slice(&rewrite_inbound(frame, raw_ids));
+                }
+            } else {
+                let taken = (FRAME_HEADER - self.header.len()).min(input.len());
+                self.header.extend_from_slice(&input[..taken]);
+                input = &input[taken..];
+                if self.header.len() == FRAME_HEADER {
+                    let total = frame_length(&self.header);
+                    if self.header[0] == HEADER_FRAME && total <= MAX_INSPECTED_HEADER {
+                        let mut frame = Vec::with_capacity(total);
+                        frame.extend_from_slice(&self.header);
+                        self.collecting = Some(frame);
+                    } else {
+                        self.output.extend_from_slice(&self.header);
+                        self.passing = total - FRAME_HEADER;
+                    }
+                    self.header.clear();
+                }
+            }
+        }
+    }
+
+    /// The socket closed: hand on whatever partial frame there was, as it came.
+    fn end(&mut self) {
+        self.output.append(&mut self.header);
+        if let Some(mut frame) = self.collecting.take() {
+            self.output.append(&mut frame);
+        }
+        self.ended = true;
+    }
+
+    fn take(&mut self, buf: &mut [u8]) -> usize {
+        let taken = buf.len().min(self.output.len());
+        buf[..taken].copy_from_slice(&self.output[..taken]);
+        self.output.drain(..taken);
+        taken
+    }
+}
+
+/// Whole length of the frame whose 7-byte header this is.
+fn frame_length(header: &[u8]) -> usize {
+    let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+    FRAME_HEADER + size as usize + FRAME_END
+}
+
+fn rewrite_inbound(frame: Vec<u8>, raw_ids: &mut RawIds) -> Vec<u8> {
+    let payload = &frame[FRAME_HEADER..frame.len() - FRAME_END];
+    match frames::sanitize(payload, raw_ids) {
+        Some(payload) => {
+            log::warn!("rewrote the properties of an incoming message that the AMQP driver could not parse safely");
+            reframe(&frame, &payload)
+        }
+        None => frame,
+    }
+}
+
+/// `frame` with its payload replaced.
+fn reframe(frame: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut rewritten = Vec::with_capacity(payload.len() + FRAME_HEADER + FRAME_END);
+    rewritten.extend_from_slice(&frame[..3]);
+    rewritten.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    rewritten.extend_from_slice(payload);
+    rewritten.push(frame[frame.len() - 1]);
+    rewritten
+}
+
+/// Passes amiquip's frames to the socket, restoring correlation ids in content headers.
+///
+/// amiquip hands over whole frames and writes again only while it has bytes left. A rewritten
+/// frame that the socket takes only in part is therefore reported one byte short: amiquip keeps
+/// that byte and comes back with it, and by then the rest of the rewritten frame goes out first.
+#[derive(Default)]
+struct Outbound {
+    /// Bytes of the current frame (or the protocol header) that the socket has yet to take as
+    /// they are.
+    passing: usize,
+    /// A rewritten frame, and how much of it the socket has taken.
+    pending: Vec<u8>,
+    pending_written: usize,
+    /// Bytes of the original frame amiquip still holds for us, to be dropped.
+    owed: usize,
+}
+
+impl Outbound {
+    fn write<W: Write>(
+        &mut self,
+        socket: &mut W,
+        buf: &[u8],
+        raw_ids: &mut RawIds,
+    ) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.flush_pending(socket)?;
+        if self.owed > 0 {
+            let dropped = self.owed.min(buf.len());
+            self.owed -= dropped;
+            return Ok(dropped);
+        }
+        if self.passing > 0 {
+            let written = socket.write(&buf[..self.passing.min(buf.len())])?;
+            self.passing -= written;
+            return Ok(written);
+        }
+        // At a frame boundary: pass whole frames through up to the first one to rewrite.
+        let mut span = 0;
+        while span + FRAME_HEADER <= buf.len() {
+            let total = frame_length(&buf[span..]);
+            let frame = &buf[span..(span + total).min(buf.len())];
+            if frame.len() == total && frame[0] == HEADER_FRAME {
+                let payload = &frame[FRAME_HEADER..total - FRAME_END];
+                if frames::carries_token(payload, raw_ids) {
+                    if span > 0 {
+                        break;
+                    }
+                    let payload = frames::restore(payload, raw_ids).expect("carries a token");
+                    return self.write_rewritten(socket, reframe(frame, &payload), total);
+                }
+            }
+            span += total;
+        }
+        // amiquip writes whole frames, so a boundary always has a frame header after it; were
+        // it not so, the bytes are passed on as they are.
+        let span = if span == 0 {
+            buf.len()
+        } else {
+            span.min(buf.len())
+        };
+        let written = socket.write(&buf[..span])?;
+        self.passing = remainder_of_frame(buf, written);
+        Ok(written)
+    }
+
+    fn write_rewritten<W: Write>(
+        &mut self,
+        socket: &mut W,
+        frame: Vec<u8>,
+        original: usize,
+    ) -> io::Result<usize> {
+        self.pending = frame;
+        self.pending_written = 0;
+        match self.flush_pending(socket) {
+            Ok(()) => Ok(original),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                self.owed = 1;
+                Ok(original - 1)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Writes what is left of a rewritten frame; `WouldBlock` if the socket takes not all of it.
+    fn flush_pending<W: Write>(&mut self, socket: &mut W) -> io::Result<()> {
+        while self.pending_written < self.pending.len() {
+            let written = socket.write(&self.pending[self.pending_written..])?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.pending_written += written;
+        }
+        self.pending.clear();
+        self.pending_written = 0;
+        Ok(())
+    }
+}
+
+/// After `written` bytes of the whole frames at the start of `buf`, how many bytes of the frame
+/// in progress are still to go.
+fn remainder_of_frame(buf: &[u8], written: usize) -> usize {
+    let mut boundary = 0;
+    while boundary < written {
+        if buf.len() - boundary < FRAME_HEADER {
+            return 0;
+        }
+        boundary += frame_length(&buf[boundary..]);
+    }
+    boundary - written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![kind, 0, 1];
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes.push(0xce);
+        bytes
+    }
+
+    /// A `basic` content header with only a correlation id.
+    fn correlated(id: &[u8]) -> Vec<u8> {
+        let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        payload.extend_from_slice(&(1u16 << 10).to_be_bytes());
+        payload.push(id.len() as u8);
+        payload.extend_from_slice(id);
+        frame(HEADER_FRAME, &payload)
+    }
+
+    #[test]
+    fn inbound_frames_pass_unchanged_whatever_the_chunking() {
+        let mut stream = frame(1, b"method");
+        stream.extend(correlated(b"id-1"));
+        stream.extend(frame(3, b"body bytes"));
+        stream.extend(frame(8, b""));
+        for chunk in [1, 2, 7, 8, 100] {
+            let mut inbound = Inbound::default();
+            let mut raw_ids = RawIds::new();
+            for piece in stream.chunks(chunk) {
+                inbound.push(piece, &mut raw_ids);
+            }
+            assert_eq!(inbound.output, stream, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_non_utf8_id_goes_in_as_a_token_and_comes_back_out_as_it_was() {
+        let mut raw_ids = RawIds::new();
+        let mut inbound = Inbound::default();
+        let original = correlated(b"\xff\xfe");
+        inbound.push(&original, &mut raw_ids);
+        let token_frame = std::mem::take(&mut inbound.output);
+        assert_ne!(token_frame, original);
+
+        let mut outbound = Outbound::default();
+        let mut socket = Vec::new();
+        let mut amiquip_buffer = frame(1, b"publish");
+        amiquip_buffer.extend(&token_frame);
+        amiquip_buffer.extend(frame(3, b"5"));
+        let mut offset = 0;
+        while offset < amiquip_buffer.len() {
+            offset += outbound
+                .write(&mut socket, &amiquip_buffer[offset..], &mut raw_ids)
+                .unwrap();
+        }
+        let mut expected = frame(1, b"publish");
+        expected.extend(&original);
+        expected.extend(frame(3, b"5"));
+        assert_eq!(socket, expected);
+    }
+
+    /// A socket that takes at most `room` bytes, then would block until given more room.
+    struct Tight {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Tight {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let taken = self.room.min(buf.len());
+            self.taken.extend_from_slice(&buf[..taken]);
+            self.room -= taken;
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_rewritten_frame_the_socket_takes_in_part_keeps_amiquip_writing() {
+        let mut raw_ids = RawIds::new();
+        let mut inbound = Inbound::default();
+        let original = correlated(b"\xff\xfe");
+        inbound.push(&original, &mut raw_ids);
+        let token_frame = std::mem::take(&mut inbound.output);
+
+        let mut outbound = Outbound::default();
+        let mut socket = Tight {
+            taken: Vec::new(),
+            room: 5,
+        };
+        let mut offset = 0;
+        let mut would_block = 0;
+        while offset < token_frame.len() {
+            match outbound.write(&mut socket, &token_frame[offset..], &mut raw_ids) {
+                Ok(written) => offset += written,
+                Err(error) => {
+                    assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+                    would_block += 1;
+                    socket.room = 3;
+                }
+            }
+        }
+        assert!(would_block > 0);
+        assert_eq!(
+            socket.taken, original,
+            "amiquip wrote until the whole frame was out"
+        );
+    }
+}
