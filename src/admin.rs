@@ -1,9 +1,12 @@
 //! Queue administration: declaring durable queues, status and purge, without `rabbitmqctl`.
 
-use crate::amqp;
+use crate::amqp::{self, Link};
 use crate::config::{ConnectionConfig, QueueType};
 use crate::error::{Error, Result};
+use crate::watchdog::{Alarm, Cutter};
 use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// AMQP reply code for a declaration that conflicts with an existing queue.
 const PRECONDITION_FAILED: u16 = 406;
@@ -22,21 +25,64 @@ pub struct QueueStatus {
     pub consumers: u32,
 }
 
-/// A connection for inspecting and managing queues.
+/// A connection for inspecting and managing queues. Each question to the broker takes at most
+/// the connection's connect timeout.
 pub struct QueueAdmin {
     connection: Connection,
+    cutter: Arc<Cutter>,
+    timeout: Duration,
 }
 
 impl QueueAdmin {
     /// Connects to the broker.
     pub fn connect(config: &ConnectionConfig) -> Result<QueueAdmin> {
+        let Link {
+            connection, cutter, ..
+        } = amqp::open(config, "fib-rpc admin", None)?;
         Ok(QueueAdmin {
-            connection: amqp::open(config, "fib-rpc admin")?,
+            connection,
+            cutter,
+            timeout: config.connect_timeout,
         })
     }
 
     /// Messages ready and consumers attached; [`Error::QueueNotFound`] if there is no such queue.
     pub fn status(&mut self, queue: &str) -> Result<QueueStatus> {
+        let alarm = Alarm::arm(Instant::now() + self.timeout, &self.cutter);
+        let status = self.ask_status(queue);
+        self.unanswered(alarm, status)
+    }
+
+    /// Deletes every ready message of `queue`; returns how many there were.
+    pub fn purge(&mut self, queue: &str) -> Result<u32> {
+        let alarm = Alarm::arm(Instant::now() + self.timeout, &self.cutter);
+        let purged = self.ask_purge(queue);
+        self.unanswered(alarm, purged)
+    }
+
+    /// Closes the connection.
+    pub fn close(self) -> Result<()> {
+        let alarm = Alarm::arm(Instant::now() + self.timeout, &self.cutter);
+        let closed = self
+            .connection
+            .close()
+            .map_err(|e| Error::broker("closing the connection", e));
+        drop(alarm);
+        closed
+    }
+
+    /// The broker's answer, or a connection error if it gave none before the alarm.
+    fn unanswered<T>(&self, alarm: Alarm, answer: Result<T>) -> Result<T> {
+        if alarm.fired() {
+            return Err(Error::ConnectionLost(format!(
+                "the broker did not answer within {:?}",
+                self.timeout
+            )));
+        }
+        answer
+    }
+
+    fn ask_status(&mut self, queue: &str) -> Result<QueueStatus> {
         // A passive declaration of a missing queue closes its channel: one channel per question.
         let channel = open_channel(&mut self.connection)?;
         let status = channel
@@ -51,22 +97,14 @@ impl QueueAdmin {
         Ok(status)
     }
 
-    /// Deletes every ready message of `queue`; returns how many there were.
-    pub fn purge(&mut self, queue: &str) -> Result<u32> {
-        self.status(queue)?;
+    fn ask_purge(&mut self, queue: &str) -> Result<u32> {
+        self.ask_status(queue)?;
         let channel = open_channel(&mut self.connection)?;
         let purged = channel
             .queue_purge(queue)
             .map_err(|error| not_found_or(queue, error, "purging"))?;
         let _ = channel.close();
         Ok(purged)
-    }
-
-    /// Closes the connection.
-    pub fn close(self) -> Result<()> {
-        self.connection
-            .close()
-            .map_err(|e| Error::broker("closing the connection", e))
     }
 }
 

@@ -1,15 +1,19 @@
-//! Opening AMQP connections: URL parsing and a TCP stream with `TCP_NODELAY`.
+//! Opening AMQP connections: URL parsing, and a socket of our own handed to amiquip.
 //!
-//! amiquip never sets `TCP_NODELAY`; with Nagle's algorithm on, every small publish waits for the
-//! peer's delayed ACK (~40 ms), which caps a request/reply loop at a few dozen calls per second.
-//! So we open the socket ourselves and hand it to amiquip.
+//! We open the socket ourselves because amiquip never sets `TCP_NODELAY` (with Nagle's
+//! algorithm on, every small publish waits for the peer's delayed ACK, ~40 ms), because every
+//! byte amiquip parses must first pass our [`guard`](crate::guard), and because a clone of the
+//! socket lets the [`watchdog`](crate::watchdog) end a connection whose broker stopped answering.
 
 use crate::config::ConnectionConfig;
 use crate::error::{Error, Result};
+use crate::guard::GuardedStream;
+use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use percent_encoding::percent_decode_str;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use url::Url;
 
 /// Where and how to connect, parsed from an `amqp://` URL. Holds the password: never log it whole.
@@ -89,6 +93,15 @@ pub(crate) fn parse_url(config: &ConnectionConfig) -> Result<Endpoint> {
             other => return Err(invalid(format!("unsupported query parameter {other:?}"))),
         }
     }
+    if endpoint.heartbeat.is_zero() {
+        // Without heartbeats a silent network cut would never end an idle connection: a server
+        // would wait for requests forever on a socket that leads nowhere.
+        return Err(Error::Config(
+            "heartbeat 0 (off) is not supported: a silent network cut would go unnoticed; \
+             use at least 1 second"
+                .into(),
+        ));
+    }
     Ok(endpoint)
 }
 
@@ -96,12 +109,23 @@ pub(crate) fn parse_url(config: &ConnectionConfig) -> Result<Endpoint> {
 /// timeout, the same URL handling), for work the RPC layer does not cover: declaring or
 /// inspecting queues, or measuring the raw AMQP round trip as `fib-bench` does.
 pub fn connect(config: &ConnectionConfig) -> Result<Connection> {
-    open(config, "fib-rpc")
+    Ok(open(config, "fib-rpc", None)?.connection)
+}
+
+/// An open connection, and the means to cut it from any thread.
+pub(crate) struct Link {
+    pub connection: Connection,
+    pub cutter: Arc<Cutter>,
+    pub heartbeat: Duration,
 }
 
 /// Opens a connection, labelled `config.connection_name`, else `default_name`, in the broker's
-/// list of connections.
-pub(crate) fn open(config: &ConnectionConfig, default_name: &str) -> Result<Connection> {
+/// list of connections. It takes at most the connect timeout, and never past `deadline`.
+pub(crate) fn open(
+    config: &ConnectionConfig,
+    default_name: &str,
+    deadline: Option<Instant>,
+) -> Result<Link> {
     let name = config.connection_name.as_deref().unwrap_or(default_name);
     let endpoint = parse_url(config)?;
     let address = endpoint.address();
@@ -109,7 +133,18 @@ pub(crate) fn open(config: &ConnectionConfig, default_name: &str) -> Result<Conn
         address: address.clone(),
         reason,
     };
-    let stream = tcp_connect(&endpoint).map_err(|e| connect_error(e.to_string()))?;
+    let started = Instant::now();
+    let give_up = deadline.map_or(started + endpoint.connect_timeout, |deadline| {
+        deadline.min(started + endpoint.connect_timeout)
+    });
+    let socket = tcp_connect(&endpoint, give_up).map_err(|e| connect_error(e.to_string()))?;
+    let cutter = Arc::new(Cutter::new(
+        socket
+            .try_clone()
+            .map_err(|e| connect_error(e.to_string()))?,
+    ));
+    let stream =
+        mio::net::TcpStream::from_stream(socket).map_err(|e| connect_error(e.to_string()))?;
     let heartbeat = u16::try_from(endpoint.heartbeat.as_secs()).unwrap_or(u16::MAX);
     let options = ConnectionOptions::default()
         .auth(Auth::Plain {
@@ -118,21 +153,54 @@ pub(crate) fn open(config: &ConnectionConfig, default_name: &str) -> Result<Conn
         })
         .virtual_host(endpoint.vhost.clone())
         .heartbeat(heartbeat)
-        .connection_timeout(Some(endpoint.connect_timeout))
+        .connection_timeout(Some(give_up.saturating_duration_since(Instant::now())))
         .information(Some(name.to_owned()));
-    let connection = Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
-        .map_err(|e| connect_error(e.to_string()))?;
+    let alarm = Alarm::arm(give_up, &cutter);
+    let opened = Connection::insecure_open_stream(
+        GuardedStream::new(stream),
+        options,
+        ConnectionTuning::default(),
+    );
+    let connection = match opened {
+        Ok(connection) => connection,
+        Err(_) if alarm.fired() => {
+            return Err(connect_error(format!(
+                "no answer to the AMQP handshake within {:?}",
+                give_up - started
+            )))
+        }
+        Err(error) => return Err(connect_error(error.to_string())),
+    };
     log::debug!("{name}: connected to {address} vhost {:?}", endpoint.vhost);
-    Ok(connection)
+    Ok(Link {
+        connection,
+        cutter,
+        heartbeat: endpoint.heartbeat,
+    })
 }
 
-fn tcp_connect(endpoint: &Endpoint) -> std::io::Result<mio::net::TcpStream> {
+/// What ended a connection, in words that say what happened.
+pub(crate) fn loss_reason(error: &amiquip::Error, heartbeat: Duration) -> String {
+    match error {
+        amiquip::Error::MissedServerHeartbeats => format!(
+            "missed heartbeats from the broker (interval {heartbeat:?}): the network or the \
+             broker stopped answering"
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn tcp_connect(endpoint: &Endpoint, give_up: Instant) -> std::io::Result<TcpStream> {
     let mut last_error = None;
     for addr in (endpoint.host.as_str(), endpoint.port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, endpoint.connect_timeout) {
+        let remaining = give_up.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        match TcpStream::connect_timeout(&addr, remaining) {
             Ok(stream) => {
                 stream.set_nodelay(true)?;
-                return mio::net::TcpStream::from_stream(stream);
+                return Ok(stream);
             }
             Err(error) => last_error = Some(error),
         }
@@ -140,7 +208,7 @@ fn tcp_connect(endpoint: &Endpoint) -> std::io::Result<mio::net::TcpStream> {
     Err(last_error.unwrap_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            "the host name resolved to no address",
+            "the host name resolved to no address, or no time was left to connect",
         )
     }))
 }
@@ -187,6 +255,7 @@ mod tests {
             "amqp://localhost/a/b",
             "amqp://localhost/?frame_max=1",
             "amqp://localhost/?heartbeat=soon",
+            "amqp://localhost/?heartbeat=0",
             "not a url",
         ] {
             let error = parse(url).unwrap_err();
@@ -198,7 +267,7 @@ mod tests {
     fn connect_errors_name_the_address_but_not_the_password() {
         // Port 1 on loopback: nothing listens there, so the connect is refused at once.
         let config = ConnectionConfig::new("amqp://user:secret@127.0.0.1:1/%2f");
-        let error = open(&config, "test").unwrap_err();
+        let error = open(&config, "test", None).err().unwrap();
         assert!(error.is_connection(), "{error}");
         let text = error.to_string();
         assert!(text.contains("127.0.0.1:1"), "{text}");

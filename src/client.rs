@@ -1,33 +1,21 @@
-//! The blocking client: one connection, one exclusive callback queue, many calls.
+//! The blocking client: one connection, one callback queue, many calls.
 
-use crate::admin::{self, NOT_FOUND};
-use crate::amqp;
-use crate::config::{ClientConfig, ConnectionConfig, QueueType, ReplyMode, DEFAULT_QUEUE};
+use crate::config::{ClientConfig, ConnectionConfig, DEFAULT_QUEUE};
+use crate::deadline;
 use crate::error::{Error, Result};
-use crate::pending::{Outcome, Pending};
-use crate::protocol::{self, CONTENT_TYPE};
-use amiquip::{
-    AmqpProperties, Channel, Confirm, Connection, ConsumerMessage, ConsumerOptions, Delivery,
-    Publish, QueueDeclareOptions, Return,
-};
-use crossbeam_channel::{Receiver, TryRecvError};
+use crate::keeper::OwnedPublish;
+use crate::pending::Outcome;
+use crate::protocol;
+use crate::session::{lock, request_properties, Session};
+use amiquip::Publish;
+use crossbeam_channel::Receiver;
 use num_bigint::BigUint;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
-/// AMQP reply code of a mandatory message the broker could not route to any queue.
-const NO_ROUTE: u16 = 312;
-
 /// AMQP `delivery_mode` of a message the broker writes to disk.
 const PERSISTENT: u8 = 2;
-
-/// The pseudo-queue of RabbitMQ's direct reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
-
-/// How long a queue seen with consumers is trusted to still have them.
-const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// A blocking RPC client for any request queue that speaks the tutorial-6 protocol.
 ///
@@ -55,10 +43,10 @@ impl RpcClient {
 
     /// Connects with these settings. Fails at once if the broker cannot be reached.
     pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
-        let session = Session::open(&config)?;
+        let session = Session::open(&config, Instant::now() + config.connection.connect_timeout)?;
         Ok(RpcClient {
             config,
-            session: Mutex::new(Some(Arc::new(session))),
+            session: Mutex::new(Some(session)),
         })
     }
 
@@ -71,6 +59,8 @@ impl RpcClient {
     ///
     /// Returns the reply body, or [`Error::Remote`] for an error reply, [`Error::Timeout`],
     /// [`Error::NoServer`] if no queue of that name exists, or [`Error::ConnectionLost`].
+    /// Everything the call does, reconnecting and checking for a server included, ends within
+    /// `timeout`, whatever the network does.
     pub fn call(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         self.send(queue, body, timeout)?.wait()
     }
@@ -98,42 +88,49 @@ impl RpcClient {
     ///
     /// Request and reply are persistent and the publish is confirmed by the broker, so the
     /// result survives this process's exit (and, on durable queues, a broker restart). Fails
-    /// with [`Error::NoServer`] as [`call`](Self::call) does.
+    /// with [`Error::NoServer`] as [`call`](Self::call) does, and with [`Error::Timeout`] if the
+    /// broker has not confirmed the request within the client's `call_timeout`.
     pub fn submit(&self, queue: &str, body: &[u8], results: &str) -> Result<String> {
-        let session = self.session()?;
-        session.ensure_results_queue(results)?;
-        if self.config.require_consumer {
-            session.ensure_consumer(queue)?;
-        } else {
-            session.consumer_count(queue)?;
-        }
+        let timeout = self.config.call_timeout;
+        let deadline = deadline::after(Instant::now(), timeout);
+        let past_deadline = |error| timed_out(error, deadline, queue, timeout);
+        let session = self.session(deadline).map_err(past_deadline)?;
         let correlation_id = Uuid::new_v4().to_string();
-        let properties = AmqpProperties::default()
-            .with_reply_to(results.to_owned())
-            .with_correlation_id(correlation_id.clone())
-            .with_content_type(CONTENT_TYPE.to_owned())
-            .with_delivery_mode(PERSISTENT);
-        session.publish_confirmed(
-            Publish {
-                mandatory: true,
-                ..Publish::with_properties(body, queue, properties)
-            },
-            self.config.connection.connect_timeout,
-        )?;
+        session
+            .bounded(deadline, "a submitted request", || {
+                session.ensure_results_queue(results)?;
+                if self.config.require_consumer {
+                    session.ensure_consumer(queue, deadline)?;
+                } else {
+                    session.consumer_count(queue)?;
+                }
+                let properties =
+                    request_properties(results, &correlation_id).with_delivery_mode(PERSISTENT);
+                let publish = Publish {
+                    mandatory: true,
+                    ..Publish::with_properties(body, queue, properties)
+                };
+                session.publish_confirmed(publish, deadline, timeout)
+            })
+            .map_err(past_deadline)?;
         log::trace!("submitted {correlation_id} -> {queue}, results to {results}");
         Ok(correlation_id)
     }
 
     /// Sends `body` to `queue` without waiting; the reply is collected with
-    /// [`PendingReply::wait`], which gives up `timeout` after this send.
+    /// [`PendingReply::wait`], which gives up `timeout` after this send. The send itself
+    /// (reconnecting, checking for a server, publishing) never takes longer than `timeout`.
     pub fn send(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<PendingReply> {
-        let deadline = Instant::now() + timeout;
-        let session = self.session()?;
+        let deadline = deadline::after(Instant::now(), timeout);
+        let past_deadline = |error| timed_out(error, deadline, queue, timeout);
+        let session = self.session(deadline).map_err(past_deadline)?;
         if self.config.require_consumer {
-            session.ensure_consumer(queue)?;
+            session
+                .ensure_consumer(queue, deadline)
+                .map_err(past_deadline)?;
         }
         let correlation_id = Uuid::new_v4().to_string();
-        let reply = session.pending.register(correlation_id.clone());
+        let reply = session.pending.register(correlation_id.clone(), deadline);
         let pending = PendingReply {
             session: Arc::clone(&session),
             correlation_id,
@@ -146,21 +143,20 @@ impl RpcClient {
         if let Some(reason) = session.lost_reason() {
             return Err(Error::ConnectionLost(reason));
         }
-        let properties = AmqpProperties::default()
-            .with_reply_to(session.reply_queue.clone())
-            .with_correlation_id(pending.correlation_id.clone())
-            .with_content_type(CONTENT_TYPE.to_owned())
+        let properties = request_properties(&session.reply_queue, &pending.correlation_id)
             .with_expiration(expiration_millis(timeout))
             .with_headers(protocol::deadline_headers(SystemTime::now(), timeout));
-        let publish = Publish {
-            mandatory: true,
-            ..Publish::with_properties(body, queue, properties)
-        };
         log::trace!("call {} -> {queue}", pending.correlation_id);
         session
-            .publisher()
-            .basic_publish("", publish)
-            .map_err(|error| session.connection_error(error))?;
+            .bounded(deadline, "publishing the request", || {
+                session.publish(OwnedPublish {
+                    routing_key: queue.to_owned(),
+                    body: body.to_vec(),
+                    properties,
+                    mandatory: true,
+                })
+            })
+            .map_err(past_deadline)?;
         Ok(pending)
     }
 
@@ -171,7 +167,8 @@ impl RpcClient {
             .map_or(0, |session| session.pending.len())
     }
 
-    /// Closes the connection; calls still waiting fail with [`Error::ConnectionLost`].
+    /// Closes the connection, within the connection's `close_timeout`; calls still waiting
+    /// fail with [`Error::ConnectionLost`].
     pub fn close(self) -> Result<()> {
         match self.take_session() {
             Some(session) => session.close(),
@@ -183,8 +180,8 @@ impl RpcClient {
         lock(&self.session).take()
     }
 
-    /// The live session, reconnecting first if the last one died.
-    fn session(&self) -> Result<Arc<Session>> {
+    /// The live session, reconnecting first (before `deadline`) if the last one died.
+    fn session(&self, deadline: Instant) -> Result<Arc<Session>> {
         let mut current = lock(&self.session);
         if let Some(session) = current.as_ref() {
             match session.lost_reason() {
@@ -195,9 +192,22 @@ impl RpcClient {
         if let Some(dead) = current.take() {
             let _ = dead.close();
         }
-        let session = Arc::new(Session::open(&self.config)?);
+        let session = Session::open(&self.config, deadline)?;
         *current = Some(Arc::clone(&session));
         Ok(session)
+    }
+}
+
+/// A failure that comes after the caller's deadline is that call's timeout, whatever broke.
+fn timed_out(error: Error, deadline: Instant, queue: &str, timeout: Duration) -> Error {
+    if error.is_connection() && Instant::now() >= deadline {
+        log::debug!("call to {queue} timed out: {error}");
+        Error::Timeout {
+            queue: queue.to_owned(),
+            timeout,
+        }
+    } else {
+        error
     }
 }
 
@@ -277,351 +287,6 @@ fn expiration_millis(timeout: Duration) -> String {
         .to_string()
 }
 
-/// One connection's worth of client state; replaced wholesale after a connection loss.
-struct Session {
-    connection: Mutex<Option<Connection>>,
-    /// Requests go out on the channel that consumes the replies (direct reply-to demands it).
-    publisher: Mutex<Channel>,
-    /// For passive declarations, which close their channel when the queue is missing; opened
-    /// on first use so that a failed check never disturbs publishing.
-    inspector: Mutex<Option<Channel>>,
-    /// Queues seen with consumers, until when that answer is trusted.
-    served_until: Mutex<HashMap<String, Instant>>,
-    /// For [`RpcClient::submit`]: a channel in confirm mode, opened on first use.
-    submitter: Mutex<Option<Submitter>>,
-    /// Result queues declared on this connection.
-    result_queues: Mutex<HashSet<String>>,
-    reply_queue: String,
-    pending: Pending,
-    /// Replies and the consumer's fate, read by whichever caller is waiting.
-    replies: Receiver<ConsumerMessage>,
-    /// Mandatory requests the broker could not route.
-    returns: Receiver<Return>,
-    /// Why the connection is gone, once it is.
-    lost: Mutex<Option<String>>,
-}
-
-impl Session {
-    fn open(config: &ClientConfig) -> Result<Session> {
-        let mut connection = amqp::open(&config.connection, "fib-rpc client")?;
-        let channel = admin::open_channel(&mut connection)?;
-        let returns = channel
-            .listen_for_returns()
-            .map_err(|e| Error::broker("listening for returned messages", e))?;
-        let (reply_queue, consumer) = match config.reply_mode {
-            ReplyMode::CallbackQueue => {
-                let options = QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                };
-                let name = channel
-                    .queue_declare("", options)
-                    .map_err(|e| Error::broker("declaring the callback queue", e))?
-                    .name()
-                    .to_owned();
-                (name.clone(), channel.basic_consume(name, no_ack()))
-            }
-            ReplyMode::DirectReplyTo => (
-                DIRECT_REPLY_TO.to_owned(),
-                channel.basic_consume(DIRECT_REPLY_TO, no_ack()),
-            ),
-        };
-        let consumer = consumer.map_err(|e| Error::broker("consuming replies", e))?;
-        let replies = consumer.receiver().clone();
-        // amiquip's Consumer borrows its channel, but callers must publish on this very channel
-        // (direct reply-to demands it) from any thread. Forgetting the handle keeps the
-        // subscription alive, without a borrow, for as long as the channel: it ends when the
-        // connection closes, and never with a cancel whose confirmation could reach a dropped
-        // receiver and take the connection down. What stays allocated is the consumer tag and
-        // one reference to the delivery queue, once per connection.
-        std::mem::forget(consumer);
-        log::debug!("client ready, replies to {reply_queue}");
-        Ok(Session {
-            connection: Mutex::new(Some(connection)),
-            publisher: Mutex::new(channel),
-            inspector: Mutex::new(None),
-            served_until: Mutex::new(HashMap::new()),
-            submitter: Mutex::new(None),
-            result_queues: Mutex::new(HashSet::new()),
-            reply_queue,
-            pending: Pending::default(),
-            replies,
-            returns,
-            lost: Mutex::new(None),
-        })
-    }
-
-    /// Runs `work` with the connection, for the rare operations that open channels.
-    fn with_connection<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        match lock(&self.connection).as_mut() {
-            Some(connection) => work(connection),
-            None => Err(Error::ConnectionLost("the client is closed".to_owned())),
-        }
-    }
-
-    fn ensure_results_queue(&self, queue: &str) -> Result<()> {
-        let mut declared = lock(&self.result_queues);
-        if declared.contains(queue) {
-            return Ok(());
-        }
-        self.with_connection(|connection| {
-            admin::declare_durable(connection, queue, QueueType::Classic)
-        })?;
-        declared.insert(queue.to_owned());
-        Ok(())
-    }
-
-    /// Publishes on the confirm-mode channel and waits for the broker's verdict.
-    fn publish_confirmed(&self, publish: Publish, timeout: Duration) -> Result<()> {
-        let mut submitter = lock(&self.submitter);
-        if submitter.is_none() {
-            *submitter = Some(self.with_connection(Submitter::open)?);
-        }
-        let outcome = submitter
-            .as_mut()
-            .expect("opened above")
-            .publish(publish, timeout);
-        if outcome.as_ref().is_err_and(Error::is_connection) {
-            *submitter = None;
-        }
-        outcome.map_err(|error| match error {
-            Error::ConnectionLost(reason) => self.lost_error(&reason),
-            other => other,
-        })
-    }
-
-    /// Fails with [`Error::NoServer`] if `queue` is missing or has no consumer.
-    fn ensure_consumer(&self, queue: &str) -> Result<()> {
-        let now = Instant::now();
-        if lock(&self.served_until)
-            .get(queue)
-            .is_some_and(|until| *until > now)
-        {
-            return Ok(());
-        }
-        let consumers = self.consumer_count(queue)?;
-        if consumers == 0 {
-            return Err(Error::NoServer {
-                queue: queue.to_owned(),
-                reason: "the queue exists but no server is consuming it".to_owned(),
-            });
-        }
-        lock(&self.served_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
-        Ok(())
-    }
-
-    fn consumer_count(&self, queue: &str) -> Result<u32> {
-        let mut inspector = lock(&self.inspector);
-        if inspector.is_none() {
-            let channel = self.with_connection(|connection| {
-                connection
-                    .open_channel(None)
-                    .map_err(|error| self.connection_error(error))
-            })?;
-            *inspector = Some(channel);
-        }
-        let channel = inspector.as_ref().expect("opened above");
-        match channel.queue_declare_passive(queue) {
-            Ok(declared) => Ok(declared.declared_consumer_count().unwrap_or(0)),
-            Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
-                // The broker closed the channel; the next check opens a fresh one.
-                *inspector = None;
-                Err(if code == NOT_FOUND {
-                    Error::NoServer {
-                        queue: queue.to_owned(),
-                        reason: format!("no queue named {queue:?} exists"),
-                    }
-                } else {
-                    Error::Broker {
-                        operation: format!("checking queue {queue:?}"),
-                        reason: format!("{code} {message}"),
-                    }
-                })
-            }
-            Err(error) => {
-                *inspector = None;
-                Err(self.connection_error(error))
-            }
-        }
-    }
-
-    fn publisher(&self) -> MutexGuard<'_, Channel> {
-        lock(&self.publisher)
-    }
-
-    fn lost_reason(&self) -> Option<String> {
-        lock(&self.lost).clone()
-    }
-
-    /// amiquip reports every failure after the first as a bare `EventLoopDropped`; prefer the
-    /// reason recorded when the connection went down.
-    fn connection_error(&self, error: amiquip::Error) -> Error {
-        self.lost_error(&error.to_string())
-    }
-
-    fn lost_error(&self, fallback: &str) -> Error {
-        Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| fallback.to_owned()))
-    }
-
-    /// Routes whatever has arrived, without blocking; notices a lost connection.
-    fn dispatch_ready(&self) {
-        loop {
-            match self.replies.try_recv() {
-                Ok(message) => self.dispatch(message),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    self.connection_gone();
-                    break;
-                }
-            }
-        }
-        while let Ok(returned) = self.returns.try_recv() {
-            self.route_return(returned);
-        }
-    }
-
-    fn dispatch(&self, message: ConsumerMessage) {
-        match message {
-            ConsumerMessage::Delivery(delivery) => self.route_reply(delivery),
-            ConsumerMessage::ServerClosedConnection(error)
-            | ConsumerMessage::ServerClosedChannel(error) => self.mark_lost(error.to_string()),
-            ConsumerMessage::ServerCancelled => self.mark_lost(
-                "the broker cancelled the reply consumer (callback queue deleted?)".to_owned(),
-            ),
-            _ => self.mark_lost("the client closed the connection".to_owned()),
-        }
-    }
-
-    /// The driver dropped our receivers: the connection is gone, maybe without a last message.
-    fn connection_gone(&self) {
-        while let Ok(message) = self.replies.try_recv() {
-            self.dispatch(message);
-        }
-        self.mark_lost("the connection to the broker closed".to_owned());
-    }
-
-    /// Records the first reason the connection went down and fails every waiting call with it.
-    fn mark_lost(&self, reason: String) {
-        let reason = {
-            let mut lost = lock(&self.lost);
-            if lost.is_none() {
-                log::debug!("client connection lost: {reason}");
-            }
-            lost.get_or_insert(reason).clone()
-        };
-        self.pending.fail_all(&reason);
-    }
-
-    fn close(&self) -> Result<()> {
-        let closed = match lock(&self.connection).take() {
-            Some(connection) => connection.close(),
-            None => Ok(()),
-        };
-        self.connection_gone();
-        match closed {
-            Ok(()) => Ok(()),
-            Err(error) => Err(Error::broker("closing the connection", error)),
-        }
-    }
-
-    fn route_reply(&self, delivery: Delivery) {
-        let Some(id) = delivery.properties.correlation_id().clone() else {
-            log::debug!("discarding a reply without correlation_id");
-            return;
-        };
-        let outcome = protocol::decode_reply(&delivery.properties, delivery.body);
-        if !self.pending.resolve(&id, outcome) {
-            log::debug!("discarding a reply nobody waits for (late, duplicate or foreign): {id}");
-        }
-    }
-
-    fn route_return(&self, returned: Return) {
-        let Some(id) = returned.properties.correlation_id().clone() else {
-            return;
-        };
-        let error = if returned.reply_code == NO_ROUTE {
-            Error::NoServer {
-                queue: returned.routing_key.clone(),
-                reason: format!("no queue named {:?} exists", returned.routing_key),
-            }
-        } else {
-            Error::Broker {
-                operation: format!("routing a request to {:?}", returned.routing_key),
-                reason: format!("{} {}", returned.reply_code, returned.reply_text),
-            }
-        };
-        self.pending.resolve(&id, Err(error));
-    }
-}
-
-/// A channel in publisher-confirm mode: a publish counts once the broker has taken it.
-struct Submitter {
-    channel: Channel,
-    confirms: Receiver<Confirm>,
-    returns: Receiver<Return>,
-    published: u64,
-}
-
-impl Submitter {
-    fn open(connection: &mut Connection) -> Result<Submitter> {
-        let channel = admin::open_channel(connection)?;
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .map_err(|e| Error::broker("listening for confirms", e))?;
-        let returns = channel
-            .listen_for_returns()
-            .map_err(|e| Error::broker("listening for returned messages", e))?;
-        channel
-            .enable_publisher_confirms()
-            .map_err(|e| Error::broker("enabling publisher confirms", e))?;
-        Ok(Submitter {
-            channel,
-            confirms,
-            returns,
-            published: 0,
-        })
-    }
-
-    fn publish(&mut self, publish: Publish, timeout: Duration) -> Result<()> {
-        let queue = publish.routing_key.clone();
-        self.channel
-            .basic_publish("", publish)
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        self.published += 1;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let confirm = self
-                .confirms
-                .recv_deadline(deadline)
-                .map_err(|_| Error::ConnectionLost("no publisher confirm in time".to_owned()))?;
-            let (payload, acked) = match confirm {
-                Confirm::Ack(payload) => (payload, true),
-                Confirm::Nack(payload) => (payload, false),
-            };
-            let covers_ours = payload.delivery_tag == self.published
-                || (payload.multiple && payload.delivery_tag >= self.published);
-            if !covers_ours {
-                continue;
-            }
-            // The broker sends a mandatory message's return before its confirm.
-            if let Ok(returned) = self.returns.try_recv() {
-                return Err(Error::NoServer {
-                    queue,
-                    reason: format!("{} {}", returned.reply_code, returned.reply_text),
-                });
-            }
-            return if acked {
-                Ok(())
-            } else {
-                Err(Error::Broker {
-                    operation: format!("publishing to {queue:?}"),
-                    reason: "the broker refused the message (nack)".to_owned(),
-                })
-            };
-        }
-    }
-}
-
 /// A client for the Fibonacci service: `call(n)` returns fib(n), exact.
 pub struct FibonacciRpcClient {
     rpc: RpcClient,
@@ -684,19 +349,6 @@ impl FibonacciRpcClient {
     pub fn close(self) -> Result<()> {
         self.rpc.close()
     }
-}
-
-fn no_ack() -> ConsumerOptions {
-    ConsumerOptions {
-        no_ack: true,
-        ..ConsumerOptions::default()
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

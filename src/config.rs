@@ -15,11 +15,17 @@ pub struct ConnectionConfig {
     /// `amqp://user:password@host:port/vhost`; default [`DEFAULT_URL`]. The query parameters
     /// `heartbeat` (seconds) and `connection_timeout` (milliseconds) override the fields below.
     pub url: String,
-    /// AMQP heartbeat interval; default 10 s, so a dead peer is noticed within about 20 s
-    /// (amiquip's own default of 60 s would take two minutes). Zero disables heartbeats.
+    /// AMQP heartbeat interval; default 10 s, so a silent network cut ends an idle connection
+    /// within about 20 s (amiquip's own default of 60 s would take two minutes). At least 1 s:
+    /// zero, which would turn heartbeats off, is refused. Calls never rely on it: each keeps its
+    /// own timeout whatever the network does.
     pub heartbeat: Duration,
     /// Bound on the TCP connect and the AMQP handshake together; default 5 s.
     pub connect_timeout: Duration,
+    /// Bound on closing a connection (the broker's close handshake, a consumer's cancel); past
+    /// it the socket is shut down, as during a network cut, where the broker never answers.
+    /// Default 5 s.
+    pub close_timeout: Duration,
     /// Shown by the broker as the connection's `information` client property (`rabbitmqctl
     /// list_connections client_properties`, the management UI); default: none, and the
     /// connection is labelled `fib-rpc client` or `fib-rpc server on <queue>`.
@@ -32,6 +38,7 @@ impl Default for ConnectionConfig {
             url: DEFAULT_URL.to_owned(),
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
             connection_name: None,
         }
     }
@@ -129,6 +136,10 @@ pub struct ServerConfig {
     pub reconnect_initial: Duration,
     /// Longest wait between reconnection attempts; default 5 s.
     pub reconnect_max: Duration,
+    /// How long a stopping server may take to finish the requests in hand; default 30 s.
+    /// Requests still in hand then are left unacknowledged, so the broker gives them to
+    /// another server.
+    pub drain_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +152,7 @@ impl Default for ServerConfig {
             prefetch: 1,
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// What a waiting caller receives: the reply body, or why there will be none.
 pub(crate) type Outcome = Result<Vec<u8>>;
@@ -13,26 +14,39 @@ pub(crate) type Outcome = Result<Vec<u8>>;
 /// Every entry is removed exactly once: by the reply that resolves it, by the caller that stops
 /// waiting, or by [`fail_all`](Self::fail_all) when the connection dies. So the map never leaks,
 /// and a second reply for the same id (a redelivered request answered twice) finds nothing.
+///
+/// A call's deadline is final: a reply read after it is discarded as late, even if the caller
+/// has not yet collected its timeout, so the answer never depends on when the caller looks.
 #[derive(Default)]
 pub(crate) struct Pending {
-    waiting: Mutex<HashMap<String, Sender<Outcome>>>,
+    waiting: Mutex<HashMap<String, Waiter>>,
+}
+
+struct Waiter {
+    reply: Sender<Outcome>,
+    deadline: Instant,
 }
 
 impl Pending {
-    /// Starts waiting for `id`. Register before publishing, or a fast reply finds no one.
-    pub fn register(&self, id: String) -> Receiver<Outcome> {
-        let (sender, receiver) = crossbeam_channel::bounded(1);
-        self.lock().insert(id, sender);
+    /// Starts waiting for `id` until `deadline`. Register before publishing, or a fast reply
+    /// finds no one.
+    pub fn register(&self, id: String, deadline: Instant) -> Receiver<Outcome> {
+        let (reply, receiver) = crossbeam_channel::bounded(1);
+        self.lock().insert(id, Waiter { reply, deadline });
         receiver
     }
 
     /// Hands `outcome` to the caller waiting for `id`; false if no one is (late, duplicate or
     /// foreign reply), and then the outcome is dropped.
     pub fn resolve(&self, id: &str, outcome: Outcome) -> bool {
+        self.resolve_at(id, outcome, Instant::now())
+    }
+
+    fn resolve_at(&self, id: &str, outcome: Outcome, now: Instant) -> bool {
         match self.lock().remove(id) {
             // The caller may have given up between our remove and this send; that is fine.
-            Some(sender) => sender.send(outcome).is_ok(),
-            None => false,
+            Some(waiter) if now <= waiter.deadline => waiter.reply.send(outcome).is_ok(),
+            Some(_) | None => false,
         }
     }
 
@@ -44,8 +58,10 @@ impl Pending {
     /// Fails every waiting call with a connection-lost error.
     pub fn fail_all(&self, reason: &str) {
         let drained: Vec<_> = self.lock().drain().collect();
-        for (_, sender) in drained {
-            let _ = sender.send(Err(Error::ConnectionLost(reason.to_owned())));
+        for (_, waiter) in drained {
+            let _ = waiter
+                .reply
+                .send(Err(Error::ConnectionLost(reason.to_owned())));
         }
     }
 
@@ -54,7 +70,7 @@ impl Pending {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Sender<Outcome>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.waiting
@@ -66,12 +82,17 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
 
     #[test]
     fn a_reply_reaches_its_own_caller_only() {
         let pending = Pending::default();
-        let first = pending.register("a".into());
-        let second = pending.register("b".into());
+        let first = pending.register("a".into(), later());
+        let second = pending.register("b".into(), later());
         assert!(pending.resolve("b", Ok(b"2".to_vec())));
         assert!(pending.resolve("a", Ok(b"1".to_vec())));
         assert_eq!(first.recv().unwrap().unwrap(), b"1");
@@ -82,7 +103,7 @@ mod tests {
     #[test]
     fn unknown_and_duplicate_replies_are_refused() {
         let pending = Pending::default();
-        let waiter = pending.register("a".into());
+        let waiter = pending.register("a".into(), later());
         assert!(!pending.resolve("stranger", Ok(b"9".to_vec())));
         assert!(pending.resolve("a", Ok(b"1".to_vec())));
         assert!(!pending.resolve("a", Ok(b"1 again".to_vec())));
@@ -93,7 +114,7 @@ mod tests {
     #[test]
     fn forgotten_calls_leave_nothing_behind_and_ignore_late_replies() {
         let pending = Pending::default();
-        let waiter = pending.register("late".into());
+        let waiter = pending.register("late".into(), later());
         pending.forget("late");
         assert_eq!(pending.len(), 0);
         assert!(!pending.resolve("late", Ok(b"1".to_vec())));
@@ -103,7 +124,7 @@ mod tests {
     #[test]
     fn a_reply_for_a_caller_that_went_away_is_not_counted_as_delivered() {
         let pending = Pending::default();
-        drop(pending.register("gone".into()));
+        drop(pending.register("gone".into(), later()));
         assert!(!pending.resolve("gone", Ok(b"1".to_vec())));
         assert_eq!(pending.len(), 0);
     }
@@ -111,7 +132,9 @@ mod tests {
     #[test]
     fn fail_all_fails_every_waiter_with_the_reason() {
         let pending = Pending::default();
-        let waiters: Vec<_> = (0..3).map(|i| pending.register(i.to_string())).collect();
+        let waiters: Vec<_> = (0..3)
+            .map(|i| pending.register(i.to_string(), later()))
+            .collect();
         pending.fail_all("broker restarted");
         assert_eq!(pending.len(), 0);
         for waiter in waiters {
@@ -119,5 +142,19 @@ mod tests {
             assert!(error.is_connection());
             assert!(error.to_string().contains("broker restarted"));
         }
+    }
+
+    #[test]
+    fn a_reply_read_after_the_deadline_is_late_and_dropped() {
+        let pending = Pending::default();
+        let deadline = Instant::now();
+        let waiter = pending.register("slow".into(), deadline);
+        let late = deadline + Duration::from_millis(1);
+        assert!(!pending.resolve_at("slow", Ok(b"1".to_vec()), late));
+        assert!(waiter.try_recv().is_err());
+        assert_eq!(pending.len(), 0);
+        let on_time = pending.register("quick".into(), deadline);
+        assert!(pending.resolve_at("quick", Ok(b"2".to_vec()), deadline));
+        assert_eq!(on_time.recv().unwrap().unwrap(), b"2");
     }
 }

@@ -5,13 +5,19 @@
 //! [`ResultConsumer`]s read that queue, each result going to exactly one of them.
 
 use crate::admin::{self, open_channel};
-use crate::amqp;
+use crate::amqp::{self, Link};
 use crate::config::{ConnectionConfig, QueueType};
 use crate::error::{Error, Result};
+use crate::keeper::Keeper;
 use crate::protocol;
-use amiquip::{Channel, Connection, ConsumerMessage, ConsumerOptions, Delivery};
-use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use crate::watchdog::{Alarm, Cutter};
+use amiquip::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
+use crossbeam_channel::RecvTimeoutError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The keeper has nothing else to do while idle.
+const KEEPER_IDLE: Duration = Duration::from_secs(3600);
 
 /// One result from a result queue.
 #[derive(Debug)]
@@ -25,12 +31,15 @@ pub struct ResultMessage {
 /// Reads results from a durable result queue, one at a time.
 ///
 /// A result is acked once the caller has taken it: when it asks for the next one or closes the
-/// consumer. A consumer that dies before then leaves its result to another consumer, so nothing
-/// is lost; [`close`](Self::close) after the last result, or it is delivered again.
+/// consumer. A consumer that is dropped, or dies, before then leaves its result to another
+/// consumer, so nothing is lost; [`close`](Self::close) after the last result has been handled,
+/// or it is delivered again.
 pub struct ResultConsumer {
     connection: Option<Connection>,
-    channel: Channel,
-    deliveries: Receiver<ConsumerMessage>,
+    cutter: Arc<Cutter>,
+    close_timeout: Duration,
+    /// Declared after the connection: dropped once it is closed.
+    keeper: Keeper,
     taken: Option<Delivery>,
     failed: bool,
 }
@@ -39,34 +48,42 @@ impl ResultConsumer {
     /// Connects and starts reading `queue`, declaring it durable if it does not exist yet (so a
     /// consumer may start before any request is sent).
     pub fn open(config: &ConnectionConfig, queue: &str) -> Result<ResultConsumer> {
-        let mut connection = amqp::open(config, "fib-rpc results")?;
+        let Link {
+            mut connection,
+            cutter,
+            ..
+        } = amqp::open(config, "fib-rpc results", None)?;
+        let alarm = Alarm::arm(Instant::now() + config.connect_timeout, &cutter);
         admin::declare_durable(&mut connection, queue, QueueType::Classic)?;
         let channel = open_channel(&mut connection)?;
         // One unacked result at a time: consumers sharing the queue split the results fairly.
         channel
             .qos(0, 1, false)
             .map_err(|e| Error::broker("setting prefetch", e))?;
-        let consumer = channel
-            .basic_consume(queue, ConsumerOptions::default())
-            .map_err(|e| Error::broker(format!("consuming {queue}"), e))?;
-        let deliveries = consumer.receiver().clone();
-        // The handle borrows the channel we keep beside it; the subscription lasts as long as
-        // the channel, and ends with the connection, never with a cancel racing its own
-        // confirmation (which can take an amiquip connection down).
-        std::mem::forget(consumer);
+        let keeper = Keeper::start(
+            channel,
+            queue.to_owned(),
+            ConsumerOptions::default(),
+            KEEPER_IDLE,
+            Box::new(|| true),
+            Box::new(|_| {}),
+        )?;
+        drop(alarm);
         Ok(ResultConsumer {
             connection: Some(connection),
-            channel,
-            deliveries,
+            cutter,
+            close_timeout: config.close_timeout,
+            keeper,
             taken: None,
             failed: false,
         })
     }
 
-    /// The next result, waiting at most `timeout`; `None` if none came.
+    /// The next result, waiting at most `timeout`; `None` if none came. Acks the result taken
+    /// before, if any.
     pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<ResultMessage>> {
         self.ack_taken()?;
-        let message = match self.deliveries.recv_timeout(timeout) {
+        let message = match self.keeper.deliveries().recv_timeout(timeout) {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => return Ok(None),
             Err(RecvTimeoutError::Disconnected) => {
@@ -92,22 +109,25 @@ impl ResultConsumer {
         }
     }
 
-    /// Acks the last result taken and closes the connection.
+    /// Acks the last result taken and closes the connection, within the close timeout.
     pub fn close(mut self) -> Result<()> {
         self.ack_taken()?;
         match self.connection.take() {
-            Some(connection) => connection
-                .close()
-                .map_err(|e| Error::broker("closing the connection", e)),
+            Some(connection) => self.close_bounded(connection),
             None => Ok(()),
         }
     }
 
+    fn close_bounded(&self, connection: Connection) -> Result<()> {
+        let alarm = Alarm::arm(Instant::now() + self.close_timeout, &self.cutter);
+        let closed = connection.close();
+        drop(alarm);
+        closed.map_err(|e| Error::broker("closing the connection", e))
+    }
+
     fn ack_taken(&mut self) -> Result<()> {
         match self.taken.take() {
-            Some(delivery) => delivery
-                .ack(&self.channel)
-                .map_err(|e| Error::ConnectionLost(format!("acking a result: {e}"))),
+            Some(delivery) => self.keeper.ack(delivery),
             None => Ok(()),
         }
     }
@@ -139,7 +159,7 @@ impl Drop for ResultConsumer {
         // The last result stays unacked: it was not confirmed taken, so another consumer
         // gets it.
         if let Some(connection) = self.connection.take() {
-            let _ = connection.close();
+            let _ = self.close_bounded(connection);
         }
     }
 }

@@ -1,17 +1,18 @@
 //! The server: a pool of worker threads serving one request queue with a handler.
 
 use crate::admin;
-use crate::amqp;
+use crate::amqp::{self, Link};
 use crate::config::ServerConfig;
 use crate::error::{Error, HandlerError, Result};
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
+use crate::watchdog::{Alarm, Cutter};
 use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
 use crossbeam_channel::{Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a service does with a request body: the reply body, or a message for an error reply.
 pub type Handler = dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync;
@@ -231,7 +232,15 @@ impl Supervisor {
 
     fn serve_one_connection(&self, ready: &mut Option<Sender<Result<()>>>) -> Result<SessionEnd> {
         let name = format!("fib-rpc server on {}", self.config.queue);
-        let mut connection = amqp::open(&self.config.connection, &name)?;
+        let Link {
+            mut connection,
+            cutter,
+            heartbeat,
+        } = amqp::open(&self.config.connection, &name, None)?;
+        let setup = Alarm::arm(
+            Instant::now() + self.config.connection.connect_timeout,
+            &cutter,
+        );
         admin::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
         let (exit_sender, exits) = crossbeam_channel::unbounded();
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
@@ -243,6 +252,8 @@ impl Supervisor {
                 handler: Arc::clone(&self.handler),
                 stop: self.stop.clone(),
                 counters: Arc::clone(&self.counters),
+                cutter: Arc::clone(&cutter),
+                close_timeout: self.config.connection.close_timeout,
             };
             let (exit_sender, consuming_sender) = (exit_sender.clone(), consuming_sender.clone());
             std::thread::Builder::new()
@@ -261,38 +272,78 @@ impl Supervisor {
                 Err(_) => break,
             }
         }
+        drop(setup);
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         } else {
             log::info!("reconnected: consuming {} again", self.config.queue);
         }
         // The first worker to end decides: a stop, or a loss that ends the whole connection.
-        let first = exits.recv().unwrap_or(SessionEnd::Stopped);
-        if let SessionEnd::Lost(reason) = first {
+        let mut ended = 0;
+        let first = crossbeam_channel::select! {
+            recv(exits) -> end => end.ok(),
+            recv(self.stop) -> _ => None,
+        };
+        match first {
+            Some(SessionEnd::Stopped) => ended = 1,
+            Some(SessionEnd::Lost(_)) | None => {}
+        }
+        if let Some(SessionEnd::Lost(reason)) = first {
             // Closing the connection ends the other workers too; their unacked requests go back
-            // to the queue.
-            let _ = connection.close();
+            // to the queue. Its close result is the driver's own account of what happened.
+            let alarm = Alarm::arm(
+                Instant::now() + self.config.connection.close_timeout,
+                &cutter,
+            );
+            let reason = match connection.close() {
+                Err(error) if !alarm.fired() => amqp::loss_reason(&error, heartbeat),
+                _ => reason,
+            };
+            drop(alarm);
             for _ in exits.iter() {}
             return Ok(SessionEnd::Lost(reason));
         }
+        // Stopping: the workers finish what they hold, within the drain timeout; whatever is
+        // still in hand then goes back to the queue when the connection is cut.
+        let drained_by = Instant::now() + self.config.drain_timeout;
         let mut lost = None;
-        for end in exits.iter() {
-            if let SessionEnd::Lost(reason) = end {
-                lost.get_or_insert(reason);
+        while ended < self.config.workers {
+            match exits.recv_deadline(drained_by) {
+                Ok(SessionEnd::Lost(reason)) => {
+                    lost.get_or_insert(reason);
+                    ended += 1;
+                }
+                Ok(SessionEnd::Stopped) => ended += 1,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    log::warn!(
+                        "{} requests still in hand after the drain timeout ({:?}); leaving \
+                         them to another server",
+                        self.config.workers - ended,
+                        self.config.drain_timeout
+                    );
+                    cutter.cut();
+                    break;
+                }
             }
         }
+        let alarm = Alarm::arm(
+            Instant::now() + self.config.connection.close_timeout,
+            &cutter,
+        );
         let closed = connection.close();
-        match (lost, closed) {
-            (None, Ok(())) => Ok(SessionEnd::Stopped),
-            (Some(reason), _) => {
-                log::warn!("a worker lost its channel while stopping: {reason}");
-                Ok(SessionEnd::Stopped)
-            }
-            (None, Err(error)) => {
-                log::warn!("closing the connection: {error}");
-                Ok(SessionEnd::Stopped)
-            }
+        if alarm.fired() {
+            log::warn!(
+                "the broker did not confirm the close within {:?}",
+                self.config.connection.close_timeout
+            );
         }
+        match (lost, closed) {
+            (None, Ok(())) => {}
+            (Some(reason), _) => log::warn!("a worker lost its channel while stopping: {reason}"),
+            (None, Err(error)) => log::warn!("closing the connection: {error}"),
+        }
+        Ok(SessionEnd::Stopped)
     }
 }
 
@@ -302,6 +353,8 @@ struct Worker {
     handler: Arc<Handler>,
     stop: Receiver<()>,
     counters: Arc<Counters>,
+    cutter: Arc<Cutter>,
+    close_timeout: Duration,
 }
 
 impl Worker {
@@ -344,7 +397,10 @@ impl Worker {
         }
         // Stop: cancel, then serve whatever the broker sent before the cancel took effect, and
         // leave only on the cancellation's own message, so nothing in hand goes unanswered.
-        if let Err(error) = consumer.cancel() {
+        let alarm = Alarm::arm(Instant::now() + self.close_timeout, &self.cutter);
+        let cancelled = consumer.cancel();
+        drop(alarm);
+        if let Err(error) = cancelled {
             return SessionEnd::Lost(error.to_string());
         }
         for message in consumer.receiver().iter() {
@@ -391,8 +447,11 @@ impl Worker {
             count(&counters.expired);
             return delivery.ack(channel);
         }
-        let outcome = catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery.body)))
-            .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
+        let outcome = match protocol::rejection(properties) {
+            Some(reason) => Err(HandlerError::new(format!("request refused: {reason}"))),
+            None => catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery.body)))
+                .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic)))),
+        };
         let mut reply_properties =
             AmqpProperties::default().with_content_type(CONTENT_TYPE.to_owned());
         if let Some(id) = properties.correlation_id() {

@@ -1,0 +1,130 @@
+//! A consuming channel kept by a thread of its own.
+//!
+//! amiquip's `Consumer` borrows its `Channel`, and a `Channel` cannot be shared between threads,
+//! yet a client's reply consumer must live as long as its connection, next to callers on any
+//! thread. So a keeper thread owns the channel and its consumer; others read the deliveries
+//! from a cloned receiver and send it what must happen on that very channel (publishing for
+//! direct reply-to, acking). When the keeper's handle is dropped, after its connection has
+//! closed, the thread drops the consumer and the channel, and all they hold is freed.
+
+use crate::error::{Error, Result};
+use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+/// A message to publish on the keeper's channel, to the default exchange.
+pub(crate) struct OwnedPublish {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: AmqpProperties,
+    pub mandatory: bool,
+}
+
+enum Command {
+    Publish(OwnedPublish),
+    Ack(Delivery, Sender<Result<()>>),
+}
+
+/// Work the keeper does every `interval` while nothing else is asked of it; it stops the
+/// keeper by returning false.
+pub(crate) type Tick = Box<dyn FnMut() -> bool + Send>;
+
+/// Handle on a keeper thread: its deliveries, and a way to act on its channel.
+pub(crate) struct Keeper {
+    commands: Sender<Command>,
+    deliveries: Receiver<ConsumerMessage>,
+}
+
+impl Keeper {
+    /// Starts consuming `queue` on `channel` from a new thread; returns once the broker has
+    /// confirmed the subscription. `tick` runs every `interval` while the keeper is idle.
+    pub fn start(
+        channel: Channel,
+        queue: String,
+        options: ConsumerOptions,
+        interval: Duration,
+        mut tick: Tick,
+        on_publish_error: Box<dyn Fn(String) + Send>,
+    ) -> Result<Keeper> {
+        let (commands, orders) = crossbeam_channel::unbounded::<Command>();
+        let (ready_sender, ready) = crossbeam_channel::bounded(1);
+        std::thread::Builder::new()
+            .name("fib-rpc-consumer".into())
+            .spawn(move || {
+                let consumer = match channel.basic_consume(queue.as_str(), options) {
+                    Ok(consumer) => consumer,
+                    Err(error) => {
+                        let _ = ready_sender
+                            .send(Err(Error::broker(format!("consuming {queue}"), error)));
+                        return;
+                    }
+                };
+                let _ = ready_sender.send(Ok(consumer.receiver().clone()));
+                loop {
+                    match orders.recv_timeout(interval) {
+                        Ok(Command::Publish(publish)) => {
+                            let message = Publish {
+                                mandatory: publish.mandatory,
+                                ..Publish::with_properties(
+                                    &publish.body,
+                                    publish.routing_key.as_str(),
+                                    publish.properties,
+                                )
+                            };
+                            if let Err(error) = channel.basic_publish("", message) {
+                                on_publish_error(error.to_string());
+                            }
+                        }
+                        Ok(Command::Ack(delivery, done)) => {
+                            let _ = done.send(
+                                delivery
+                                    .ack(&channel)
+                                    .map_err(|e| Error::ConnectionLost(format!("acking: {e}"))),
+                            );
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            if !tick() {
+                                break;
+                            }
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                // By now the connection is closed (or about to be), so the consumer's cancel
+                // and the channel's close fail at once instead of waiting on the broker.
+                drop(consumer);
+                drop(channel);
+            })
+            .map_err(|e| Error::Config(format!("cannot start a consumer thread: {e}")))?;
+        let deliveries = ready
+            .recv()
+            .unwrap_or_else(|_| Err(Error::ConnectionLost("the consumer thread ended".into())))?;
+        Ok(Keeper {
+            commands,
+            deliveries,
+        })
+    }
+
+    /// Deliveries and the consumer's fate, as amiquip reports them.
+    pub fn deliveries(&self) -> &Receiver<ConsumerMessage> {
+        &self.deliveries
+    }
+
+    /// Publishes on the keeper's channel without waiting; failures go to `on_publish_error`.
+    pub fn publish(&self, publish: OwnedPublish) -> Result<()> {
+        self.commands
+            .send(Command::Publish(publish))
+            .map_err(|_| Error::ConnectionLost("the consumer thread ended".into()))
+    }
+
+    /// Acks `delivery` on the keeper's channel, the one it came on.
+    pub fn ack(&self, delivery: Delivery) -> Result<()> {
+        let (done, outcome) = crossbeam_channel::bounded(1);
+        self.commands
+            .send(Command::Ack(delivery, done))
+            .map_err(|_| Error::ConnectionLost("the consumer thread ended".into()))?;
+        outcome
+            .recv()
+            .unwrap_or_else(|_| Err(Error::ConnectionLost("the consumer thread ended".into())))
+    }
+}

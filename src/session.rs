@@ -1,0 +1,517 @@
+//! One connection's worth of client state, replaced wholesale after a connection loss.
+
+use crate::admin::{self, NOT_FOUND};
+use crate::amqp::{self, Link};
+use crate::config::{ClientConfig, QueueType, ReplyMode};
+use crate::error::{Error, Result};
+use crate::keeper::{Keeper, OwnedPublish, Tick};
+use crate::pending::Pending;
+use crate::protocol;
+use crate::watchdog::{Alarm, Cutter};
+use amiquip::{
+    AmqpProperties, Channel, Confirm, Connection, ConsumerMessage, ConsumerOptions, Delivery,
+    Publish, QueueDeclareOptions, Return,
+};
+use crossbeam_channel::{Receiver, TryRecvError};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+/// AMQP reply code of a mandatory message the broker could not route to any queue.
+const NO_ROUTE: u16 = 312;
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// How long a queue seen with consumers is trusted to still have them.
+const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
+
+/// How often replies are read while no caller waits for one, so strays never pile up.
+const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+
+pub(crate) struct Session {
+    /// Closed before the reply keeper lets its consumer go, so that never cancels on a live
+    /// connection.
+    connection: Mutex<Option<Connection>>,
+    cutter: Arc<Cutter>,
+    heartbeat: Duration,
+    close_timeout: Duration,
+    /// Requests go out here; `None` with direct reply-to, which demands that requests go out
+    /// on the consuming channel, the keeper's.
+    publisher: Option<Mutex<Channel>>,
+    keeper: Keeper,
+    /// For passive declarations, which close their channel when the queue is missing; opened
+    /// on first use so that a failed check never disturbs publishing.
+    inspector: Mutex<Option<Channel>>,
+    /// Queues seen with consumers, until when that answer is trusted.
+    served_until: Mutex<HashMap<String, Instant>>,
+    /// For [`RpcClient::submit`](crate::RpcClient::submit): a channel in confirm mode.
+    submitter: Mutex<Option<Submitter>>,
+    /// Result queues declared on this connection.
+    result_queues: Mutex<HashSet<String>>,
+    pub reply_queue: String,
+    pub pending: Pending,
+    /// Replies and the consumer's fate, read by whichever caller is waiting.
+    pub replies: Receiver<ConsumerMessage>,
+    /// Mandatory requests the broker could not route.
+    pub returns: Receiver<Return>,
+    /// Why the connection is gone, once it is.
+    lost: Mutex<Option<String>>,
+}
+
+impl Session {
+    /// Connects and subscribes to replies, all before `deadline` (and within the connect
+    /// timeout).
+    pub fn open(config: &ClientConfig, deadline: Instant) -> Result<Arc<Session>> {
+        let Link {
+            mut connection,
+            cutter,
+            heartbeat,
+        } = amqp::open(&config.connection, "fib-rpc client", Some(deadline))?;
+        let give_up = deadline.min(Instant::now() + config.connection.connect_timeout);
+        let alarm = Alarm::arm(give_up, &cutter);
+        let this: Arc<OnceLock<Weak<Session>>> = Arc::new(OnceLock::new());
+        let setup = subscribe(&mut connection, config.reply_mode, &this);
+        let (reply_queue, publisher, keeper, returns) = match setup {
+            Ok(parts) => parts,
+            Err(_) if alarm.fired() => {
+                return Err(Error::Connect {
+                    address: String::from("the broker"),
+                    reason: "no answer while subscribing to replies".into(),
+                })
+            }
+            Err(error) => return Err(error),
+        };
+        drop(alarm);
+        log::debug!("client ready, replies to {reply_queue}");
+        let session = Arc::new(Session {
+            connection: Mutex::new(Some(connection)),
+            cutter,
+            heartbeat,
+            close_timeout: config.connection.close_timeout,
+            publisher: publisher.map(Mutex::new),
+            replies: keeper.deliveries().clone(),
+            keeper,
+            inspector: Mutex::new(None),
+            served_until: Mutex::new(HashMap::new()),
+            submitter: Mutex::new(None),
+            result_queues: Mutex::new(HashSet::new()),
+            reply_queue,
+            pending: Pending::default(),
+            returns,
+            lost: Mutex::new(None),
+        });
+        let _ = this.set(Arc::downgrade(&session));
+        Ok(session)
+    }
+
+    /// Runs `operation`, cutting the connection if it is still running at `deadline`: amiquip's
+    /// calls wait for the broker however long a silent network cut lasts.
+    pub fn bounded<T>(
+        &self,
+        deadline: Instant,
+        what: &str,
+        operation: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let alarm = Alarm::arm(deadline, &self.cutter);
+        let outcome = operation();
+        if alarm.fired() {
+            self.mark_lost(format!(
+                "the broker did not answer {what} in time (a network cut or a stalled broker); \
+                 the connection was dropped"
+            ));
+            return Err(self.lost_error(what));
+        }
+        outcome
+    }
+
+    /// Publishes a request on the channel that must carry it.
+    pub fn publish(&self, publish: OwnedPublish) -> Result<()> {
+        match &self.publisher {
+            Some(channel) => {
+                let message = Publish {
+                    mandatory: publish.mandatory,
+                    ..Publish::with_properties(
+                        &publish.body,
+                        publish.routing_key.as_str(),
+                        publish.properties,
+                    )
+                };
+                lock(channel)
+                    .basic_publish("", message)
+                    .map_err(|error| self.connection_error(error))
+            }
+            None => self.keeper.publish(publish),
+        }
+    }
+
+    /// Runs `work` with the connection, for the rare operations that open channels.
+    fn with_connection<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        match lock(&self.connection).as_mut() {
+            Some(connection) => work(connection),
+            None => Err(Error::ConnectionLost("the client is closed".to_owned())),
+        }
+    }
+
+    pub fn ensure_results_queue(&self, queue: &str) -> Result<()> {
+        let mut declared = lock(&self.result_queues);
+        if declared.contains(queue) {
+            return Ok(());
+        }
+        self.with_connection(|connection| {
+            admin::declare_durable(connection, queue, QueueType::Classic)
+        })?;
+        declared.insert(queue.to_owned());
+        Ok(())
+    }
+
+    /// Publishes on the confirm-mode channel and waits for the broker's verdict until
+    /// `deadline`; no verdict by then is a [`Error::Timeout`] of `timeout`.
+    pub fn publish_confirmed(
+        &self,
+        publish: Publish,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut submitter = lock(&self.submitter);
+        if submitter.is_none() {
+            *submitter = Some(self.with_connection(Submitter::open)?);
+        }
+        let outcome = submitter
+            .as_mut()
+            .expect("opened above")
+            .publish(publish, deadline, timeout);
+        if outcome.as_ref().is_err_and(Error::is_connection) {
+            *submitter = None;
+        }
+        outcome.map_err(|error| match error {
+            Error::ConnectionLost(reason) => self.lost_error(&reason),
+            other => other,
+        })
+    }
+
+    /// Fails with [`Error::NoServer`] if `queue` is missing or has no consumer; asks the
+    /// broker (before `deadline`) only when the last answer is too old.
+    pub fn ensure_consumer(&self, queue: &str, deadline: Instant) -> Result<()> {
+        let now = Instant::now();
+        if lock(&self.served_until)
+            .get(queue)
+            .is_some_and(|until| *until > now)
+        {
+            return Ok(());
+        }
+        let consumers = self.bounded(deadline, "the no-server check", || {
+            self.consumer_count(queue)
+        })?;
+        if consumers == 0 {
+            return Err(Error::NoServer {
+                queue: queue.to_owned(),
+                reason: "the queue exists but no server is consuming it".to_owned(),
+            });
+        }
+        lock(&self.served_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
+        Ok(())
+    }
+
+    pub fn consumer_count(&self, queue: &str) -> Result<u32> {
+        let mut inspector = lock(&self.inspector);
+        if inspector.is_none() {
+            let channel = self.with_connection(|connection| {
+                connection
+                    .open_channel(None)
+                    .map_err(|error| self.connection_error(error))
+            })?;
+            *inspector = Some(channel);
+        }
+        let channel = inspector.as_ref().expect("opened above");
+        match channel.queue_declare_passive(queue) {
+            Ok(declared) => Ok(declared.declared_consumer_count().unwrap_or(0)),
+            Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+                // The broker closed the channel; the next check opens a fresh one.
+                *inspector = None;
+                Err(if code == NOT_FOUND {
+                    Error::NoServer {
+                        queue: queue.to_owned(),
+                        reason: format!("no queue named {queue:?} exists"),
+                    }
+                } else {
+                    Error::Broker {
+                        operation: format!("checking queue {queue:?}"),
+                        reason: format!("{code} {message}"),
+                    }
+                })
+            }
+            Err(error) => {
+                *inspector = None;
+                Err(self.connection_error(error))
+            }
+        }
+    }
+
+    pub fn lost_reason(&self) -> Option<String> {
+        lock(&self.lost).clone()
+    }
+
+    /// amiquip reports every failure after the first as a bare `EventLoopDropped`; prefer the
+    /// reason recorded when the connection went down.
+    pub fn connection_error(&self, error: amiquip::Error) -> Error {
+        self.lost_error(&error.to_string())
+    }
+
+    pub fn lost_error(&self, fallback: &str) -> Error {
+        Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| fallback.to_owned()))
+    }
+
+    /// Routes whatever has arrived, without blocking; notices a lost connection.
+    pub fn dispatch_ready(&self) {
+        loop {
+            match self.replies.try_recv() {
+                Ok(message) => self.dispatch(message),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.connection_gone();
+                    break;
+                }
+            }
+        }
+        while let Ok(returned) = self.returns.try_recv() {
+            self.route_return(returned);
+        }
+    }
+
+    pub fn dispatch(&self, message: ConsumerMessage) {
+        match message {
+            ConsumerMessage::Delivery(delivery) => self.route_reply(delivery),
+            ConsumerMessage::ServerClosedConnection(error)
+            | ConsumerMessage::ServerClosedChannel(error) => self.mark_lost(error.to_string()),
+            ConsumerMessage::ServerCancelled => self.mark_lost(
+                "the broker cancelled the reply consumer (callback queue deleted?)".to_owned(),
+            ),
+            _ => self.mark_lost("the client closed the connection".to_owned()),
+        }
+    }
+
+    /// The driver dropped our receivers: its I/O thread has ended, maybe without a last
+    /// message. Its own account of why is the connection's close result.
+    pub fn connection_gone(&self) {
+        while let Ok(message) = self.replies.try_recv() {
+            self.dispatch(message);
+        }
+        let mut connection = lock(&self.connection);
+        let reason = match connection.take() {
+            Some(dead) => match self.close_bounded(dead) {
+                Err(error) => amqp::loss_reason(&error, self.heartbeat),
+                Ok(()) => "the connection to the broker closed".to_owned(),
+            },
+            None => "the connection to the broker closed".to_owned(),
+        };
+        self.mark_lost(reason);
+    }
+
+    /// Records the first reason the connection went down and fails every waiting call with it.
+    pub fn mark_lost(&self, reason: String) {
+        let reason = {
+            let mut lost = lock(&self.lost);
+            if lost.is_none() {
+                log::debug!("client connection lost: {reason}");
+            }
+            lost.get_or_insert(reason).clone()
+        };
+        self.pending.fail_all(&reason);
+    }
+
+    /// Closes the connection within the close timeout.
+    pub fn close(&self) -> Result<()> {
+        let taken = lock(&self.connection).take();
+        let closed = match taken {
+            Some(connection) => self.close_bounded(connection),
+            None => Ok(()),
+        };
+        self.mark_lost("the client closed the connection".to_owned());
+        closed.map_err(|error| Error::broker("closing the connection", error))
+    }
+
+    fn close_bounded(&self, connection: Connection) -> Result<(), amiquip::Error> {
+        let alarm = Alarm::arm(Instant::now() + self.close_timeout, &self.cutter);
+        let closed = connection.close();
+        if alarm.fired() {
+            log::warn!(
+                "the broker did not confirm the close within {:?}; the connection was dropped",
+                self.close_timeout
+            );
+        }
+        closed
+    }
+
+    fn route_reply(&self, delivery: Delivery) {
+        let Some(id) = delivery.properties.correlation_id().clone() else {
+            log::debug!("discarding a reply without correlation_id");
+            return;
+        };
+        let outcome = protocol::decode_reply(&delivery.properties, delivery.body);
+        if !self.pending.resolve(&id, outcome) {
+            log::debug!("discarding a reply nobody waits for (late, duplicate or foreign): {id}");
+        }
+    }
+
+    pub fn route_return(&self, returned: Return) {
+        let Some(id) = returned.properties.correlation_id().clone() else {
+            return;
+        };
+        let error = if returned.reply_code == NO_ROUTE {
+            Error::NoServer {
+                queue: returned.routing_key.clone(),
+                reason: format!("no queue named {:?} exists", returned.routing_key),
+            }
+        } else {
+            Error::Broker {
+                operation: format!("routing a request to {:?}", returned.routing_key),
+                reason: format!("{} {}", returned.reply_code, returned.reply_text),
+            }
+        };
+        self.pending.resolve(&id, Err(error));
+    }
+}
+
+type Subscription = (String, Option<Channel>, Keeper, Receiver<Return>);
+
+/// Opens the reply channel (kept by its own thread) and, with a callback queue, the channel
+/// requests go out on.
+fn subscribe(
+    connection: &mut Connection,
+    reply_mode: ReplyMode,
+    this: &Arc<OnceLock<Weak<Session>>>,
+) -> Result<Subscription> {
+    let reply_channel = admin::open_channel(connection)?;
+    let (reply_queue, publisher) = match reply_mode {
+        ReplyMode::CallbackQueue => {
+            let options = QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            };
+            let name = reply_channel
+                .queue_declare("", options)
+                .map_err(|e| Error::broker("declaring the callback queue", e))?
+                .name()
+                .to_owned();
+            (name, Some(admin::open_channel(connection)?))
+        }
+        ReplyMode::DirectReplyTo => (DIRECT_REPLY_TO.to_owned(), None),
+    };
+    let returns = publisher
+        .as_ref()
+        .unwrap_or(&reply_channel)
+        .listen_for_returns()
+        .map_err(|e| Error::broker("listening for returned messages", e))?;
+    let ticking = Arc::clone(this);
+    let tick: Tick = Box::new(move || match ticking.get().map(Weak::upgrade) {
+        Some(Some(session)) => {
+            session.dispatch_ready();
+            true
+        }
+        Some(None) => false,
+        None => true,
+    });
+    let failing = Arc::clone(this);
+    let on_publish_error = Box::new(move |reason: String| {
+        if let Some(session) = failing.get().and_then(Weak::upgrade) {
+            session.mark_lost(reason);
+        }
+    });
+    let keeper = Keeper::start(
+        reply_channel,
+        reply_queue.clone(),
+        ConsumerOptions {
+            no_ack: true,
+            ..ConsumerOptions::default()
+        },
+        IDLE_DRAIN_INTERVAL,
+        tick,
+        on_publish_error,
+    )?;
+    Ok((reply_queue, publisher, keeper, returns))
+}
+
+/// A channel in publisher-confirm mode: a publish counts once the broker has taken it.
+struct Submitter {
+    channel: Channel,
+    confirms: Receiver<Confirm>,
+    returns: Receiver<Return>,
+    published: u64,
+}
+
+impl Submitter {
+    fn open(connection: &mut Connection) -> Result<Submitter> {
+        let channel = admin::open_channel(connection)?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .map_err(|e| Error::broker("listening for confirms", e))?;
+        let returns = channel
+            .listen_for_returns()
+            .map_err(|e| Error::broker("listening for returned messages", e))?;
+        channel
+            .enable_publisher_confirms()
+            .map_err(|e| Error::broker("enabling publisher confirms", e))?;
+        Ok(Submitter {
+            channel,
+            confirms,
+            returns,
+            published: 0,
+        })
+    }
+
+    fn publish(&mut self, publish: Publish, deadline: Instant, timeout: Duration) -> Result<()> {
+        let queue = publish.routing_key.clone();
+        self.channel
+            .basic_publish("", publish)
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        self.published += 1;
+        loop {
+            let confirm = self
+                .confirms
+                .recv_deadline(deadline)
+                .map_err(|_| Error::Timeout {
+                    queue: queue.clone(),
+                    timeout,
+                })?;
+            let (payload, acked) = match confirm {
+                Confirm::Ack(payload) => (payload, true),
+                Confirm::Nack(payload) => (payload, false),
+            };
+            let covers_ours = payload.delivery_tag == self.published
+                || (payload.multiple && payload.delivery_tag >= self.published);
+            if !covers_ours {
+                continue;
+            }
+            // The broker sends a mandatory message's return before its confirm.
+            if let Ok(returned) = self.returns.try_recv() {
+                return Err(Error::NoServer {
+                    queue,
+                    reason: format!("{} {}", returned.reply_code, returned.reply_text),
+                });
+            }
+            return if acked {
+                Ok(())
+            } else {
+                Err(Error::Broker {
+                    operation: format!("publishing to {queue:?}"),
+                    reason: "the broker refused the message (nack)".to_owned(),
+                })
+            };
+        }
+    }
+}
+
+/// Properties every request carries.
+pub(crate) fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpProperties {
+    AmqpProperties::default()
+        .with_reply_to(reply_to.to_owned())
+        .with_correlation_id(correlation_id.to_owned())
+        .with_content_type(protocol::CONTENT_TYPE.to_owned())
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
