@@ -13,7 +13,11 @@ use std::time::Duration;
 /// --no-wait`): `correlation_id  value`, or `correlation_id  error: message`. Runs until
 /// Ctrl-C/SIGTERM or --count results. Several may read one queue: each result goes to one.
 ///
-/// Exit codes: 0 ok, 69 broker unavailable.
+/// A result is acknowledged only after its line was written and flushed: when stdout closes
+/// (`fib-results R | head -1`) or fails, the result in hand stays in the queue.
+///
+/// Exit codes: 0 ok (also when the reader of stdout went away), 69 broker unavailable,
+/// 74 stdout failed.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -39,14 +43,32 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err(Failure::Broker(error)) => {
             eprintln!("fib-results: {error}");
             ExitCode::from(if error.is_connection() { 69 } else { 1 })
+        }
+        Err(Failure::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(Failure::Output(error)) => {
+            eprintln!("fib-results: writing to stdout: {error}");
+            ExitCode::from(74)
         }
     }
 }
 
-fn run(args: &Args) -> fib_rpc::Result<()> {
+enum Failure {
+    Broker(fib_rpc::Error),
+    Output(std::io::Error),
+}
+
+impl From<fib_rpc::Error> for Failure {
+    fn from(error: fib_rpc::Error) -> Self {
+        Failure::Broker(error)
+    }
+}
+
+fn run(args: &Args) -> Result<(), Failure> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -67,15 +89,14 @@ fn run(args: &Args) -> fib_rpc::Result<()> {
         } else {
             text_line(&result)
         };
-        if writeln!(stdout, "{line}")
-            .and_then(|()| stdout.flush())
-            .is_err()
-        {
-            break;
+        if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+            // Dropped without close: the result that was not written is not acked.
+            drop(consumer);
+            return Err(Failure::Output(error));
         }
         printed += 1;
     }
-    consumer.close()
+    Ok(consumer.close()?)
 }
 
 fn text_line(result: &ResultMessage) -> String {
