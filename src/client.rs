@@ -246,9 +246,8 @@ impl PendingReply {
         loop {
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
-                recv(self.reply) -> outcome => {
-                    return outcome.unwrap_or_else(|_| Err(session.lost_error("the call was dropped")))
-                }
+                // A reply that came after the deadline was dropped, and the call with it.
+                recv(self.reply) -> outcome => return outcome.unwrap_or_else(|_| Err(self.timed_out())),
                 recv(session.replies) -> message => match message {
                     Ok(message) => session.dispatch(message),
                     Err(_) => session.connection_gone(),
@@ -259,15 +258,18 @@ impl PendingReply {
                 },
                 default(remaining) => {
                     // A reply may have been routed to us in the last instant.
-                    return match self.reply.try_recv() {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(Error::Timeout {
-                            queue: self.queue.clone(),
-                            timeout: self.timeout,
-                        }),
-                    };
+                    return self.reply.try_recv().unwrap_or_else(|_| Err(self.timed_out()));
                 }
             }
+        }
+    }
+}
+
+impl PendingReply {
+    fn timed_out(&self) -> Error {
+        Error::Timeout {
+            queue: self.queue.clone(),
+            timeout: self.timeout,
         }
     }
 }
