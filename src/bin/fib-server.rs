@@ -8,6 +8,7 @@ use fib_rpc::{
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Serve fib(n) (and other bundled services) over RabbitMQ, tutorial-6 protocol, until Ctrl-C
 /// or SIGTERM.
@@ -36,9 +37,25 @@ struct Args {
     /// How to declare queues that do not exist: quorum or classic.
     #[arg(long, default_value = "quorum")]
     queue_type: QueueType,
+    /// Seconds a stop may spend finishing the requests in hand; those still in hand then go
+    /// back to the queue for another server.
+    #[arg(long, env = "FIB_RPC_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds)]
+    drain_timeout: f64,
+    /// Seconds the broker has to confirm a cancel or the connection's close (it never does
+    /// during a network cut); the connection is dropped then.
+    #[arg(long, env = "FIB_RPC_CLOSE_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
+    close_timeout: f64,
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
+}
+
+/// A positive, finite number of seconds.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 && value < 1e9 => Ok(value),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
 }
 
 /// Default queue of the add service, as in the callback-queue case study.
@@ -89,7 +106,11 @@ fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
 fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
     let defaults = ServerConfig::default();
     let config = ServerConfig {
-        connection: ConnectionConfig::new(args.amqp_url.as_str()),
+        connection: ConnectionConfig {
+            close_timeout: Duration::from_secs_f64(args.close_timeout),
+            ..ConnectionConfig::new(args.amqp_url.as_str())
+        },
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
         queue: queue.to_owned(),
         queue_type: args.queue_type,
         workers: args.workers.unwrap_or(defaults.workers),
