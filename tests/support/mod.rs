@@ -1,6 +1,8 @@
 //! Shared test support: the real broker, unique queue names that clean up after themselves,
 //! in-process and out-of-process servers, and a raw AMQP peer for sending arbitrary requests.
 #![allow(dead_code)] // each test crate uses its own part of this module
+pub mod proxy;
+pub mod wire;
 
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
@@ -18,6 +20,60 @@ use std::time::{Duration, Instant};
 /// The broker the suite runs against: `AMQP_URL`, or the local default.
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| fib_rpc::DEFAULT_URL.to_owned())
+}
+
+/// `host:port` of the test broker, for a proxy to forward to.
+pub fn broker_address() -> String {
+    let url = url::Url::parse(&amqp_url()).expect("AMQP_URL is a URL");
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or("127.0.0.1"),
+        url.port().unwrap_or(5672)
+    )
+}
+
+/// The server-named callback queue of the client connection labelled `connection_name`, as the
+/// broker lists it.
+pub fn callback_queue_of(connection_name: &str) -> String {
+    let rabbitmqctl = |args: &[&str]| {
+        let output = Command::new("rabbitmqctl")
+            .arg("-q")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl must be installed for this test");
+        assert!(output.status.success(), "rabbitmqctl {args:?} failed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let connections = rabbitmqctl(&["list_connections", "pid", "client_properties"]);
+    let pid = connections
+        .lines()
+        .find(|line| line.contains(connection_name))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no connection named {connection_name}"))
+        .to_owned();
+    let queues = rabbitmqctl(&["list_queues", "name", "owner_pid"]);
+    queues
+        .lines()
+        .find(|line| line.ends_with(&pid) && line.starts_with("amq.gen-"))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no callback queue owned by {pid}: {queues}"))
+        .to_owned()
+}
+
+/// Messages ready in `queue` as `rabbitmqctl` lists them (which works for another connection's
+/// exclusive queue too); `None` if there is no such queue.
+pub fn queue_messages(queue: &str) -> Option<u32> {
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "messages"])
+        .output()
+        .expect("rabbitmqctl must be installed for this test");
+    assert!(output.status.success(), "rabbitmqctl list_queues failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(queue)).then(|| fields.next()?.parse().ok())?
+        })
 }
 
 /// A raw amiquip connection to the test broker. Panics with instructions if there is none:
@@ -302,10 +358,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the real binary and waits until it logs that it is serving.
     pub fn start(queue: &str, extra_args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with_url(&amqp_url(), queue, extra_args)
+    }
+
+    /// Starts the real binary against the broker at `url` (a proxy's, say).
+    pub fn start_with_url(url: &str, queue: &str, extra_args: &[&str]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fib-server"))
             .args(["--queue", queue])
             .args(extra_args)
-            .env("AMQP_URL", amqp_url())
+            .env("AMQP_URL", url)
             .env("RUST_LOG", "warn,fib_rpc=debug,fib_server=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
