@@ -54,29 +54,37 @@
 //! * Result pipelines ([`RpcClient::submit`], [`ResultConsumer`]): the same protocol with
 //!   `reply_to` naming a durable result queue; persistent, publisher-confirmed requests whose
 //!   results outlive the sender.
-//! * Every connection sets `TCP_NODELAY` and a 10 s heartbeat.
+//! * Every connection sets `TCP_NODELAY` and a 10 s heartbeat. The socket is ours: amiquip
+//!   reads only what a guard of ours lets through (content headers it could not parse safely
+//!   are rewritten first, see [`protocol::REJECTED_HEADER`]), and a watchdog shuts it down
+//!   when a driver call outlives its deadline, so every call keeps its timeout during a silent
+//!   network cut.
 //!
 //! # Threading
 //!
 //! [`RpcClient`] and [`FibonacciRpcClient`] are `Send + Sync`: share one behind an `Arc` and
 //! call from any number of threads; each call blocks only its own thread. A client has no
-//! thread of its own: whichever caller is waiting reads the replies and hands each to its
-//! caller, so a lone caller gets its reply with no thread hop. amiquip runs one I/O thread per
-//! connection. A server runs a supervisor thread and `workers` worker threads.
+//! thread in the request path: whichever caller is waiting reads the replies and hands each to
+//! its caller, so a lone caller gets its reply with no thread hop. Each connection has amiquip's
+//! I/O thread and one thread of ours that owns the reply consumer and, while no caller waits,
+//! reads and drops stray replies every 50 ms. One process-wide watchdog thread enforces
+//! deadlines. A server runs a supervisor thread and `workers` worker threads.
 //!
 //! # Limitations
 //!
 //! * Plain `amqp://` only: this build has no TLS.
-//! * The blocking amiquip calls used while connecting and declaring have no timeout of their
-//!   own beyond the connect timeout and the heartbeat.
+//! * A driver call that outlives its deadline costs the whole connection: the watchdog cannot
+//!   cancel one call, only shut the socket down. Calls in flight on it fail with
+//!   [`Error::ConnectionLost`] and the next call reconnects.
+//! * Heartbeats cannot be turned off (at least 1 s): they are what ends an idle connection whose
+//!   network went silent.
 //! * At-least-once delivery: a server that dies after replying but before acking will have the
 //!   request computed again by another server; the client discards the second reply, but the
 //!   handler should be idempotent.
 //! * The server's deadline check compares the client's and the server's wall clocks; with skew,
 //!   a request may be skipped early or computed late (the broker's `expiration` is unaffected).
-//! * amiquip consumers borrow their channel; to publish on a consuming channel from any thread,
-//!   the client keeps the subscription and forgets its handle, which leaves a consumer tag and
-//!   a queue reference allocated per connection (not per call).
+//! * With [`ReplyMode::DirectReplyTo`] requests must go out on the consuming channel, which the
+//!   consumer thread owns: each request takes one hop to that thread.
 //! * The library logs through `log` and installs no logger.
 
 mod admin;
