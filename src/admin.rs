@@ -2,11 +2,12 @@
 
 use crate::amqp::{self, Link};
 use crate::config::{ConnectionConfig, QueueType};
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::watchdog::{Alarm, Cutter};
 use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// AMQP reply code for a declaration that conflicts with an existing queue.
 const PRECONDITION_FAILED: u16 = 406;
@@ -48,21 +49,21 @@ impl QueueAdmin {
 
     /// Messages ready and consumers attached; [`Error::QueueNotFound`] if there is no such queue.
     pub fn status(&mut self, queue: &str) -> Result<QueueStatus> {
-        let alarm = Alarm::arm(Instant::now() + self.timeout, &self.cutter);
+        let alarm = Alarm::arm(deadline::from_now(self.timeout), &self.cutter);
         let status = self.ask_status(queue);
         self.unanswered(alarm, status)
     }
 
     /// Deletes every ready message of `queue`; returns how many there were.
     pub fn purge(&mut self, queue: &str) -> Result<u32> {
-        let alarm = Alarm::arm(Instant::now() + self.timeout, &self.cutter);
+        let alarm = Alarm::arm(deadline::from_now(self.timeout), &self.cutter);
         let purged = self.ask_purge(queue);
         self.unanswered(alarm, purged)
     }
 
     /// Closes the connection.
     pub fn close(self) -> Result<()> {
-        let alarm = Alarm::arm(Instant::now() + self.timeout, &self.cutter);
+        let alarm = Alarm::arm(deadline::from_now(self.timeout), &self.cutter);
         let closed = self
             .connection
             .close()

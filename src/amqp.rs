@@ -6,6 +6,7 @@
 //! socket lets the [`watchdog`](crate::watchdog) end a connection whose broker stopped answering.
 
 use crate::config::ConnectionConfig;
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::guard::GuardedStream;
 use crate::watchdog::{Alarm, Cutter};
@@ -134,9 +135,10 @@ pub(crate) fn open(
         reason,
     };
     let started = Instant::now();
-    let give_up = deadline.map_or(started + endpoint.connect_timeout, |deadline| {
-        deadline.min(started + endpoint.connect_timeout)
-    });
+    let give_up = deadline.map_or(
+        deadline::after(started, endpoint.connect_timeout),
+        |deadline| deadline.min(deadline::after(started, endpoint.connect_timeout)),
+    );
     let socket = tcp_connect(&endpoint, give_up).map_err(|e| connect_error(e.to_string()))?;
     let cutter = Arc::new(Cutter::new(
         socket

@@ -43,7 +43,10 @@ impl RpcClient {
 
     /// Connects with these settings. Fails at once if the broker cannot be reached.
     pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
-        let session = Session::open(&config, Instant::now() + config.connection.connect_timeout)?;
+        let session = Session::open(
+            &config,
+            deadline::from_now(config.connection.connect_timeout),
+        )?;
         Ok(RpcClient {
             config,
             session: Mutex::new(Some(session)),

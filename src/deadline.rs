@@ -11,6 +11,11 @@ pub(crate) fn after(start: Instant, timeout: Duration) -> Instant {
     start + timeout.min(NEVER)
 }
 
+/// When a wait of `timeout` that starts now ends.
+pub(crate) fn from_now(timeout: Duration) -> Instant {
+    after(Instant::now(), timeout)
+}
+
 /// The wall-clock time `timeout` after `now`, for deadlines that cross process boundaries.
 pub(crate) fn wall_clock_after(now: SystemTime, timeout: Duration) -> SystemTime {
     now + timeout.min(NEVER)

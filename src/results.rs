@@ -7,6 +7,7 @@
 use crate::admin::{self, open_channel};
 use crate::amqp::{self, Link};
 use crate::config::{ConnectionConfig, QueueType};
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::keeper::Keeper;
 use crate::protocol;
@@ -14,7 +15,7 @@ use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
 use crossbeam_channel::RecvTimeoutError;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The keeper has nothing else to do while idle.
 const KEEPER_IDLE: Duration = Duration::from_secs(3600);
@@ -53,7 +54,7 @@ impl ResultConsumer {
             cutter,
             ..
         } = amqp::open(config, "fib-rpc results", None)?;
-        let alarm = Alarm::arm(Instant::now() + config.connect_timeout, &cutter);
+        let alarm = Alarm::arm(deadline::from_now(config.connect_timeout), &cutter);
         admin::declare_durable(&mut connection, queue, QueueType::Classic)?;
         let channel = open_channel(&mut connection)?;
         // One unacked result at a time: consumers sharing the queue split the results fairly.
@@ -119,7 +120,7 @@ impl ResultConsumer {
     }
 
     fn close_bounded(&self, connection: Connection) -> Result<()> {
-        let alarm = Alarm::arm(Instant::now() + self.close_timeout, &self.cutter);
+        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
         let closed = connection.close();
         drop(alarm);
         closed.map_err(|e| Error::broker("closing the connection", e))

@@ -3,6 +3,7 @@
 use crate::admin;
 use crate::amqp::{self, Link};
 use crate::config::ServerConfig;
+use crate::deadline;
 use crate::error::{Error, HandlerError, Result};
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
 use crate::watchdog::{Alarm, Cutter};
@@ -12,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// What a service does with a request body: the reply body, or a message for an error reply.
 pub type Handler = dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync;
@@ -238,7 +239,7 @@ impl Supervisor {
             heartbeat,
         } = amqp::open(&self.config.connection, &name, None)?;
         let setup = Alarm::arm(
-            Instant::now() + self.config.connection.connect_timeout,
+            deadline::from_now(self.config.connection.connect_timeout),
             &cutter,
         );
         admin::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
@@ -292,7 +293,7 @@ impl Supervisor {
             // Closing the connection ends the other workers too; their unacked requests go back
             // to the queue. Its close result is the driver's own account of what happened.
             let alarm = Alarm::arm(
-                Instant::now() + self.config.connection.close_timeout,
+                deadline::from_now(self.config.connection.close_timeout),
                 &cutter,
             );
             let reason = match connection.close() {
@@ -305,7 +306,7 @@ impl Supervisor {
         }
         // Stopping: the workers finish what they hold, within the drain timeout; whatever is
         // still in hand then goes back to the queue when the connection is cut.
-        let drained_by = Instant::now() + self.config.drain_timeout;
+        let drained_by = deadline::from_now(self.config.drain_timeout);
         let mut lost = None;
         while ended < self.config.workers {
             match exits.recv_deadline(drained_by) {
@@ -328,7 +329,7 @@ impl Supervisor {
             }
         }
         let alarm = Alarm::arm(
-            Instant::now() + self.config.connection.close_timeout,
+            deadline::from_now(self.config.connection.close_timeout),
             &cutter,
         );
         let closed = connection.close();
@@ -397,7 +398,7 @@ impl Worker {
         }
         // Stop: cancel, then serve whatever the broker sent before the cancel took effect, and
         // leave only on the cancellation's own message, so nothing in hand goes unanswered.
-        let alarm = Alarm::arm(Instant::now() + self.close_timeout, &self.cutter);
+        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
         let cancelled = consumer.cancel();
         drop(alarm);
         if let Err(error) = cancelled {

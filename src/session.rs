@@ -3,6 +3,7 @@
 use crate::admin::{self, NOT_FOUND};
 use crate::amqp::{self, Link};
 use crate::config::{ClientConfig, QueueType, ReplyMode};
+use crate::deadline;
 use crate::error::{Error, Result};
 use crate::keeper::{Keeper, OwnedPublish, Tick};
 use crate::pending::Pending;
@@ -68,7 +69,7 @@ impl Session {
             cutter,
             heartbeat,
         } = amqp::open(&config.connection, "fib-rpc client", Some(deadline))?;
-        let give_up = deadline.min(Instant::now() + config.connection.connect_timeout);
+        let give_up = deadline.min(deadline::from_now(config.connection.connect_timeout));
         let alarm = Alarm::arm(give_up, &cutter);
         let this: Arc<OnceLock<Weak<Session>>> = Arc::new(OnceLock::new());
         let setup = subscribe(&mut connection, config.reply_mode, &this);
@@ -332,7 +333,7 @@ impl Session {
     }
 
     fn close_bounded(&self, connection: Connection) -> Result<(), amiquip::Error> {
-        let alarm = Alarm::arm(Instant::now() + self.close_timeout, &self.cutter);
+        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
         let closed = connection.close();
         if alarm.fired() {
             log::warn!(

@@ -171,6 +171,16 @@ fn no_timeout_is_too_large() {
         .with_timeout(Duration::MAX);
     assert_eq!(fib.call(13).unwrap(), fibonacci(13));
     assert_eq!(fib.call_many(&[1, 2]).len(), 2);
+    let mut config = support::client_config();
+    config.call_timeout = Duration::MAX;
+    config.connection.connect_timeout = Duration::MAX;
+    config.connection.close_timeout = Duration::MAX;
+    let patient = fib_rpc::RpcClient::with_config(config).unwrap();
+    assert_eq!(
+        patient.call(&queue.name, b"14", Duration::MAX).unwrap(),
+        b"377"
+    );
+    patient.close().unwrap();
 }
 
 #[test]

@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 5000)]
     calls: u64,
     /// Measure for this many seconds instead of a fixed count.
-    #[arg(long)]
+    #[arg(long, value_parser = measuring_seconds)]
     duration: Option<f64>,
     /// Calls before measuring, to warm connections and caches up.
     #[arg(long, default_value_t = 500)]
@@ -179,6 +179,16 @@ impl Progress {
 
     fn finished_one(&self) {
         self.bar.inc(1);
+    }
+}
+
+/// A measuring time that a clock can count to: positive, finite, under a day.
+fn measuring_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 86400"
+        )),
     }
 }
 
