@@ -1,62 +1,58 @@
 //! The broker restarts under a running server and client.
 //!
-//! This stops and starts the broker's application, which every connection on the machine
-//! notices, so it is a serial step: it is the only test in this binary, and `cargo test` runs
-//! test binaries one at a time.
+//! The broker restarted is private node 1 of scripts/nodes.sh (started here if scripts/test.sh
+//! has not), never the shared broker that the rest of the suite uses at the same time.
 
 mod support;
 
-use std::process::Command;
+use fib_rpc::RpcClient;
 use std::time::{Duration, Instant};
-use support::TestQueue;
+use support::nodes::{private_nodes, PrivateNode};
 
-fn rabbitmqctl(action: &str) {
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", action])
-        .status()
-        .expect("rabbitmqctl must be installed for the broker restart test");
-    assert!(status.success(), "rabbitmqctl {action} failed");
-}
+/// Starts the private node's application again even if the test fails half-way, so that the
+/// node is left as it was found.
+struct StoppedNode<'a>(&'a PrivateNode);
 
-/// Starts the broker's application again even if the test fails half-way, so that the rest of
-/// the suite finds a broker.
-struct StoppedBroker;
-
-impl StoppedBroker {
-    fn stop() -> StoppedBroker {
-        rabbitmqctl("stop_app");
-        StoppedBroker
+impl<'a> StoppedNode<'a> {
+    fn stop(node: &'a PrivateNode) -> StoppedNode<'a> {
+        node.stop_app();
+        StoppedNode(node)
     }
 
     fn start(self) {
+        let node = self.0;
         std::mem::forget(self);
-        rabbitmqctl("start_app");
+        node.start_app();
     }
 }
 
-impl Drop for StoppedBroker {
+impl Drop for StoppedNode<'_> {
     fn drop(&mut self) {
-        rabbitmqctl("start_app");
+        // No panic here: this runs while a failed assertion unwinds.
+        let node = self.0;
+        if let Err(error) = node.try_start_app() {
+            eprintln!("could not start {} again: {error}", node.name);
+        }
     }
 }
 
 #[test]
 fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
-    let queue = TestQueue::new("broker-restart");
-    let (server, gate) = support::start_gated_echo_server(&queue.name, 2);
-    let client = support::client();
+    let nodes = private_nodes(1);
+    let node = &nodes[0];
+    // The node is deleted by scripts/nodes.sh stop, and the queue with it.
+    let queue = format!("test-broker-restart-{}", uuid::Uuid::new_v4());
+    let (server, gate) = support::start_gated_echo_server_at(&node.url(), &queue, 2);
+    let client = RpcClient::connect(&node.url()).expect("connect a client");
     let timeout = Duration::from_secs(5);
-    assert_eq!(
-        client.call(&queue.name, b"before", timeout).unwrap(),
-        b"before"
-    );
+    assert_eq!(client.call(&queue, b"before", timeout).unwrap(), b"before");
 
     let in_flight = client
-        .send(&queue.name, b"slow", Duration::from_secs(60))
+        .send(&queue, b"slow", Duration::from_secs(60))
         .unwrap();
     gate.started.recv_timeout(timeout).unwrap();
     let stopped_at = Instant::now();
-    let broker = StoppedBroker::stop();
+    let stopped = StoppedNode::stop(node);
     let error = in_flight.wait().unwrap_err();
     gate.release();
     assert!(error.is_connection(), "{error}");
@@ -69,7 +65,7 @@ fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
         "{:?}",
         stopped_at.elapsed()
     );
-    broker.start();
+    stopped.start();
     let started_at = Instant::now();
 
     // The server reconnects by itself; until it consumes again, calls fail fast and clearly.
@@ -79,7 +75,7 @@ fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
             started_at.elapsed() < Duration::from_secs(60),
             "not served again within a minute: {failures:?}"
         );
-        match client.call(&queue.name, b"after", timeout) {
+        match client.call(&queue, b"after", timeout) {
             Ok(answer) => break answer,
             Err(error) => {
                 assert!(
@@ -93,7 +89,7 @@ fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
     };
     assert_eq!(answer, b"after");
     eprintln!(
-        "broker restart: in-flight call failed at once ({error}); served again {:?} after start_app, {} calls failed meanwhile",
+        "broker restart: in-flight call failed at once ({error}); served again {:?} after the node's application started, {} calls failed meanwhile",
         started_at.elapsed(),
         failures.len()
     );

@@ -1,6 +1,7 @@
 //! Shared test support: the real broker, unique queue names that clean up after themselves,
 //! in-process and out-of-process servers, and a raw AMQP peer for sending arbitrary requests.
 #![allow(dead_code)] // each test crate uses its own part of this module
+pub mod nodes;
 pub mod proxy;
 pub mod wire;
 
@@ -180,8 +181,13 @@ fn declare(name: &str, queue_type: QueueType, durable: bool) {
 }
 
 pub fn server_config(queue: &str, workers: usize) -> ServerConfig {
+    server_config_at(&amqp_url(), queue, workers)
+}
+
+/// Server settings for the broker at `url` (a private node's, say).
+pub fn server_config_at(url: &str, queue: &str, workers: usize) -> ServerConfig {
     ServerConfig {
-        connection: ConnectionConfig::new(amqp_url()),
+        connection: ConnectionConfig::new(url),
         queue: queue.to_owned(),
         workers,
         ..ServerConfig::default()
@@ -221,16 +227,24 @@ impl Drop for Gate {
 /// An in-process echo server on `queue` whose handler holds a request whose body is `slow`
 /// until the gate is released (answering others at once), so a test decides when it finishes.
 pub fn start_gated_echo_server(queue: &str, workers: usize) -> (ServerHandle, Gate) {
+    start_gated_echo_server_at(&amqp_url(), queue, workers)
+}
+
+/// [`start_gated_echo_server`] on the broker at `url`.
+pub fn start_gated_echo_server_at(url: &str, queue: &str, workers: usize) -> (ServerHandle, Gate) {
     let (started_sender, started) = crossbeam_channel::unbounded();
     let (release, released) = crossbeam_channel::bounded::<()>(0);
-    let server = RpcServer::new(server_config(queue, workers), move |body: &[u8]| {
-        if body == b"slow" {
-            let _ = started_sender.send(());
-            // Returns when the gate's sender is dropped.
-            let _ = released.recv();
-        }
-        Ok::<_, HandlerError>(body.to_vec())
-    })
+    let server = RpcServer::new(
+        server_config_at(url, queue, workers),
+        move |body: &[u8]| {
+            if body == b"slow" {
+                let _ = started_sender.send(());
+                // Returns when the gate's sender is dropped.
+                let _ = released.recv();
+            }
+            Ok::<_, HandlerError>(body.to_vec())
+        },
+    )
     .start()
     .expect("start the echo server");
     let gate = Gate {

@@ -1,0 +1,95 @@
+//! Private RabbitMQ nodes (scripts/nodes.sh) for the tests that stop, restart or partition a
+//! broker: those tests must never touch the shared broker at `amqp_url()`, which every other
+//! test uses at the same time.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+
+/// A private RabbitMQ node started by scripts/nodes.sh, for tests that stop or restart brokers.
+pub struct PrivateNode {
+    pub name: String,
+    pub port: u16,
+}
+
+/// How many nodes this test process has made sure of so far.
+static STARTED: Mutex<usize> = Mutex::new(0);
+
+/// Private nodes 1..=n (node 1 first; nodes 2..n clustered with it), started by
+/// `scripts/nodes.sh start n` unless this test process already did. The script does nothing
+/// when they already run (as scripts/test.sh starts them); `scripts/nodes.sh stop` removes
+/// them. Panics with the script's output if it fails: a test that needs them never skips.
+pub fn private_nodes(n: usize) -> Vec<PrivateNode> {
+    assert!(
+        (1..=3).contains(&n),
+        "scripts/nodes.sh runs 1 to 3 nodes, not {n}"
+    );
+    let mut started = STARTED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if *started < n {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nodes.sh");
+        let output = Command::new(&script)
+            .args(["start", &n.to_string()])
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", script.display()));
+        assert!(
+            output.status.success(),
+            "`scripts/nodes.sh start {n}` failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        *started = n;
+    }
+    (1..=n)
+        .map(|i| PrivateNode {
+            name: format!("fibrpc{i}@localhost"),
+            port: 5680 + i as u16,
+        })
+        .collect()
+}
+
+impl PrivateNode {
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the RabbitMQ application on this node (the Erlang VM stays up), which closes every
+    /// connection to it.
+    pub fn stop_app(&self) {
+        self.rabbitmqctl("stop_app")
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    pub fn start_app(&self) {
+        self.rabbitmqctl("start_app")
+            .unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    /// [`PrivateNode::start_app`] for a drop guard, which must not panic while a failing test
+    /// unwinds (that would abort the test process).
+    pub fn try_start_app(&self) -> Result<(), String> {
+        self.rabbitmqctl("start_app")
+    }
+
+    /// Always with `-n`: rabbitmqctl without it would act on the shared broker.
+    fn rabbitmqctl(&self, action: &str) -> Result<(), String> {
+        let output = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.name, action])
+            .output()
+            .map_err(|error| {
+                format!("cannot run rabbitmqctl, needed for the tests on private nodes: {error}")
+            })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "rabbitmqctl -n {} {action} failed ({}):\n{}{}",
+            self.name,
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
