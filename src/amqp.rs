@@ -106,13 +106,6 @@ pub(crate) fn parse_url(config: &ConnectionConfig) -> Result<Endpoint> {
     Ok(endpoint)
 }
 
-/// Opens a plain amiquip connection the way fib-rpc does (`TCP_NODELAY`, heartbeat, connect
-/// timeout, the same URL handling), for work the RPC layer does not cover: declaring or
-/// inspecting queues, or measuring the raw AMQP round trip as `fib-bench` does.
-pub fn connect(config: &ConnectionConfig) -> Result<Connection> {
-    Ok(open(config, "fib-rpc", None)?.connection)
-}
-
 /// An open connection, and the means to cut it from any thread.
 pub(crate) struct Link {
     pub connection: Connection,

@@ -106,7 +106,6 @@ mod session;
 mod watchdog;
 
 pub use admin::{QueueAdmin, QueueStatus};
-pub use amqp::connect as amqp_connection;
 pub use client::{FibonacciRpcClient, PendingReply, RpcClient};
 pub use config::{
     ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,

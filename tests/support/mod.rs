@@ -13,9 +13,8 @@ use fib_rpc::{
     fibonacci_handler, ClientConfig, ConnectionConfig, FibonacciRpcClient, HandlerError, QueueType,
     RpcClient, RpcServer, ServerConfig, ServerHandle,
 };
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The broker the suite runs against: `AMQP_URL`, or the local default.
@@ -254,15 +253,6 @@ pub fn start_gated_echo_server_at(url: &str, queue: &str, workers: usize) -> (Se
     (server, gate)
 }
 
-/// Runs the real `fib-client` binary against the test broker.
-pub fn run_fib_client(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fib-client"))
-        .args(args)
-        .env("AMQP_URL", amqp_url())
-        .output()
-        .expect("run fib-client")
-}
-
 pub fn client() -> RpcClient {
     RpcClient::connect(&amqp_url()).expect("connect a client")
 }
@@ -359,99 +349,6 @@ impl Drop for RawPeer {
     fn drop(&mut self) {
         if let Some(connection) = self.connection.take() {
             let _ = connection.close();
-        }
-    }
-}
-
-/// A `fib-server` process on its own queue; SIGTERMed (and reaped) when dropped.
-pub struct ServerProcess {
-    pub child: Child,
-    pub log: Arc<Mutex<Vec<String>>>,
-}
-
-impl ServerProcess {
-    /// Starts the real binary and waits until it logs that it is serving.
-    pub fn start(queue: &str, extra_args: &[&str]) -> ServerProcess {
-        ServerProcess::start_with_url(&amqp_url(), queue, extra_args)
-    }
-
-    /// Starts the real binary against the broker at `url` (a proxy's, say).
-    pub fn start_with_url(url: &str, queue: &str, extra_args: &[&str]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fib-server"))
-            .args(["--queue", queue])
-            .args(extra_args)
-            .env("AMQP_URL", url)
-            .env("RUST_LOG", "warn,fib_rpc=debug,fib_server=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn fib-server");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (ready_sender, ready) = crossbeam_channel::bounded(1);
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("all services consuming") {
-                    let _ = ready_sender.try_send(());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let mut process = ServerProcess { child, log };
-        if ready.recv_timeout(Duration::from_secs(20)).is_err() {
-            let _ = process.child.kill();
-            panic!(
-                "fib-server did not start: {:?}",
-                process.log.lock().unwrap()
-            );
-        }
-        process
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Sends a signal (e.g. "TERM", "KILL") to the process.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal} failed");
-    }
-
-    /// Waits for the process to exit and returns its exit code.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() >= deadline {
-                panic!("fib-server did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Log lines that contain `needle`.
-    pub fn log_lines_with(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|line| line.contains(needle))
-            .count()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

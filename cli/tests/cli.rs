@@ -1,10 +1,13 @@
 //! The command-line tools as a script sees them: output and exit codes.
 
+mod processes;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
+use processes::ServerProcess;
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::{ServerProcess, TestQueue};
+use support::TestQueue;
 
 fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
@@ -18,7 +21,7 @@ fn stderr(output: &Output) -> String {
 fn prints_each_answer_on_its_own_line_in_order_and_exits_0() {
     let queue = TestQueue::new("cli-ok");
     let _server = ServerProcess::start(&queue.name, &["--workers", "2"]);
-    let output = support::run_fib_client(&["--queue", &queue.name, "10", "0", "94", "1"]);
+    let output = processes::run_fib_client(&["--queue", &queue.name, "10", "0", "94", "1"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stdout(&output), "55\n0\n19740274219868223167\n1\n");
 }
@@ -27,7 +30,7 @@ fn prints_each_answer_on_its_own_line_in_order_and_exits_0() {
 fn a_refused_request_exits_1_with_the_servers_message() {
     let queue = TestQueue::new("cli-remote");
     let _server = ServerProcess::start(&queue.name, &["--max-n", "50"]);
-    let output = support::run_fib_client(&["--queue", &queue.name, "51"]);
+    let output = processes::run_fib_client(&["--queue", &queue.name, "51"]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert_eq!(message.lines().count(), 1, "one clear line: {message}");
@@ -43,7 +46,7 @@ fn usage_errors_exit_2() {
         &["--timeout", "0", "5"],
         &["--no-such-flag", "5"],
     ] {
-        let output = support::run_fib_client(args);
+        let output = processes::run_fib_client(args);
         assert_eq!(
             output.status.code(),
             Some(2),
@@ -57,7 +60,7 @@ fn usage_errors_exit_2() {
 fn no_reply_in_time_exits_75() {
     let queue = TestQueue::new("cli-timeout");
     queue.declare_quorum();
-    let output = support::run_fib_client(&[
+    let output = processes::run_fib_client(&[
         "--queue",
         &queue.name,
         "--wait-for-server",
@@ -82,7 +85,7 @@ fn no_broker_or_no_queue_exits_69() {
     );
 
     let queue = TestQueue::new("cli-missing");
-    let output = support::run_fib_client(&["--queue", &queue.name, "5"]);
+    let output = processes::run_fib_client(&["--queue", &queue.name, "5"]);
     assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("no queue named"),
@@ -91,7 +94,7 @@ fn no_broker_or_no_queue_exits_69() {
     );
 
     queue.declare_quorum();
-    let output = support::run_fib_client(&["--queue", &queue.name, "5"]);
+    let output = processes::run_fib_client(&["--queue", &queue.name, "5"]);
     assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("no server is consuming"),
@@ -105,7 +108,7 @@ fn the_server_stops_cleanly_on_sigterm() {
     let queue = TestQueue::new("cli-sigterm");
     let mut server = ServerProcess::start(&queue.name, &[]);
     assert_eq!(
-        stdout(&support::run_fib_client(&["--queue", &queue.name, "3"])),
+        stdout(&processes::run_fib_client(&["--queue", &queue.name, "3"])),
         "2\n"
     );
     server.signal("TERM");
@@ -120,7 +123,7 @@ fn five_hundred_numbers_in_one_invocation() {
     let numbers: Vec<String> = (1..=500).map(|n| n.to_string()).collect();
     let mut args = vec!["--queue", queue.name.as_str()];
     args.extend(numbers.iter().map(String::as_str));
-    let output = support::run_fib_client(&args);
+    let output = processes::run_fib_client(&args);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     let expected: Vec<String> = (1..=500u64)

@@ -3,15 +3,18 @@
 //! Every test has its own queue and touches only its own connections, so the suite can run in
 //! parallel and beside a production server on `rpc_queue`.
 
+mod processes;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use fib_rpc::{fibonacci, Error, FibonacciRpcClient};
+use processes::ServerProcess;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{RawPeer, ServerProcess, TestQueue};
+use support::{RawPeer, TestQueue};
 
 /// What a load run saw: correct answers, and every error.
 #[derive(Default, Debug)]

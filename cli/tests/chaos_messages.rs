@@ -1,13 +1,16 @@
 //! Hostile messages and hostile arguments: whatever arrives, no fib-rpc process crashes,
 //! every request is answered or dropped exactly once, and nothing is lost or answered twice.
 
+mod processes;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use fib_rpc::{fibonacci, FibonacciRpcClient, ResultConsumer};
+use processes::ServerProcess;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::wire::{nested_headers, RawAmqp, RawProperties};
-use support::{ServerProcess, TestQueue};
+use support::TestQueue;
 
 /// Deep enough to overflow amiquip's I/O thread (it survived 3000 before the guard).
 const HOSTILE_DEPTH: usize = 5000;

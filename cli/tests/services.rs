@@ -1,13 +1,16 @@
 //! Several services in one server process, queue status and purge from the CLI, and the
 //! workflow sandbox's demo: four servers, eight concurrent CLI invocations, one queue.
 
+mod processes;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use fib_rpc::fibonacci;
+use processes::ServerProcess;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
-use support::{RawPeer, ServerProcess, TestQueue};
+use support::{RawPeer, TestQueue};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,7 +74,7 @@ fn fibonacci_and_addition_in_one_server_process() {
     );
 
     // Negative operands start with a dash: `--` ends the options, as usual.
-    let output = support::run_fib_client(&[
+    let output = processes::run_fib_client(&[
         "--service",
         "add",
         "--queue",
@@ -99,7 +102,7 @@ fn status_shows_messages_and_consumers_and_purge_needs_yes() {
     });
 
     let output =
-        support::run_fib_client(&["--status", "--queue", &idle.name, "--queue", &served.name]);
+        processes::run_fib_client(&["--status", "--queue", &idle.name, "--queue", &served.name]);
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
@@ -111,17 +114,17 @@ fn status_shows_messages_and_consumers_and_purge_needs_yes() {
 
     let missing = TestQueue::new("status-missing");
     let output =
-        support::run_fib_client(&["--status", "--queue", &missing.name, "--queue", &idle.name]);
+        processes::run_fib_client(&["--status", "--queue", &missing.name, "--queue", &idle.name]);
     assert_eq!(output.status.code(), Some(69));
     assert!(String::from_utf8(output.stdout)
         .unwrap()
         .contains(&format!("{}\t3\t0", idle.name)));
 
-    let refused = support::run_fib_client(&["--purge", "--queue", &idle.name]);
+    let refused = processes::run_fib_client(&["--purge", "--queue", &idle.name]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     assert_eq!(idle.counts(), (3, 0), "nothing purged without --yes");
-    let purged = support::run_fib_client(&["--purge", "--yes", "--queue", &idle.name]);
+    let purged = processes::run_fib_client(&["--purge", "--yes", "--queue", &idle.name]);
     assert_eq!(purged.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(purged.stdout).unwrap(),

@@ -2,12 +2,15 @@
 //! both directions while the sockets stay open, as a silent cut does. Every call, send and
 //! close keeps its timeout; every loss says what happened.
 
+mod processes;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use fib_rpc::{ClientConfig, ConnectionConfig, Error, RpcClient};
+use processes::ServerProcess;
 use std::time::{Duration, Instant};
 use support::proxy::Proxy;
-use support::{ServerProcess, TestQueue};
+use support::TestQueue;
 
 /// How far past its timeout a call may return on a busy 2-core machine. Before these fixes the
 /// same calls took 18 s and more.
