@@ -3,7 +3,7 @@
 //! Serves "reverse the words" on `reverse_queue`, calls it, and stops:
 //! `cargo run --example custom_service` (a broker at AMQP_URL or 127.0.0.1:5672).
 
-use fib_rpc::{ClientConfig, ConnectionConfig, HandlerError, RpcClient, RpcServer, ServerConfig};
+use fib_rpc::{ClientConfig, HandlerError, RpcClient, RpcServer, ServerConfig};
 use std::time::Duration;
 
 fn reverse_words(body: &[u8]) -> Result<Vec<u8>, HandlerError> {
@@ -18,23 +18,11 @@ fn reverse_words(body: &[u8]) -> Result<Vec<u8>, HandlerError> {
 fn main() -> anyhow::Result<()> {
     env_logger::init();
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| fib_rpc::DEFAULT_URL.to_owned());
-    let connection = ConnectionConfig::new(url);
+    let mut config = ServerConfig::new(url.as_str(), "reverse_queue");
+    config.workers = 2;
+    let server = RpcServer::new(config, reverse_words).start()?;
 
-    let server = RpcServer::new(
-        ServerConfig {
-            connection: connection.clone(),
-            queue: "reverse_queue".into(),
-            workers: 2,
-            ..ServerConfig::default()
-        },
-        reverse_words,
-    )
-    .start()?;
-
-    let client = RpcClient::with_config(ClientConfig {
-        connection,
-        ..ClientConfig::default()
-    })?;
+    let client = RpcClient::with_config(ClientConfig::new(url))?;
     let timeout = Duration::from_secs(5);
     let reply = client.call("reverse_queue", b"hello brave new world", timeout)?;
     println!("{}", String::from_utf8_lossy(&reply));

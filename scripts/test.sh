@@ -26,4 +26,4 @@ trap 'stop_nodes; exit 143' TERM
 if ((PRIVATE_NODES > 0)); then
     scripts/nodes.sh start "$PRIVATE_NODES"
 fi
-cargo test --no-fail-fast "$@"
+cargo test --all-features --no-fail-fast "$@"

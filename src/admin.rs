@@ -34,6 +34,14 @@ pub struct QueueAdmin {
     timeout: Duration,
 }
 
+impl std::fmt::Debug for QueueAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueAdmin")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl QueueAdmin {
     /// Connects to the broker.
     pub fn connect(config: &ConnectionConfig) -> Result<QueueAdmin> {

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::Url;
 
-/// Where and how to connect, parsed from an `amqp://` URL. Holds the password: never log it whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how to connect, parsed from an `amqp://` URL. Holds the password, which its
+/// `Debug` leaves out.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Endpoint {
     pub host: String,
     pub port: u16,
@@ -27,6 +28,18 @@ pub(crate) struct Endpoint {
     pub vhost: String,
     pub heartbeat: Duration,
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("address", &self.address())
+            .field("username", &self.username)
+            .field("vhost", &self.vhost)
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Endpoint {
@@ -123,23 +136,17 @@ pub(crate) fn open(
     let name = config.connection_name.as_deref().unwrap_or(default_name);
     let endpoint = parse_url(config)?;
     let address = endpoint.address();
-    let connect_error = |reason: String| Error::Connect {
-        address: address.clone(),
-        reason,
+    let io_error = |error: std::io::Error| {
+        Error::connect(address.clone(), error.to_string(), Some(Box::new(error)))
     };
     let started = Instant::now();
     let give_up = deadline.map_or(
         deadline::after(started, endpoint.connect_timeout),
         |deadline| deadline.min(deadline::after(started, endpoint.connect_timeout)),
     );
-    let socket = tcp_connect(&endpoint, give_up).map_err(|e| connect_error(e.to_string()))?;
-    let cutter = Arc::new(Cutter::new(
-        socket
-            .try_clone()
-            .map_err(|e| connect_error(e.to_string()))?,
-    ));
-    let stream =
-        mio::net::TcpStream::from_stream(socket).map_err(|e| connect_error(e.to_string()))?;
+    let socket = tcp_connect(&endpoint, give_up).map_err(io_error)?;
+    let cutter = Arc::new(Cutter::new(socket.try_clone().map_err(io_error)?));
+    let stream = mio::net::TcpStream::from_stream(socket).map_err(io_error)?;
     let heartbeat = u16::try_from(endpoint.heartbeat.as_secs()).unwrap_or(u16::MAX);
     let options = ConnectionOptions::default()
         .auth(Auth::Plain {
@@ -159,12 +166,22 @@ pub(crate) fn open(
     let connection = match opened {
         Ok(connection) => connection,
         Err(_) if alarm.fired() => {
-            return Err(connect_error(format!(
+            let reason = format!(
                 "no answer to the AMQP handshake within {:?}",
                 give_up - started
-            )))
+            );
+            return Err(Error::connect(address, reason, None));
         }
-        Err(error) => return Err(connect_error(error.to_string())),
+        Err(error) => {
+            let reason = match &error {
+                amiquip::Error::InvalidCredentials => format!(
+                    "the broker refused the credentials of user {:?} (ACCESS_REFUSED)",
+                    endpoint.username
+                ),
+                other => other.to_string(),
+            };
+            return Err(Error::connect(address, reason, Some(Box::new(error))));
+        }
     };
     log::debug!("{name}: connected to {address} vhost {:?}", endpoint.vhost);
     Ok(Link {

@@ -1,15 +1,14 @@
 //! The blocking client: one connection, one callback queue, many calls.
 
-use crate::config::{ClientConfig, ConnectionConfig, DEFAULT_QUEUE};
+use crate::config::{ClientConfig, ConnectionConfig};
 use crate::deadline;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Stage};
 use crate::keeper::OwnedPublish;
 use crate::pending::Outcome;
-use crate::protocol;
+use crate::protocol::{self, CONTENT_TYPE};
 use crate::session::{lock, request_properties, Session};
 use amiquip::Publish;
 use crossbeam_channel::Receiver;
-use num_bigint::BigUint;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -30,6 +29,15 @@ const PERSISTENT: u8 = 2;
 pub struct RpcClient {
     config: ClientConfig,
     session: Mutex<Option<Arc<Session>>>,
+}
+
+impl std::fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("config", &self.config)
+            .field("pending_calls", &self.pending_calls())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RpcClient {
@@ -95,9 +103,11 @@ impl RpcClient {
     /// broker has not confirmed the request within the client's `call_timeout`.
     pub fn submit(&self, queue: &str, body: &[u8], results: &str) -> Result<String> {
         let timeout = self.config.call_timeout;
-        let deadline = deadline::after(Instant::now(), timeout);
-        let past_deadline = |error| timed_out(error, deadline, queue, timeout);
-        let session = self.session(deadline).map_err(past_deadline)?;
+        let call = Call::new(queue, timeout);
+        let deadline = call.deadline;
+        let session = self
+            .session(deadline)
+            .map_err(call.timed_out(Stage::Connect))?;
         let correlation_id = Uuid::new_v4().to_string();
         session
             .bounded(deadline, "a submitted request", || {
@@ -115,7 +125,7 @@ impl RpcClient {
                 };
                 session.publish_confirmed(publish, deadline, timeout)
             })
-            .map_err(past_deadline)?;
+            .map_err(call.timed_out(Stage::Confirm))?;
         log::trace!("submitted {correlation_id} -> {queue}, results to {results}");
         Ok(correlation_id)
     }
@@ -124,13 +134,26 @@ impl RpcClient {
     /// [`PendingReply::wait`], which gives up `timeout` after this send. The send itself
     /// (reconnecting, checking for a server, publishing) never takes longer than `timeout`.
     pub fn send(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<PendingReply> {
-        let deadline = deadline::after(Instant::now(), timeout);
-        let past_deadline = |error| timed_out(error, deadline, queue, timeout);
-        let session = self.session(deadline).map_err(past_deadline)?;
+        self.send_as(queue, body, timeout, CONTENT_TYPE)
+    }
+
+    /// [`send`](Self::send) with this request `content_type`.
+    pub(crate) fn send_as(
+        &self,
+        queue: &str,
+        body: &[u8],
+        timeout: Duration,
+        content_type: &str,
+    ) -> Result<PendingReply> {
+        let call = Call::new(queue, timeout);
+        let deadline = call.deadline;
+        let session = self
+            .session(deadline)
+            .map_err(call.timed_out(Stage::Connect))?;
         if self.config.require_consumer {
             session
                 .ensure_consumer(queue, deadline)
-                .map_err(past_deadline)?;
+                .map_err(call.timed_out(Stage::ServerCheck))?;
         }
         let correlation_id = Uuid::new_v4().to_string();
         let reply = session.pending.register(correlation_id.clone(), deadline);
@@ -147,6 +170,7 @@ impl RpcClient {
             return Err(Error::ConnectionLost(reason));
         }
         let properties = request_properties(&session.reply_queue, &pending.correlation_id)
+            .with_content_type(content_type.to_owned())
             .with_expiration(expiration_millis(timeout))
             .with_headers(protocol::deadline_headers(SystemTime::now(), timeout));
         log::trace!("call {} -> {queue}", pending.correlation_id);
@@ -159,7 +183,7 @@ impl RpcClient {
                     mandatory: true,
                 })
             })
-            .map_err(past_deadline)?;
+            .map_err(call.timed_out(Stage::Publish))?;
         Ok(pending)
     }
 
@@ -201,16 +225,37 @@ impl RpcClient {
     }
 }
 
-/// A failure that comes after the caller's deadline is that call's timeout, whatever broke.
-fn timed_out(error: Error, deadline: Instant, queue: &str, timeout: Duration) -> Error {
-    if error.is_connection() && Instant::now() >= deadline {
-        log::debug!("call to {queue} timed out: {error}");
-        Error::Timeout {
-            queue: queue.to_owned(),
+/// One call's queue and time budget.
+struct Call<'a> {
+    queue: &'a str,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+impl<'a> Call<'a> {
+    fn new(queue: &'a str, timeout: Duration) -> Call<'a> {
+        Call {
+            queue,
             timeout,
+            deadline: deadline::after(Instant::now(), timeout),
         }
-    } else {
-        error
+    }
+
+    /// A connection failure that comes after the deadline is the call's timeout at `stage`,
+    /// whatever broke: the watchdog cut the connection because the call's time ran out.
+    fn timed_out(&self, stage: Stage) -> impl Fn(Error) -> Error + '_ {
+        move |error| {
+            if error.is_connection() && Instant::now() >= self.deadline {
+                log::debug!("call to {} timed out: {error}", self.queue);
+                Error::Timeout {
+                    queue: self.queue.to_owned(),
+                    timeout: self.timeout,
+                    stage,
+                }
+            } else {
+                error
+            }
+        }
     }
 }
 
@@ -232,6 +277,16 @@ pub struct PendingReply {
     queue: String,
     timeout: Duration,
     deadline: Instant,
+}
+
+impl std::fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingReply")
+            .field("correlation_id", &self.correlation_id)
+            .field("queue", &self.queue)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PendingReply {
@@ -273,6 +328,7 @@ impl PendingReply {
         Error::Timeout {
             queue: self.queue.clone(),
             timeout: self.timeout,
+            stage: Stage::Reply,
         }
     }
 }
@@ -290,70 +346,6 @@ fn expiration_millis(timeout: Duration) -> String {
         .as_millis()
         .clamp(1, u128::from(u32::MAX))
         .to_string()
-}
-
-/// A client for the Fibonacci service: `call(n)` returns fib(n), exact.
-pub struct FibonacciRpcClient {
-    rpc: RpcClient,
-    queue: String,
-    timeout: Duration,
-}
-
-impl FibonacciRpcClient {
-    /// Connects to the broker at `url`; calls go to [`DEFAULT_QUEUE`] with a 5 s timeout.
-    pub fn connect(url: &str) -> Result<FibonacciRpcClient> {
-        Ok(FibonacciRpcClient::new(RpcClient::connect(url)?))
-    }
-
-    /// Wraps a connected client; its `call_timeout` becomes the timeout of every call.
-    pub fn new(rpc: RpcClient) -> FibonacciRpcClient {
-        let timeout = rpc.config().call_timeout;
-        FibonacciRpcClient {
-            rpc,
-            queue: DEFAULT_QUEUE.to_owned(),
-            timeout,
-        }
-    }
-
-    /// Sends requests to `queue` instead of [`DEFAULT_QUEUE`].
-    pub fn with_queue(mut self, queue: impl Into<String>) -> FibonacciRpcClient {
-        self.queue = queue.into();
-        self
-    }
-
-    /// Waits at most `timeout` for each reply.
-    pub fn with_timeout(mut self, timeout: Duration) -> FibonacciRpcClient {
-        self.timeout = timeout;
-        self
-    }
-
-    /// fib(n), computed by a remote server.
-    pub fn call(&self, n: u64) -> Result<BigUint> {
-        let body = self
-            .rpc
-            .call(&self.queue, n.to_string().as_bytes(), self.timeout)?;
-        protocol::parse_biguint(&body)
-    }
-
-    /// fib(n) for every n, all requests sent before any reply is awaited; results in order.
-    pub fn call_many(&self, numbers: &[u64]) -> Vec<Result<BigUint>> {
-        let bodies: Vec<String> = numbers.iter().map(u64::to_string).collect();
-        self.rpc
-            .call_many(&self.queue, &bodies, self.timeout)
-            .into_iter()
-            .map(|reply| reply.and_then(|body| protocol::parse_biguint(&body)))
-            .collect()
-    }
-
-    /// The generic client underneath.
-    pub fn rpc(&self) -> &RpcClient {
-        &self.rpc
-    }
-
-    /// Closes the connection.
-    pub fn close(self) -> Result<()> {
-        self.rpc.close()
-    }
 }
 
 #[cfg(test)]
@@ -375,6 +367,7 @@ mod tests {
     fn clients_can_be_shared_between_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<RpcClient>();
-        shareable::<FibonacciRpcClient>();
+        #[cfg(feature = "fibonacci")]
+        shareable::<crate::FibonacciRpcClient>();
     }
 }

@@ -10,10 +10,26 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_QUEUE: &str = "rpc_queue";
 
 /// How to reach the broker; shared by clients and servers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Start from [`ConnectionConfig::new`], [`str::parse`] (which checks the URL at once) or
+/// [`Default`], then set what differs:
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let mut config: fib_rpc::ConnectionConfig = "amqp://app:secret@broker:5672/%2f".parse()?;
+/// config.connect_timeout = Duration::from_secs(2);
+/// assert!(!format!("{config:?}").contains("secret"));
+/// # Ok::<(), fib_rpc::Error>(())
+/// ```
+///
+/// Where the URL's query sets `heartbeat` (seconds) or `connection_timeout` (milliseconds), the
+/// URL wins over the fields of the same meaning.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConnectionConfig {
-    /// `amqp://user:password@host:port/vhost`; default [`DEFAULT_URL`]. The query parameters
-    /// `heartbeat` (seconds) and `connection_timeout` (milliseconds) override the fields below.
+    /// `amqp://user:password@host:port/vhost`; default [`DEFAULT_URL`]. Printed by `Debug` with
+    /// the password replaced by `***`.
     pub url: String,
     /// AMQP heartbeat interval; default 10 s, so a silent network cut ends an idle connection
     /// within about 20 s (amiquip's own default of 60 s would take two minutes). At least 1 s:
@@ -45,7 +61,7 @@ impl Default for ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    /// Defaults, with this URL.
+    /// Defaults, with this URL (checked when connecting; [`str::parse`] checks it at once).
     pub fn new(url: impl Into<String>) -> Self {
         ConnectionConfig {
             url: url.into(),
@@ -54,8 +70,52 @@ impl ConnectionConfig {
     }
 }
 
-/// Client settings.
+impl std::str::FromStr for ConnectionConfig {
+    type Err = Error;
+
+    /// Defaults, with this URL, which must be one fib-rpc can use.
+    fn from_str(url: &str) -> Result<Self> {
+        let config = ConnectionConfig::new(url);
+        crate::amqp::parse_url(&config)?;
+        Ok(config)
+    }
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionConfig")
+            .field("url", &redacted(&self.url))
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("connection_name", &self.connection_name)
+            .finish()
+    }
+}
+
+/// `url` with the password, if any, replaced by `***`.
+pub(crate) fn redacted(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| scheme_end + at);
+    let authority = &url[scheme_end..authority_end];
+    match (authority.rfind('@'), authority.find(':')) {
+        (Some(at), Some(colon)) if colon < at => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        _ => url.to_owned(),
+    }
+}
+
+/// Client settings: [`ClientConfig::new`] or [`Default`], then set what differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// Where the broker is.
     pub connection: ConnectionConfig,
@@ -73,6 +133,7 @@ pub struct ClientConfig {
 
 /// How a client receives its replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ReplyMode {
     /// An exclusive, server-named callback queue per connection, as in the tutorial (default).
     #[default]
@@ -96,6 +157,7 @@ impl Default for ClientConfig {
 
 /// How the server declares its request queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum QueueType {
     /// Durable, `x-queue-type: quorum`: what the official tutorials declare today (default).
     #[default]
@@ -118,8 +180,9 @@ impl std::str::FromStr for QueueType {
     }
 }
 
-/// Server settings.
+/// Server settings: [`ServerConfig::new`] or [`Default`], then set what differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Where the broker is.
     pub connection: ConnectionConfig,
@@ -157,7 +220,26 @@ impl Default for ServerConfig {
     }
 }
 
+impl ClientConfig {
+    /// Defaults, with the broker at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            connection: ConnectionConfig::new(url),
+            ..ClientConfig::default()
+        }
+    }
+}
+
 impl ServerConfig {
+    /// Defaults, serving `queue` on the broker at `url`.
+    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+        ServerConfig {
+            connection: ConnectionConfig::new(url),
+            queue: queue.into(),
+            ..ServerConfig::default()
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if self.workers == 0 {
             return Err(Error::Config("workers must be at least 1".into()));
@@ -171,5 +253,38 @@ impl ServerConfig {
             return Err(Error::Config("the request queue needs a name".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        for (url, shown) in [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            (
+                "amqp://u:p%40ss@h/v?heartbeat=5",
+                "amqp://u:***@h/v?heartbeat=5",
+            ),
+            ("amqp://user@h/", "amqp://user@h/"),
+            ("amqp://h:5672/?x=a:b@c", "amqp://h:5672/?x=a:b@c"),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
+        let config = ClientConfig::new("amqp://app:s3cret@broker/%2f");
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn parsing_checks_the_url_at_once() {
+        assert!("amqp://broker:5673/%2f".parse::<ConnectionConfig>().is_ok());
+        let error = "http://broker".parse::<ConnectionConfig>().unwrap_err();
+        assert!(error.is_config(), "{error}");
     }
 }

@@ -5,10 +5,14 @@ use std::time::Duration;
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The underlying error a failure came from, kept for [`std::error::Error::source`].
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
 /// Everything that can go wrong in a call, a server or a connection.
 ///
 /// Match on the helpers ([`is_timeout`](Error::is_timeout) and friends) rather than on variants
-/// where you can: new variants may appear in minor releases.
+/// where you can: new variants may appear in minor releases. Where a failure came from the
+/// AMQP driver or the operating system, [`source`](std::error::Error::source) gives it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -23,6 +27,9 @@ pub enum Error {
         address: String,
         /// What failed, as precisely as the driver told us.
         reason: String,
+        /// The driver's or the operating system's error, if there was one.
+        #[source]
+        source: Option<Source>,
     },
 
     /// An open connection to the broker was lost while it was needed (broker restart, connection
@@ -30,13 +37,15 @@ pub enum Error {
     #[error("connection to the broker lost: {0}")]
     ConnectionLost(String),
 
-    /// No reply arrived before the deadline.
-    #[error("no reply from queue {queue:?} within {timeout:?}")]
+    /// The call's timeout passed before it was done; `stage` says what it was waiting for.
+    #[error("timed out after {timeout:?} waiting for {stage} (queue {queue:?})")]
     Timeout {
         /// The request queue the call was sent to.
         queue: String,
         /// The timeout the call was given.
         timeout: Duration,
+        /// What the call was waiting for when its time ran out.
+        stage: Stage,
     },
 
     /// Nothing serves the request queue: the broker could not route the request (no such queue).
@@ -68,11 +77,42 @@ pub enum Error {
         operation: String,
         /// What the broker or driver said.
         reason: String,
+        /// The driver's error, if there was one.
+        #[source]
+        source: Option<Source>,
     },
 }
 
+/// What a timed-out call was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Connecting (again) to the broker.
+    Connect,
+    /// The broker's answer to the no-server check (is anyone consuming the queue?).
+    ServerCheck,
+    /// Handing the request to the broker (its buffers were full).
+    Publish,
+    /// The broker's publisher confirm of a submitted request.
+    Confirm,
+    /// The server's reply.
+    Reply,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "a connection to the broker",
+            Stage::ServerCheck => "the no-server check",
+            Stage::Publish => "the broker to take the request",
+            Stage::Confirm => "the broker's confirm of the request",
+            Stage::Reply => "the reply",
+        })
+    }
+}
+
 impl Error {
-    /// True if the call gave up waiting for a reply.
+    /// True if the call gave up waiting (for a reply, or for the broker).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
     }
@@ -97,6 +137,21 @@ impl Error {
         matches!(self, Error::Connect { .. } | Error::ConnectionLost(_))
     }
 
+    /// True if a setting or the URL is unusable.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+
+    /// True if the broker refused the credentials (as opposed to being unreachable).
+    pub fn is_access_refused(&self) -> bool {
+        matches!(self, Error::Connect { reason, .. } if reason.contains("credentials") || reason.contains("ACCESS_REFUSED"))
+    }
+
+    /// True if a reply did not follow the protocol (a foreign server's, say).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::Protocol(_))
+    }
+
     /// The server's message for an error reply.
     pub fn remote_message(&self) -> Option<&str> {
         match self {
@@ -109,6 +164,19 @@ impl Error {
         Error::Broker {
             operation: operation.into(),
             reason: source.to_string(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub(crate) fn connect(
+        address: impl Into<String>,
+        reason: impl Into<String>,
+        source: Option<Source>,
+    ) -> Error {
+        Error::Connect {
+            address: address.into(),
+            reason: reason.into(),
+            source,
         }
     }
 }
@@ -147,5 +215,32 @@ impl From<String> for HandlerError {
 impl From<&str> for HandlerError {
     fn from(message: &str) -> Self {
         HandlerError(message.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn driver_errors_are_kept_as_the_source() {
+        let error = Error::broker("declaring queue q", amiquip::Error::EventLoopDropped);
+        assert!(error.source().is_some());
+        assert!(error.to_string().contains("declaring queue q"));
+    }
+
+    #[test]
+    fn a_timeout_names_what_it_waited_for() {
+        let error = Error::Timeout {
+            queue: "q".into(),
+            timeout: Duration::from_secs(1),
+            stage: Stage::ServerCheck,
+        };
+        assert!(error.is_timeout());
+        assert_eq!(
+            error.to_string(),
+            "timed out after 1s waiting for the no-server check (queue \"q\")"
+        );
     }
 }

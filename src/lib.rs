@@ -23,10 +23,7 @@
 //! use fib_rpc::{HandlerError, RpcServer, ServerConfig};
 //!
 //! # fn main() -> fib_rpc::Result<()> {
-//! let config = ServerConfig {
-//!     queue: "shout_queue".into(),
-//!     ..ServerConfig::default()
-//! };
+//! let config = ServerConfig::new(fib_rpc::DEFAULT_URL, "shout_queue");
 //! let server = RpcServer::new(config, |body: &[u8]| {
 //!     let text = std::str::from_utf8(body).map_err(|_| HandlerError::new("expected UTF-8"))?;
 //!     Ok(text.to_uppercase().into_bytes())
@@ -36,6 +33,10 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! A handler that needs more than the body (the correlation id, headers, the caller's deadline,
+//! whether the request was delivered before) takes the whole [`Request`] through
+//! [`handler::with_request`].
 //!
 //! # Design
 //!
@@ -93,28 +94,35 @@ mod client;
 mod config;
 mod deadline;
 mod error;
-mod fib;
 mod frames;
 mod guard;
+pub mod handler;
+#[cfg(feature = "json")]
+pub mod json;
 mod keeper;
 mod pending;
 pub mod protocol;
 mod results;
 mod server;
-mod services;
+#[cfg(feature = "fibonacci")]
+pub mod services;
 mod session;
 mod watchdog;
+mod worker;
 
 pub use admin::{QueueAdmin, QueueStatus};
-pub use client::{FibonacciRpcClient, PendingReply, RpcClient};
+pub use client::{PendingReply, RpcClient};
 pub use config::{
     ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,
 };
-pub use error::{Error, HandlerError, Result};
-pub use fib::fibonacci;
+pub use error::{Error, HandlerError, Result, Stage};
+pub use handler::{Handler, HeaderValue, Request};
+#[cfg(feature = "fibonacci")]
+pub use num_bigint::BigUint;
 pub use results::{ResultConsumer, ResultMessage};
-pub use server::{Handler, RpcServer, ServerHandle, ServerStats, ShutdownTrigger};
-pub use services::{addition_handler, fibonacci_handler, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N};
+pub use server::{RpcServer, ServerHandle, ServerStats, ShutdownTrigger};
+#[cfg(feature = "fibonacci")]
+pub use services::FibonacciRpcClient;
 
 /// The README's Rust example is compiled as a doc test, so it cannot drift from the API.
 #[cfg(doctest)]

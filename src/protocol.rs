@@ -15,17 +15,19 @@
 //!   and is answered with an error reply; a `correlation_id` that is not UTF-8 is echoed in the
 //!   reply byte for byte.
 
-use crate::error::{Error, HandlerError, Result};
+use crate::error::{Error, Result};
 pub use crate::frames::REJECTED_HEADER;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use num_bigint::BigUint;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Value of the AMQP `type` property on error replies.
 pub const ERROR_TYPE: &str = "error";
 
-/// `content_type` of every request and reply we publish.
+/// `content_type` of every request and reply we publish, but JSON ones.
 pub const CONTENT_TYPE: &str = "text/plain";
+
+/// `content_type` of JSON requests and replies (feature `json`).
+pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Request header holding the caller's deadline, in milliseconds since the Unix epoch.
 pub const DEADLINE_HEADER: &str = "x-deadline-ms";
@@ -33,58 +35,13 @@ pub const DEADLINE_HEADER: &str = "x-deadline-ms";
 /// How many bytes of an offending body an error message quotes.
 const QUOTE_LIMIT: usize = 40;
 
-/// Parses a request body as a non-negative decimal integer no larger than `max`.
-///
-/// Only ASCII digits are accepted (leading zeros included): no sign, no whitespace, no exponent,
-/// no hex, so that every client gets the same answer for the same bytes.
-pub fn parse_bounded_u64(body: &[u8], max: u64) -> Result<u64, HandlerError> {
-    if body.is_empty() {
-        return Err(HandlerError::new(
-            "empty request: expected a non-negative decimal integer",
-        ));
-    }
-    if !body.iter().all(u8::is_ascii_digit) {
-        return Err(HandlerError::new(format!(
-            "invalid request {}: expected a non-negative decimal integer (ASCII digits only)",
-            quote(body)
-        )));
-    }
-    let too_large = || {
-        HandlerError::new(format!(
-            "n = {} is too large: the maximum is {max}",
-            quote(body)
-        ))
-    };
-    // The body is all ASCII digits, so it is valid UTF-8; only overflow can fail the parse.
-    let n: u64 = std::str::from_utf8(body)
-        .ok()
-        .and_then(|digits| digits.parse().ok())
-        .ok_or_else(too_large)?;
-    if n > max {
-        return Err(too_large());
-    }
-    Ok(n)
-}
-
-/// Parses a success reply body as a non-negative decimal integer of any size.
-pub fn parse_biguint(body: &[u8]) -> Result<BigUint> {
-    if body.is_empty() || !body.iter().all(u8::is_ascii_digit) {
-        return Err(Error::Protocol(format!(
-            "expected a decimal integer, got {}",
-            quote(body)
-        )));
-    }
-    BigUint::parse_bytes(body, 10)
-        .ok_or_else(|| Error::Protocol(format!("unparsable integer {}", quote(body))))
-}
-
 /// True if a reply's properties mark it as an error reply.
-pub fn is_error_reply(properties: &AmqpProperties) -> bool {
+pub(crate) fn is_error_reply(properties: &AmqpProperties) -> bool {
     properties.type_().as_deref() == Some(ERROR_TYPE)
 }
 
 /// Turns a reply into the caller's result: the body, or the server's error message.
-pub fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Vec<u8>> {
+pub(crate) fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Vec<u8>> {
     if is_error_reply(properties) {
         Err(Error::Remote(String::from_utf8_lossy(&body).into_owned()))
     } else {
@@ -93,7 +50,7 @@ pub fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Vec<u8
 }
 
 /// Request headers announcing that the caller stops waiting `timeout` after `now`.
-pub fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable {
+pub(crate) fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable {
     let deadline = crate::deadline::wall_clock_after(now, timeout);
     let millis = deadline.duration_since(UNIX_EPOCH).map_or(0, |since| {
         i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
@@ -105,7 +62,7 @@ pub fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable {
 
 /// True if the request announces a deadline that has passed at `now`. Requests without a
 /// (readable) deadline never expire here.
-pub fn is_expired(properties: &AmqpProperties, now: SystemTime) -> bool {
+pub(crate) fn is_expired(properties: &AmqpProperties, now: SystemTime) -> bool {
     let Some(value) = properties
         .headers()
         .as_ref()
@@ -127,7 +84,7 @@ pub fn is_expired(properties: &AmqpProperties, now: SystemTime) -> bool {
 
 /// Why fib-rpc replaced a message's headers on arrival (nested too deep, or unparsable
 /// properties), if it did: such a request is answered with an error reply.
-pub fn rejection(properties: &AmqpProperties) -> Option<String> {
+pub(crate) fn rejection(properties: &AmqpProperties) -> Option<String> {
     match properties.headers().as_ref()?.get(REJECTED_HEADER)? {
         AmqpValue::LongString(reason) => Some(reason.clone()),
         _ => None,
@@ -147,50 +104,6 @@ pub fn quote(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MAX: u64 = 100_000;
-
-    #[test]
-    fn accepts_plain_decimals() {
-        assert_eq!(parse_bounded_u64(b"0", MAX), Ok(0));
-        assert_eq!(parse_bounded_u64(b"30", MAX), Ok(30));
-        assert_eq!(parse_bounded_u64(b"007", MAX), Ok(7));
-        assert_eq!(parse_bounded_u64(b"100000", MAX), Ok(100_000));
-    }
-
-    #[test]
-    fn rejects_every_malformed_form() {
-        let malformed: &[&[u8]] = &[
-            b"",
-            b" ",
-            b" 5",
-            b"5 ",
-            b"5\n",
-            b"+5",
-            b"-1",
-            b"1e3",
-            b"0x10",
-            b"1.5",
-            b"1_000",
-            b"abc",
-            b"\xff\xfe",
-            b"\xd9\xa3", // ARABIC-INDIC DIGIT THREE: a digit, but not ASCII
-        ];
-        for body in malformed {
-            let error = parse_bounded_u64(body, MAX).expect_err(&format!("{body:?} accepted"));
-            assert!(!error.message().is_empty());
-        }
-    }
-
-    #[test]
-    fn rejects_values_above_the_maximum_with_the_maximum_in_the_message() {
-        let error = parse_bounded_u64(b"100001", MAX).unwrap_err();
-        assert!(error.message().contains("100000"), "{error}");
-        let huge = parse_bounded_u64(b"1000000000000000000000000000000", MAX).unwrap_err();
-        assert!(huge.message().contains("too large"), "{huge}");
-        let over_u64 = parse_bounded_u64(b"18446744073709551616", u64::MAX).unwrap_err();
-        assert!(over_u64.message().contains("too large"), "{over_u64}");
-    }
 
     #[test]
     fn quotes_long_and_binary_bodies_briefly() {
@@ -235,16 +148,5 @@ mod tests {
             &AmqpProperties::default().with_headers(negative),
             far_future
         ));
-    }
-
-    #[test]
-    fn parses_big_reply_bodies_strictly() {
-        assert_eq!(
-            parse_biguint(b"354224848179261915075").unwrap().to_string(),
-            "354224848179261915075"
-        );
-        assert!(parse_biguint(b"").is_err());
-        assert!(parse_biguint(b"12 ").is_err());
-        assert!(parse_biguint(b"oops").is_err());
     }
 }

@@ -45,6 +45,14 @@ pub struct ResultConsumer {
     failed: bool,
 }
 
+impl std::fmt::Debug for ResultConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultConsumer")
+            .field("holding_a_result", &self.taken.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ResultConsumer {
     /// Connects and starts reading `queue`, declaring it durable if it does not exist yet (so a
     /// consumer may start before any request is sent).

@@ -4,22 +4,15 @@ use crate::admin;
 use crate::amqp::{self, Link};
 use crate::config::ServerConfig;
 use crate::deadline;
-use crate::error::{Error, HandlerError, Result};
-use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
-use crate::watchdog::{Alarm, Cutter};
-use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
+use crate::error::{Error, Result};
+use crate::handler::Handler;
+use crate::watchdog::Alarm;
+use crate::worker::Worker;
 use crossbeam_channel::{Receiver, Sender};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
-
-/// What a service does with a request body: the reply body, or a message for an error reply.
-pub type Handler = dyn Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync;
-
-/// `reply_to` prefix of RabbitMQ's direct reply-to pseudo-queues.
-const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+use std::time::Duration;
 
 /// Counts of what a server did with the requests it received, since it started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,11 +36,11 @@ impl ServerStats {
 }
 
 #[derive(Default)]
-struct Counters {
-    answered: AtomicU64,
-    error_replies: AtomicU64,
-    expired: AtomicU64,
-    unanswerable: AtomicU64,
+pub(crate) struct Counters {
+    pub answered: AtomicU64,
+    pub error_replies: AtomicU64,
+    pub expired: AtomicU64,
+    pub unanswerable: AtomicU64,
 }
 
 impl Counters {
@@ -61,7 +54,7 @@ impl Counters {
     }
 }
 
-fn count(counter: &AtomicU64) {
+pub(crate) fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -74,15 +67,21 @@ fn count(counter: &AtomicU64) {
 /// exponential backoff and resumes consuming.
 pub struct RpcServer {
     config: ServerConfig,
-    handler: Arc<Handler>,
+    handler: Arc<dyn Handler>,
+}
+
+impl std::fmt::Debug for RpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcServer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RpcServer {
-    /// A server for `config.queue` that answers with `handler`.
-    pub fn new<F>(config: ServerConfig, handler: F) -> RpcServer
-    where
-        F: Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
-    {
+    /// A server for `config.queue` that answers with `handler`: a closure over the request
+    /// body, or any [`Handler`].
+    pub fn new(config: ServerConfig, handler: impl Handler) -> RpcServer {
         RpcServer {
             config,
             handler: Arc::new(handler),
@@ -134,6 +133,14 @@ pub struct ServerHandle {
     counters: Arc<Counters>,
 }
 
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServerHandle {
     /// A trigger that can stop this server from another thread (a signal handler, say).
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {
@@ -174,7 +181,7 @@ impl Drop for ServerHandle {
 }
 
 /// Stops a server; cheap to clone, harmless to trigger twice.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ShutdownTrigger(Arc<Mutex<Option<Sender<()>>>>);
 
 impl ShutdownTrigger {
@@ -188,14 +195,14 @@ impl ShutdownTrigger {
 }
 
 /// How one connection's life ended.
-enum SessionEnd {
+pub(crate) enum SessionEnd {
     Stopped,
     Lost(String),
 }
 
 struct Supervisor {
     config: ServerConfig,
-    handler: Arc<Handler>,
+    handler: Arc<dyn Handler>,
     stop: Receiver<()>,
     counters: Arc<Counters>,
 }
@@ -348,160 +355,6 @@ impl Supervisor {
     }
 }
 
-struct Worker {
-    queue: String,
-    prefetch: u16,
-    handler: Arc<Handler>,
-    stop: Receiver<()>,
-    counters: Arc<Counters>,
-    cutter: Arc<Cutter>,
-    close_timeout: Duration,
-}
-
-impl Worker {
-    fn run(self, channel: Channel, consuming: Sender<Result<()>>) -> SessionEnd {
-        let consumer = match channel
-            .qos(0, self.prefetch, false)
-            .and_then(|()| channel.basic_consume(self.queue.as_str(), ConsumerOptions::default()))
-        {
-            Ok(consumer) => consumer,
-            Err(error) => {
-                let reason = error.to_string();
-                let _ = consuming.send(Err(Error::broker(
-                    format!("consuming {}", self.queue),
-                    error,
-                )));
-                return SessionEnd::Lost(reason);
-            }
-        };
-        let _ = consuming.send(Ok(()));
-        drop(consuming);
-        loop {
-            crossbeam_channel::select! {
-                recv(consumer.receiver()) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => {
-                        if let Err(error) = self.serve(&channel, delivery) {
-                            return SessionEnd::Lost(error.to_string());
-                        }
-                    }
-                    Ok(ConsumerMessage::ServerClosedConnection(error))
-                    | Ok(ConsumerMessage::ServerClosedChannel(error)) => {
-                        return SessionEnd::Lost(error.to_string())
-                    }
-                    Ok(ConsumerMessage::ServerCancelled) => {
-                        return SessionEnd::Lost(format!("the broker cancelled our consumer (queue {} deleted?)", self.queue))
-                    }
-                    Ok(_) | Err(_) => return SessionEnd::Lost("the connection was closed".into()),
-                },
-                recv(self.stop) -> _ => break,
-            }
-        }
-        // Stop: cancel, then serve whatever the broker sent before the cancel took effect, and
-        // leave only on the cancellation's own message, so nothing in hand goes unanswered.
-        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
-        let cancelled = consumer.cancel();
-        drop(alarm);
-        if let Err(error) = cancelled {
-            return SessionEnd::Lost(error.to_string());
-        }
-        for message in consumer.receiver().iter() {
-            match message {
-                ConsumerMessage::Delivery(delivery) => {
-                    if let Err(error) = self.serve(&channel, delivery) {
-                        return SessionEnd::Lost(error.to_string());
-                    }
-                }
-                ConsumerMessage::ClientCancelled => break,
-                ConsumerMessage::ServerClosedConnection(error)
-                | ConsumerMessage::ServerClosedChannel(error) => {
-                    return SessionEnd::Lost(error.to_string())
-                }
-                _ => break,
-            }
-        }
-        drop(consumer);
-        let _ = channel.close();
-        SessionEnd::Stopped
-    }
-
-    /// Answers one request and acks it; an error here means the channel is gone.
-    fn serve(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
-        let counters = &self.counters;
-        let properties = &delivery.properties;
-        let Some(reply_to) = properties
-            .reply_to()
-            .clone()
-            .filter(|queue| !queue.is_empty())
-        else {
-            log::warn!(
-                "request {} has no reply_to: nobody to answer, dropping it",
-                protocol::quote(&delivery.body)
-            );
-            count(&counters.unanswerable);
-            return delivery.ack(channel);
-        };
-        if protocol::is_expired(properties, SystemTime::now()) {
-            log::debug!(
-                "request {} expired before we took it: skipped",
-                protocol::quote(&delivery.body)
-            );
-            count(&counters.expired);
-            return delivery.ack(channel);
-        }
-        let outcome = match protocol::rejection(properties) {
-            Some(reason) => Err(HandlerError::new(format!("request refused: {reason}"))),
-            None => catch_unwind(AssertUnwindSafe(|| (self.handler)(&delivery.body)))
-                .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic)))),
-        };
-        let mut reply_properties =
-            AmqpProperties::default().with_content_type(CONTENT_TYPE.to_owned());
-        if let Some(id) = properties.correlation_id() {
-            reply_properties = reply_properties.with_correlation_id(id.clone());
-        }
-        if let Some(mode) = properties.delivery_mode() {
-            reply_properties = reply_properties.with_delivery_mode(*mode);
-        }
-        let body = match outcome {
-            Ok(body) => {
-                log::debug!(
-                    "{} -> {} bytes",
-                    protocol::quote(&delivery.body),
-                    body.len()
-                );
-                count(&counters.answered);
-                body
-            }
-            Err(error) => {
-                log::debug!("{} -> error: {error}", protocol::quote(&delivery.body));
-                count(&counters.error_replies);
-                reply_properties = reply_properties.with_type_(ERROR_TYPE.to_owned());
-                error.message().as_bytes().to_vec()
-            }
-        };
-        let reply = Publish::with_properties(&body, reply_to.as_str(), reply_properties);
-        if reply_to.starts_with(DIRECT_REPLY_TO_PREFIX) {
-            // A malformed direct reply-to address makes RabbitMQ close the whole connection
-            // (541 INTERNAL_ERROR) on publish. Ack first, so such a request cannot come back
-            // and take the server down again; a direct reply-to caller is bound to its live
-            // channel anyway, so a redelivered answer could not reach a restarted caller.
-            delivery.ack(channel)?;
-            channel.basic_publish("", reply)
-        } else {
-            channel.basic_publish("", reply)?;
-            delivery.ack(channel)
-        }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_owned());
-    format!("internal error: the handler panicked ({detail})")
-}
-
 /// The wait before the next reconnection attempt: double the last, at most `max`.
 fn next_backoff(last: Duration, max: Duration) -> Duration {
     (last * 2).min(max)
@@ -510,15 +363,6 @@ fn next_backoff(last: Duration, max: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn panic_messages_are_readable() {
-        let panic = catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
-        assert_eq!(
-            panic_message(&*panic),
-            "internal error: the handler panicked (boom 7)"
-        );
-    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

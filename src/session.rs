@@ -4,7 +4,7 @@ use crate::admin::{self, NOT_FOUND};
 use crate::amqp::{self, Link};
 use crate::config::{ClientConfig, QueueType, ReplyMode};
 use crate::deadline;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Stage};
 use crate::keeper::{Keeper, OwnedPublish, Tick};
 use crate::pending::Pending;
 use crate::protocol;
@@ -76,10 +76,11 @@ impl Session {
         let (reply_queue, publisher, keeper, returns) = match setup {
             Ok(parts) => parts,
             Err(_) if alarm.fired() => {
-                return Err(Error::Connect {
-                    address: String::from("the broker"),
-                    reason: "no answer while subscribing to replies".into(),
-                })
+                return Err(Error::connect(
+                    "the broker",
+                    "no answer while subscribing to replies",
+                    None,
+                ))
             }
             Err(error) => return Err(error),
         };
@@ -239,6 +240,7 @@ impl Session {
                     Error::Broker {
                         operation: format!("checking queue {queue:?}"),
                         reason: format!("{code} {message}"),
+                        source: None,
                     }
                 })
             }
@@ -368,6 +370,7 @@ impl Session {
             Error::Broker {
                 operation: format!("routing a request to {:?}", returned.routing_key),
                 reason: format!("{} {}", returned.reply_code, returned.reply_text),
+                source: None,
             }
         };
         self.pending.resolve(&id, Err(error));
@@ -474,6 +477,7 @@ impl Submitter {
                 .map_err(|_| Error::Timeout {
                     queue: queue.clone(),
                     timeout,
+                    stage: Stage::Confirm,
                 })?;
             let (payload, acked) = match confirm {
                 Confirm::Ack(payload) => (payload, true),
@@ -497,6 +501,7 @@ impl Submitter {
                 Err(Error::Broker {
                     operation: format!("publishing to {queue:?}"),
                     reason: "the broker refused the message (nack)".to_owned(),
+                    source: None,
                 })
             };
         }

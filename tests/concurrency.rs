@@ -2,7 +2,8 @@
 
 mod support;
 
-use fib_rpc::{fibonacci, ClientConfig, FibonacciRpcClient, ReplyMode, RpcClient};
+use fib_rpc::services::fibonacci;
+use fib_rpc::{FibonacciRpcClient, ReplyMode, RpcClient};
 use std::sync::Arc;
 use std::time::Duration;
 use support::TestQueue;
@@ -10,12 +11,10 @@ use support::TestQueue;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn client_with(reply_mode: ReplyMode, require_consumer: bool) -> RpcClient {
-    RpcClient::with_config(ClientConfig {
-        reply_mode,
-        require_consumer,
-        ..support::client_config()
-    })
-    .expect("connect a client")
+    let mut config = support::client_config();
+    config.reply_mode = reply_mode;
+    config.require_consumer = require_consumer;
+    RpcClient::with_config(config).expect("connect a client")
 }
 
 fn hammer(client: FibonacciRpcClient, threads: u64, calls: u64) {

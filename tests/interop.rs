@@ -10,7 +10,7 @@ use amiquip::{
     QueueDeclareOptions,
 };
 use crossbeam_channel::Receiver;
-use fib_rpc::fibonacci;
+use fib_rpc::services::fibonacci;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use support::TestQueue;

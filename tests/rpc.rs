@@ -3,7 +3,8 @@
 mod support;
 
 use amiquip::AmqpProperties;
-use fib_rpc::{fibonacci, protocol, HandlerError, RpcServer};
+use fib_rpc::services::fibonacci;
+use fib_rpc::{protocol, HandlerError, RpcServer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{RawPeer, TestQueue};

@@ -8,7 +8,8 @@ mod processes;
 mod support;
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use fib_rpc::{fibonacci, Error, FibonacciRpcClient};
+use fib_rpc::services::fibonacci;
+use fib_rpc::{Error, FibonacciRpcClient};
 use processes::ServerProcess;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

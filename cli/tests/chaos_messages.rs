@@ -5,7 +5,8 @@ mod processes;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use fib_rpc::{fibonacci, FibonacciRpcClient, ResultConsumer};
+use fib_rpc::services::fibonacci;
+use fib_rpc::{FibonacciRpcClient, ResultConsumer};
 use processes::ServerProcess;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@ mod processes;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use fib_rpc::{ClientConfig, ConnectionConfig, Error, RpcClient};
+use fib_rpc::{ClientConfig, Error, RpcClient};
 use processes::ServerProcess;
 use std::time::{Duration, Instant};
 use support::proxy::Proxy;
@@ -22,14 +22,9 @@ fn proxy() -> Proxy {
 
 fn client_through(proxy: &Proxy, query: &str) -> RpcClient {
     let url = proxy.url(&support::amqp_url()) + query;
-    RpcClient::with_config(ClientConfig {
-        connection: ConnectionConfig {
-            close_timeout: Duration::from_secs(1),
-            ..ConnectionConfig::new(url)
-        },
-        ..ClientConfig::default()
-    })
-    .expect("connect through the proxy")
+    let mut config = ClientConfig::new(url);
+    config.connection.close_timeout = Duration::from_secs(1);
+    RpcClient::with_config(config).expect("connect through the proxy")
 }
 
 /// Runs `work`, and checks it returned within `limit` (plus slack).
@@ -146,7 +141,7 @@ fn a_silent_cut_is_reported_as_missed_heartbeats() {
 #[test]
 fn heartbeat_zero_is_refused_with_a_reason() {
     let url = format!("{}?heartbeat=0", support::amqp_url());
-    let error = RpcClient::connect(&url).err().expect("refused");
+    let error = RpcClient::connect(&url).expect_err("refused");
     assert!(matches!(error, Error::Config(_)), "{error}");
     assert!(error.to_string().contains("heartbeat"), "{error}");
 }

@@ -69,7 +69,11 @@ fn no_reply_in_time_exits_75() {
         "5",
     ]);
     assert_eq!(output.status.code(), Some(75), "{}", stderr(&output));
-    assert!(stderr(&output).contains("no reply"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("timed out after 500ms waiting for the reply"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -127,7 +131,7 @@ fn five_hundred_numbers_in_one_invocation() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     let expected: Vec<String> = (1..=500u64)
-        .map(|n| fib_rpc::fibonacci(n).to_string())
+        .map(|n| fib_rpc::services::fibonacci(n).to_string())
         .collect();
     assert_eq!(lines, expected);
 }

@@ -4,7 +4,8 @@ mod processes;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use fib_rpc::{fibonacci, ResultConsumer};
+use fib_rpc::services::fibonacci;
+use fib_rpc::ResultConsumer;
 use processes::ServerProcess;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};

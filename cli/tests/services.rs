@@ -5,7 +5,7 @@ mod processes;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use fib_rpc::fibonacci;
+use fib_rpc::services::fibonacci;
 use processes::ServerProcess;
 use std::process::Command;
 use std::sync::Arc;

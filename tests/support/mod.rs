@@ -9,9 +9,10 @@ use amiquip::{
     AmqpProperties, AmqpValue, Channel, Connection, FieldTable, Publish, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use fib_rpc::services::fibonacci_handler;
 use fib_rpc::{
-    fibonacci_handler, ClientConfig, ConnectionConfig, FibonacciRpcClient, HandlerError, QueueType,
-    RpcClient, RpcServer, ServerConfig, ServerHandle,
+    ClientConfig, FibonacciRpcClient, HandlerError, QueueType, RpcClient, RpcServer, ServerConfig,
+    ServerHandle,
 };
 use std::process::Command;
 use std::sync::Mutex;
@@ -185,19 +186,16 @@ pub fn server_config(queue: &str, workers: usize) -> ServerConfig {
 
 /// Server settings for the broker at `url` (a private node's, say).
 pub fn server_config_at(url: &str, queue: &str, workers: usize) -> ServerConfig {
-    ServerConfig {
-        connection: ConnectionConfig::new(url),
-        queue: queue.to_owned(),
-        workers,
-        ..ServerConfig::default()
-    }
+    let mut config = ServerConfig::new(url, queue);
+    config.workers = workers;
+    config
 }
 
 /// An in-process Fibonacci server on `queue`, consuming when this returns.
 pub fn start_fib_server(queue: &str, workers: usize) -> ServerHandle {
     RpcServer::new(
         server_config(queue, workers),
-        fibonacci_handler(fib_rpc::DEFAULT_MAX_N),
+        fibonacci_handler(fib_rpc::services::DEFAULT_MAX_N),
     )
     .start()
     .expect("start the server")
@@ -259,26 +257,19 @@ pub fn client() -> RpcClient {
 
 /// Client settings for the test broker.
 pub fn client_config() -> ClientConfig {
-    ClientConfig {
-        connection: ConnectionConfig::new(amqp_url()),
-        ..ClientConfig::default()
-    }
+    ClientConfig::new(amqp_url())
 }
 
 /// A client that queues requests even when no server consumes the queue yet.
 pub fn patient_client() -> RpcClient {
-    RpcClient::with_config(ClientConfig {
-        require_consumer: false,
-        ..client_config()
-    })
-    .expect("connect a client")
+    let mut config = client_config();
+    config.require_consumer = false;
+    RpcClient::with_config(config).expect("connect a client")
 }
 
 pub fn fib_client(queue: &str, timeout: Duration) -> FibonacciRpcClient {
-    let config = ClientConfig {
-        call_timeout: timeout,
-        ..client_config()
-    };
+    let mut config = client_config();
+    config.call_timeout = timeout;
     FibonacciRpcClient::new(RpcClient::with_config(config).expect("connect a client"))
         .with_queue(queue)
 }

@@ -9,9 +9,10 @@ use amiquip::{
 };
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
 use fib_rpc::{
-    fibonacci, fibonacci_handler, ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueType,
-    ReplyMode, RpcClient, RpcServer, ServerConfig, DEFAULT_MAX_N,
+    ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueType, ReplyMode, RpcClient, RpcServer,
+    ServerConfig,
 };
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -464,30 +465,19 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
         Some(_) => None,
         None => Some(
             RpcServer::new(
-                ServerConfig {
-                    connection: connection.clone(),
-                    queue: queue.clone(),
-                    queue_type: match args.queue_type {
-                        Kind::Classic => QueueType::Classic,
-                        Kind::Quorum => QueueType::Quorum,
-                    },
-                    workers: args.workers,
-                    prefetch: args.prefetch,
-                    ..ServerConfig::default()
-                },
+                server_config(args, connection, &queue),
                 fibonacci_handler(DEFAULT_MAX_N),
             )
             .start()?,
         ),
     };
-    let client = FibonacciRpcClient::new(RpcClient::with_config(ClientConfig {
-        connection: connection.clone(),
-        reply_mode: match args.reply_mode {
-            Mode::Queue => ReplyMode::CallbackQueue,
-            Mode::Direct => ReplyMode::DirectReplyTo,
-        },
-        ..ClientConfig::default()
-    })?);
+    let mut config = ClientConfig::default();
+    config.connection = connection.clone();
+    config.reply_mode = match args.reply_mode {
+        Mode::Queue => ReplyMode::CallbackQueue,
+        Mode::Direct => ReplyMode::DirectReplyTo,
+    };
+    let client = FibonacciRpcClient::new(RpcClient::with_config(config)?);
     let run = |measuring| {
         measure(args, measuring, |progress| {
             rpc_thread(&client, &queue, args, progress)
@@ -540,6 +530,20 @@ fn raw_connection(url: &str) -> anyhow::Result<Connection> {
         options,
         ConnectionTuning::default(),
     )?)
+}
+
+/// Settings of the server this tool starts.
+fn server_config(args: &Args, connection: &ConnectionConfig, queue: &str) -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.connection = connection.clone();
+    config.queue = queue.to_owned();
+    config.queue_type = match args.queue_type {
+        Kind::Classic => QueueType::Classic,
+        Kind::Quorum => QueueType::Quorum,
+    };
+    config.workers = args.workers;
+    config.prefetch = args.prefetch;
+    config
 }
 
 /// The report with the median calls/s.

@@ -2,7 +2,8 @@
 //! codes a script can branch on.
 
 use clap::{CommandFactory, Parser, ValueEnum};
-use fib_rpc::{protocol, ClientConfig, ConnectionConfig, Error, QueueAdmin, RpcClient};
+use fib_rpc::services::parse_biguint;
+use fib_rpc::{ClientConfig, ConnectionConfig, Error, QueueAdmin, RpcClient};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -134,12 +135,11 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<(), Error> {
             .collect(),
         Service::Add => args.inputs.clone(),
     };
-    let client = RpcClient::with_config(ClientConfig {
-        connection,
-        call_timeout: Duration::from_secs_f64(args.timeout),
-        require_consumer: !args.wait_for_server,
-        ..ClientConfig::default()
-    })?;
+    let mut config = ClientConfig::default();
+    config.connection = connection;
+    config.call_timeout = Duration::from_secs_f64(args.timeout);
+    config.require_consumer = !args.wait_for_server;
+    let client = RpcClient::with_config(config)?;
     let mut stdout = std::io::stdout().lock();
     if let Some(results) = &args.reply_to {
         for body in &bodies {
@@ -155,7 +155,7 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<(), Error> {
     for reply in client.call_many(&queue, &bodies, timeout) {
         let reply = reply?;
         if args.service == Service::Fib {
-            protocol::parse_biguint(&reply)?;
+            parse_biguint(&reply)?;
         }
         // A closed stdout (`| head -1`) is not the server's fault; stop quietly.
         if writeln!(stdout, "{}", String::from_utf8_lossy(&reply)).is_err() {

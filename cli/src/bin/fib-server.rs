@@ -2,10 +2,8 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fib_rpc::{
-    addition_handler, fibonacci_handler, ConnectionConfig, QueueType, RpcServer, ServerConfig,
-    ServerHandle, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N,
-};
+use fib_rpc::services::{addition_handler, fibonacci_handler, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N};
+use fib_rpc::{QueueType, RpcServer, ServerConfig, ServerHandle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -104,19 +102,12 @@ fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
-    let defaults = ServerConfig::default();
-    let config = ServerConfig {
-        connection: ConnectionConfig {
-            close_timeout: Duration::from_secs_f64(args.close_timeout),
-            ..ConnectionConfig::new(args.amqp_url.as_str())
-        },
-        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
-        queue: queue.to_owned(),
-        queue_type: args.queue_type,
-        workers: args.workers.unwrap_or(defaults.workers),
-        prefetch: args.prefetch,
-        ..defaults
-    };
+    let mut config = ServerConfig::new(args.amqp_url.as_str(), queue);
+    config.connection.close_timeout = Duration::from_secs_f64(args.close_timeout);
+    config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
+    config.queue_type = args.queue_type;
+    config.workers = args.workers.unwrap_or(config.workers);
+    config.prefetch = args.prefetch;
     let (workers, prefetch) = (config.workers, config.prefetch);
     let server = match name {
         "fib" => RpcServer::new(config, fibonacci_handler(args.max_n)).start()?,

@@ -1,24 +1,11 @@
-//! The bundled services: Fibonacci (tutorial 6) and Addition (the callback-queue case study).
+//! The Addition service of the callback-queue case study: `x,y` in, the exact sum out.
 
 use crate::error::HandlerError;
-use crate::fib::fibonacci;
-use crate::protocol::{self, quote};
+use crate::protocol::quote;
 use num_bigint::BigInt;
-
-/// The largest n the Fibonacci service computes by default; fib(100000) has 20899 digits.
-pub const DEFAULT_MAX_N: u64 = 100_000;
 
 /// The most digits an Addition operand may have by default.
 pub const DEFAULT_MAX_DIGITS: usize = 100_000;
-
-/// The Fibonacci service: body = n as ASCII decimal, reply = fib(n) as ASCII decimal, n at most
-/// `max_n`.
-pub fn fibonacci_handler(max_n: u64) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
-    move |body| {
-        let n = protocol::parse_bounded_u64(body, max_n)?;
-        Ok(fibonacci(n).to_string().into_bytes())
-    }
-}
 
 /// The Addition service: body = `x,y`, two decimal integers (an optional `-`, then ASCII
 /// digits, no spaces), reply = x + y, exact; each operand at most `max_digits` digits.
@@ -55,14 +42,6 @@ pub fn addition_handler(max_digits: usize) -> impl Fn(&[u8]) -> Result<Vec<u8>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_fibonacci_handler_answers_and_refuses() {
-        let handler = fibonacci_handler(1000);
-        assert_eq!(handler(b"10").unwrap(), b"55");
-        assert!(handler(b"1001").unwrap_err().message().contains("1000"));
-        assert!(handler(b"-1").is_err());
-    }
 
     #[test]
     fn addition_is_exact_for_big_and_negative_operands() {

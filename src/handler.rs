@@ -1,0 +1,194 @@
+//! What a server does with a request: the [`Handler`] trait and the [`Request`] it sees.
+
+use crate::error::HandlerError;
+use crate::protocol::{self, CONTENT_TYPE, DEADLINE_HEADER};
+use amiquip::{AmqpProperties, AmqpValue};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A request as a handler sees it: the body, and what the caller said about it.
+#[derive(Debug)]
+pub struct Request<'a> {
+    body: &'a [u8],
+    properties: &'a AmqpProperties,
+    redelivered: bool,
+}
+
+impl<'a> Request<'a> {
+    pub(crate) fn new(body: &'a [u8], properties: &'a AmqpProperties, redelivered: bool) -> Self {
+        Request {
+            body,
+            properties,
+            redelivered,
+        }
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// The caller's `correlation_id`, if it sent one.
+    pub fn correlation_id(&self) -> Option<&'a str> {
+        self.properties.correlation_id().as_deref()
+    }
+
+    /// The request's `content_type`, if it has one.
+    pub fn content_type(&self) -> Option<&'a str> {
+        self.properties.content_type().as_deref()
+    }
+
+    /// When the caller stops waiting, if it said so (fib-rpc clients do).
+    pub fn deadline(&self) -> Option<SystemTime> {
+        match self.header(DEADLINE_HEADER)? {
+            HeaderValue::Int(millis) => {
+                Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).ok()?))
+            }
+            _ => None,
+        }
+    }
+
+    /// True if the broker delivered this request before, to this or another server that did
+    /// not acknowledge it (it may have been computed already).
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The value of header `name`, if the request has it.
+    pub fn header(&self, name: &str) -> Option<HeaderValue<'a>> {
+        let value = self.properties.headers().as_ref()?.get(name)?;
+        Some(match value {
+            AmqpValue::LongString(text) => HeaderValue::Text(text),
+            AmqpValue::Boolean(flag) => HeaderValue::Bool(*flag),
+            AmqpValue::ShortShortInt(n) => HeaderValue::Int((*n).into()),
+            AmqpValue::ShortShortUInt(n) => HeaderValue::Int((*n).into()),
+            AmqpValue::ShortInt(n) => HeaderValue::Int((*n).into()),
+            AmqpValue::ShortUInt(n) => HeaderValue::Int((*n).into()),
+            AmqpValue::LongInt(n) => HeaderValue::Int((*n).into()),
+            AmqpValue::LongUInt(n) => HeaderValue::Int((*n).into()),
+            AmqpValue::LongLongInt(n) => HeaderValue::Int(*n),
+            AmqpValue::Timestamp(n) => HeaderValue::Int(i64::try_from(*n).ok()?),
+            AmqpValue::ByteArray(bytes) => HeaderValue::Bytes(bytes),
+            _ => HeaderValue::Other,
+        })
+    }
+}
+
+/// A header's value, as far as fib-rpc reads it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum HeaderValue<'a> {
+    /// A (long) string.
+    Text(&'a str),
+    /// Any integer type, and timestamps.
+    Int(i64),
+    /// A boolean.
+    Bool(bool),
+    /// A byte array.
+    Bytes(&'a [u8]),
+    /// A float, decimal, table, array or void: present, but not read here.
+    Other,
+}
+
+/// What a service does with a request: the reply body, or a message for an error reply.
+///
+/// A closure over the body is a handler as it is; [`with_request`] makes one from a closure that
+/// needs the whole [`Request`] (correlation id, headers, deadline, redelivery).
+///
+/// ```
+/// use fib_rpc::{handler, HandlerError, Request};
+///
+/// let shout = |body: &[u8]| Ok::<_, HandlerError>(body.to_ascii_uppercase());
+/// let careful = handler::with_request(|request: &Request| {
+///     if request.redelivered() {
+///         return Err(HandlerError::new("already tried once"));
+///     }
+///     Ok(request.body().to_vec())
+/// });
+/// # let _ = (fib_rpc::RpcServer::new(fib_rpc::ServerConfig::default(), shout),
+/// #     fib_rpc::RpcServer::new(fib_rpc::ServerConfig::default(), careful));
+/// ```
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. An error, or a panic, becomes an error reply.
+    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError>;
+
+    /// The `content_type` of this handler's success replies; default `text/plain`.
+    fn content_type(&self) -> &str {
+        CONTENT_TYPE
+    }
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+{
+    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError> {
+        self(request.body())
+    }
+}
+
+/// A handler that sees the whole [`Request`]; made by [`with_request`].
+#[derive(Debug, Clone)]
+pub struct RequestHandler<F>(F);
+
+/// A handler from a closure that needs more than the body.
+pub fn with_request<F>(handle: F) -> RequestHandler<F>
+where
+    F: Fn(&Request<'_>) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+{
+    RequestHandler(handle)
+}
+
+impl<F> Handler for RequestHandler<F>
+where
+    F: Fn(&Request<'_>) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+{
+    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError> {
+        (self.0)(request)
+    }
+}
+
+/// Why fib-rpc refused a request before any handler saw it, if it did.
+pub(crate) fn refusal(properties: &AmqpProperties) -> Option<HandlerError> {
+    protocol::rejection(properties)
+        .map(|reason| HandlerError::new(format!("request refused: {reason}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amiquip::FieldTable;
+
+    #[test]
+    fn a_request_reads_its_headers_and_deadline() {
+        let mut headers = FieldTable::new();
+        headers.insert(DEADLINE_HEADER.into(), AmqpValue::LongLongInt(1_500));
+        headers.insert("who".into(), AmqpValue::LongString("me".into()));
+        headers.insert("n".into(), AmqpValue::ShortInt(-3));
+        let properties = AmqpProperties::default()
+            .with_headers(headers)
+            .with_correlation_id("c-1".into());
+        let request = Request::new(b"5", &properties, true);
+        assert_eq!(
+            request.deadline(),
+            Some(UNIX_EPOCH + Duration::from_millis(1500))
+        );
+        assert_eq!(request.header("who"), Some(HeaderValue::Text("me")));
+        assert_eq!(request.header("n"), Some(HeaderValue::Int(-3)));
+        assert_eq!(request.header("missing"), None);
+        assert_eq!(request.correlation_id(), Some("c-1"));
+        assert!(request.redelivered());
+    }
+
+    #[test]
+    fn closures_over_the_body_and_over_the_request_are_both_handlers() {
+        let properties = AmqpProperties::default().with_correlation_id("id-7".into());
+        let request = Request::new(b"abc", &properties, false);
+        let body_only = |body: &[u8]| Ok::<_, HandlerError>(body.to_ascii_uppercase());
+        assert_eq!(body_only.handle(&request).unwrap(), b"ABC");
+        let echo_id = with_request(|request: &Request<'_>| {
+            Ok(request.correlation_id().unwrap_or("").as_bytes().to_vec())
+        });
+        assert_eq!(echo_id.handle(&request).unwrap(), b"id-7");
+        assert_eq!(echo_id.content_type(), CONTENT_TYPE);
+    }
+}
