@@ -154,6 +154,14 @@ impl RpcClient {
             session
                 .ensure_consumer(queue, deadline)
                 .map_err(call.timed_out(Stage::ServerCheck))?;
+        } else if !session
+            .await_queue(queue, deadline)
+            .map_err(call.timed_out(Stage::ServerCheck))?
+        {
+            return Err(call.timed_out(Stage::ServerCheck)(Error::NoServer {
+                queue: queue.to_owned(),
+                reason: "no server declared the queue in time".to_owned(),
+            }));
         }
         let correlation_id = Uuid::new_v4().to_string();
         let reply = session.pending.register(correlation_id.clone(), deadline);
@@ -245,7 +253,8 @@ impl<'a> Call<'a> {
     /// whatever broke: the watchdog cut the connection because the call's time ran out.
     fn timed_out(&self, stage: Stage) -> impl Fn(Error) -> Error + '_ {
         move |error| {
-            if error.is_connection() && Instant::now() >= self.deadline {
+            let gave_up = error.is_connection() || error.is_no_server();
+            if gave_up && Instant::now() >= self.deadline {
                 log::debug!("call to {} timed out: {error}", self.queue);
                 Error::Timeout {
                     queue: self.queue.to_owned(),

@@ -121,11 +121,12 @@ pub struct ClientConfig {
     pub connection: ConnectionConfig,
     /// Timeout of [`FibonacciRpcClient::call`](crate::FibonacciRpcClient::call); default 5 s.
     pub call_timeout: Duration,
-    /// If true (default), a call to a queue that exists but has no consumer fails at once with
-    /// [`Error::NoServer`] instead of waiting out its timeout. The consumer count is asked of
-    /// the broker on a separate channel and a positive answer is trusted for one second, so the
-    /// check costs nothing on the hot path. Set false to queue work for a server that will start
-    /// within the call's timeout.
+    /// If true (default), a call to a queue that is missing or has no consumer fails at once
+    /// with [`Error::NoServer`] instead of waiting out its timeout. The consumer count is asked
+    /// of the broker on a separate channel and a positive answer is trusted for one second, so
+    /// the check costs nothing on the hot path. Set false to queue work for a server that will
+    /// start within the call's timeout: a call then waits (within its timeout) for a server to
+    /// declare a missing queue, and leaves requests in an idle one.
     pub require_consumer: bool,
     /// Where replies come back; default [`ReplyMode::CallbackQueue`].
     pub reply_mode: ReplyMode,

@@ -27,6 +27,9 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// How long a queue seen with consumers is trusted to still have them.
 const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
 
+/// How often a client that may wait for a server asks whether the request queue exists yet.
+const QUEUE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How often replies are read while no caller waits for one, so strays never pile up.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -46,6 +49,8 @@ pub(crate) struct Session {
     inspector: Mutex<Option<Channel>>,
     /// Queues seen with consumers, until when that answer is trusted.
     served_until: Mutex<HashMap<String, Instant>>,
+    /// Queues seen to exist, until when that answer is trusted.
+    declared_until: Mutex<HashMap<String, Instant>>,
     /// For [`RpcClient::submit`](crate::RpcClient::submit): a channel in confirm mode.
     submitter: Mutex<Option<Submitter>>,
     /// Result queues declared on this connection.
@@ -96,6 +101,7 @@ impl Session {
             keeper,
             inspector: Mutex::new(None),
             served_until: Mutex::new(HashMap::new()),
+            declared_until: Mutex::new(HashMap::new()),
             submitter: Mutex::new(None),
             result_queues: Mutex::new(HashSet::new()),
             reply_queue,
@@ -213,6 +219,42 @@ impl Session {
         }
         lock(&self.served_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
         Ok(())
+    }
+
+    /// Waits until `queue` exists (a server declares it), asking the broker every
+    /// [`QUEUE_POLL_INTERVAL`]; false if it still does not exist at `deadline`. The client never
+    /// declares a request queue itself: its settings are the server's to choose.
+    pub fn await_queue(&self, queue: &str, deadline: Instant) -> Result<bool> {
+        let mut announced = false;
+        loop {
+            let now = Instant::now();
+            if lock(&self.declared_until)
+                .get(queue)
+                .is_some_and(|until| *until > now)
+            {
+                return Ok(true);
+            }
+            match self.bounded(deadline, "the check for the request queue", || {
+                self.consumer_count(queue)
+            }) {
+                Ok(_) => {
+                    lock(&self.declared_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
+                    return Ok(true);
+                }
+                Err(error) if error.is_no_server() => {
+                    if !announced {
+                        log::info!("waiting for a server to declare queue {queue}");
+                        announced = true;
+                    }
+                    let next = Instant::now() + QUEUE_POLL_INTERVAL;
+                    if next >= deadline {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(QUEUE_POLL_INTERVAL);
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     pub fn consumer_count(&self, queue: &str) -> Result<u32> {

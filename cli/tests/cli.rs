@@ -5,7 +5,7 @@ mod processes;
 mod support;
 
 use processes::ServerProcess;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use support::TestQueue;
 
@@ -40,8 +40,7 @@ fn a_refused_request_exits_1_with_the_servers_message() {
 #[test]
 fn usage_errors_exit_2() {
     for args in [
-        &[][..],
-        &["-1"],
+        &["-1"][..],
         &["ten"],
         &["--timeout", "0", "5"],
         &["--no-such-flag", "5"],
@@ -134,4 +133,307 @@ fn five_hundred_numbers_in_one_invocation() {
         .map(|n| fib_rpc::services::fibonacci(n).to_string())
         .collect();
     assert_eq!(lines, expected);
+}
+
+/// Reads a child's output lines on a thread of their own, so a test waits for a line with a
+/// timeout instead of hanging on a read.
+fn lines_of(reader: impl std::io::Read + Send + 'static) -> crossbeam_channel::Receiver<String> {
+    let (sender, lines) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(reader)).map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+fn next_line(lines: &crossbeam_channel::Receiver<String>) -> String {
+    lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a line within 20 s")
+}
+
+#[test]
+fn stdin_inputs_are_answered_while_they_are_read() {
+    use std::io::Write;
+    let queue = TestQueue::new("cli-stdin");
+    let _server = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args(["--queue", &queue.name, "-"])
+        .env("AMQP_URL", support::amqp_url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let answers = lines_of(child.stdout.take().unwrap());
+    writeln!(input, "5\n6").unwrap();
+    input.flush().unwrap();
+    // Answered while stdin is still open: the input is streamed, not collected first.
+    assert_eq!(next_line(&answers), "5");
+    assert_eq!(next_line(&answers), "8");
+    writeln!(input, "7").unwrap();
+    drop(input);
+    assert_eq!(next_line(&answers), "13");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn an_empty_stdin_is_an_empty_batch() {
+    let output = processes::run_fib_client(&["-"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "");
+}
+
+#[test]
+fn keep_going_answers_the_rest_and_exits_with_the_worst_code() {
+    let queue = TestQueue::new("cli-keep-going");
+    let _server = ServerProcess::start(&queue.name, &["--max-n", "50"]);
+    let stopped = processes::run_fib_client(&["--queue", &queue.name, "5", "51", "6"]);
+    assert_eq!(stopped.status.code(), Some(1));
+    assert_eq!(stdout(&stopped), "5\n", "stops at the refusal");
+
+    let going =
+        processes::run_fib_client(&["--queue", &queue.name, "--keep-going", "5", "51", "6"]);
+    assert_eq!(going.status.code(), Some(1));
+    assert_eq!(stdout(&going), "5\n8\n");
+    let message = stderr(&going);
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.contains("51") && message.contains("maximum is 50"),
+        "{message}"
+    );
+}
+
+#[test]
+fn json_output_has_one_object_per_input() {
+    let queue = TestQueue::new("cli-json");
+    let _server = ServerProcess::start(&queue.name, &["--max-n", "50"]);
+    let output =
+        processes::run_fib_client(&["--queue", &queue.name, "--json", "--keep-going", "10", "51"]);
+    assert_eq!(output.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines[0], serde_json::json!({"input": "10", "value": "55"}));
+    assert_eq!(lines[1]["input"], "51");
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("maximum is 50"));
+    assert_eq!(lines.len(), 2);
+}
+
+#[test]
+fn a_bad_configuration_exits_78() {
+    for (binary, args) in [
+        (
+            env!("CARGO_BIN_EXE_fib-client"),
+            &["--amqp-url", "http://broker", "5"][..],
+        ),
+        (
+            env!("CARGO_BIN_EXE_fib-client"),
+            &["--amqp-url", "amqp://broker/?heartbeat=0", "5"],
+        ),
+        (env!("CARGO_BIN_EXE_fib-server"), &["--workers", "0"]),
+        (env!("CARGO_BIN_EXE_fib-server"), &["--service", "nope"]),
+        (env!("CARGO_BIN_EXE_fib-server"), &["--prefetch", "0"]),
+        (
+            env!("CARGO_BIN_EXE_fib-results"),
+            &["--amqp-url", "amqps://broker", "q"],
+        ),
+    ] {
+        let output = Command::new(binary)
+            .args(args)
+            .env("AMQP_URL", support::amqp_url())
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(78),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn a_reply_the_protocol_does_not_allow_exits_65() {
+    let queue = TestQueue::new("cli-foreign");
+    let _foreign = fib_rpc::RpcServer::new(support::server_config(&queue.name, 1), |_: &[u8]| {
+        Ok::<_, fib_rpc::HandlerError>(b"not a number".to_vec())
+    })
+    .start()
+    .unwrap();
+    let output = processes::run_fib_client(&["--queue", &queue.name, "5"]);
+    assert_eq!(output.status.code(), Some(65), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("malformed reply"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn wrong_credentials_are_told_apart_from_an_unreachable_broker() {
+    let wrong = format!(
+        "amqp://guest:not-the-password@{}/%2f",
+        support::broker_address()
+    );
+    let refused = Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args(["--amqp-url", &wrong, "5"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(69));
+    assert!(
+        stderr(&refused).contains("refused the credentials"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!stderr(&refused).contains("not-the-password"));
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args(["--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(69));
+    assert!(
+        stderr(&unreachable).contains("refused"),
+        "{}",
+        stderr(&unreachable)
+    );
+    assert!(!stderr(&unreachable).contains("credentials"));
+}
+
+#[test]
+fn wait_for_server_waits_for_a_queue_that_no_server_has_declared_yet() {
+    let queue = TestQueue::new("cli-wait");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args([
+            "--queue",
+            &queue.name,
+            "--wait-for-server",
+            "--timeout",
+            "30",
+            "12",
+        ])
+        .env("AMQP_URL", support::amqp_url())
+        .env("RUST_LOG", "error,fib_rpc=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = lines_of(child.stderr.take().unwrap());
+    let answers = lines_of(child.stdout.take().unwrap());
+    assert!(next_line(&log).contains("waiting for a server to declare queue"));
+    assert!(
+        !queue.exists(),
+        "the client never declares the request queue"
+    );
+    let _server = ServerProcess::start(&queue.name, &["--workers", "1"]);
+    assert_eq!(next_line(&answers), "144");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn usage_and_version_name_the_binary_that_runs() {
+    for (binary, name) in [
+        (env!("CARGO_BIN_EXE_fib-client"), "fib-client"),
+        (env!("CARGO_BIN_EXE_fib-server"), "fib-server"),
+        (env!("CARGO_BIN_EXE_fib-results"), "fib-results"),
+        (env!("CARGO_BIN_EXE_fib-bench"), "fib-bench"),
+    ] {
+        let usage = Command::new(binary).arg("--no-such-flag").output().unwrap();
+        assert_eq!(usage.status.code(), Some(2));
+        assert!(
+            stderr(&usage).contains(&format!("Usage: {name}")),
+            "{}",
+            stderr(&usage)
+        );
+        let version = Command::new(binary).arg("--version").output().unwrap();
+        assert_eq!(
+            stdout(&version),
+            format!("{name} {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[test]
+fn status_of_a_missing_queue_says_so_once() {
+    let queue = TestQueue::new("cli-status-missing");
+    let output = processes::run_fib_client(&["--status", "--queue", &queue.name]);
+    assert_eq!(output.status.code(), Some(69));
+    assert_eq!(
+        stderr(&output).matches("no queue named").count(),
+        1,
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn every_server_setting_can_come_from_the_environment() {
+    let queue = TestQueue::new("cli-env");
+    let server = ServerProcess::start_configured(
+        &[],
+        &[
+            ("FIB_RPC_QUEUE", queue.name.as_str()),
+            ("FIB_RPC_WORKERS", "1"),
+            ("FIB_RPC_PREFETCH", "3"),
+            ("FIB_RPC_MAX_N", "20"),
+            ("FIB_RPC_QUEUE_TYPE", "classic"),
+        ],
+    );
+    assert_eq!(server.log_lines_with(": 1 worker, prefetch 3"), 1);
+    assert_eq!(queue.counts(), (0, 1));
+    let refused = processes::run_fib_client(&["--queue", &queue.name, "21"]);
+    assert!(
+        stderr(&refused).contains("maximum is 20"),
+        "{}",
+        stderr(&refused)
+    );
+    let help = Command::new(env!("CARGO_BIN_EXE_fib-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    for variable in [
+        "FIB_RPC_SERVICE",
+        "FIB_RPC_QUEUE",
+        "FIB_RPC_WORKERS",
+        "FIB_RPC_PREFETCH",
+        "FIB_RPC_MAX_N",
+        "FIB_RPC_MAX_DIGITS",
+        "FIB_RPC_QUEUE_TYPE",
+        "FIB_RPC_DRAIN_TIMEOUT",
+        "FIB_RPC_CLOSE_TIMEOUT",
+        "AMQP_URL",
+    ] {
+        assert!(stdout(&help).contains(variable), "--help lists {variable}");
+    }
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_tools_themselves() {
+    for name in ["fib-client", "fib-server", "fib-results"] {
+        let binary = match name {
+            "fib-client" => env!("CARGO_BIN_EXE_fib-client"),
+            "fib-server" => env!("CARGO_BIN_EXE_fib-server"),
+            _ => env!("CARGO_BIN_EXE_fib-results"),
+        };
+        let bash = Command::new(binary)
+            .args(["--completions", "bash"])
+            .output()
+            .unwrap();
+        assert_eq!(bash.status.code(), Some(0));
+        assert!(stdout(&bash).contains(&format!("complete -F _{}", name.replace('-', "__"))));
+        let man = Command::new(binary).arg("--man").output().unwrap();
+        assert!(
+            stdout(&man).contains(&format!(".TH {name} 1")),
+            "{}",
+            stdout(&man)
+        );
+    }
 }

@@ -8,7 +8,7 @@ use amiquip::{
     ConsumerMessage, ConsumerOptions, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
 use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
 use fib_rpc::{
     ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueType, ReplyMode, RpcClient, RpcServer,
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Measure fib-rpc calls against the raw AMQP round trip on the same broker.
 #[derive(Parser, Debug, Clone)]
-#[command(version)]
+#[command(name = "fib-bench", version)]
 struct Args {
     /// Benchmark a server already running on this queue (no server is started for fib-rpc).
     #[arg(long)]
@@ -72,6 +72,8 @@ struct Args {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
+    #[command(flatten)]
+    docs: fib_rpc_cli::docs::DocsArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -563,6 +565,9 @@ fn peak_rss_kb() -> Option<u64> {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
+    if args.docs.emit(Args::command())? {
+        return Ok(());
+    }
     if args.threads == 0 || args.in_flight == 0 || args.workers == 0 || args.prefetch == 0 {
         bail!("--threads, --in-flight, --workers and --prefetch must be at least 1");
     }

@@ -3,35 +3,50 @@
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use fib_rpc::services::parse_biguint;
-use fib_rpc::{ClientConfig, ConnectionConfig, Error, QueueAdmin, RpcClient};
-use std::io::Write;
+use fib_rpc::{ClientConfig, ConnectionConfig, Error, PendingReply, QueueAdmin, RpcClient};
+use fib_rpc_cli::docs::DocsArgs;
+use fib_rpc_cli::{exit, json_line};
+use serde_json::json;
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Ask a fib-rpc server: print one answer per input, one per line, in order. All requests are
-/// sent at once.
+/// Ask a fib-rpc server: print one answer per input, one per line, in order.
 ///
-/// Exit codes: 0 ok, 1 remote error (the server refused a request), 2 usage,
-/// 69 broker unavailable, no server or no such queue, 75 timeout.
+/// Inputs come from the command line, or from stdin one per line (`-`, or no INPUT with stdin
+/// not a terminal), answered as they are read: `seq 1 100000 | fib-client -` runs in bounded
+/// memory.
+///
+/// Exit codes: 0 ok, 1 a request was refused (error reply), 2 usage, 65 a reply the protocol
+/// does not allow, 69 broker unavailable (or wrong credentials), no server or no such queue,
+/// 74 stdout failed, 75 timeout, 78 bad configuration (URL). With --keep-going, the worst seen.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "fib-client", version)]
 struct Args {
-    /// The inputs: n for fib, x,y for add.
-    #[arg(value_name = "INPUT", required_unless_present_any = ["status", "purge"])]
+    /// The inputs: n for fib, x,y for add; `-` reads them from stdin, one per line.
+    #[arg(value_name = "INPUT")]
     inputs: Vec<String>,
     /// The service to call; it picks the default queue (fib: rpc_queue, add: add_queue).
-    #[arg(long, value_enum, default_value_t = Service::Fib)]
+    #[arg(long, value_enum, default_value_t = Service::Fib, env = "FIB_RPC_SERVICE")]
     service: Service,
     /// Request queue (repeatable with --status and --purge).
-    #[arg(long = "queue")]
+    #[arg(long = "queue", env = "FIB_RPC_QUEUE", value_delimiter = ',')]
     queues: Vec<String>,
     /// Seconds to wait for each reply.
-    #[arg(long, default_value_t = 5.0, value_parser = parse_timeout)]
+    #[arg(long, default_value_t = 5.0, value_parser = fib_rpc_cli::seconds, env = "FIB_RPC_TIMEOUT")]
     timeout: f64,
-    /// Queue the requests even if no server consumes the queue yet (a server that starts within
-    /// the timeout answers them); without this flag that fails at once with exit code 69.
+    /// Wait (within the timeout) for a server to start: requests to an idle queue wait in it,
+    /// and a queue that does not exist yet is waited for. Without this flag both fail at once
+    /// with exit code 69.
     #[arg(long)]
     wait_for_server: bool,
+    /// One JSON object per input: {"input":..., "value":...} or {"input":..., "error":...}.
+    #[arg(long)]
+    json: bool,
+    /// A refused input prints its error and the others are still answered; the exit code is
+    /// the worst seen.
+    #[arg(long)]
+    keep_going: bool,
     /// Send replies to this durable result queue (see fib-results) instead of waiting.
     #[arg(long, value_name = "RESULTS", requires = "no_wait")]
     reply_to: Option<String>,
@@ -51,6 +66,8 @@ struct Args {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
+    #[command(flatten)]
+    docs: DocsArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,16 +78,12 @@ enum Service {
     Add,
 }
 
-const EXIT_REMOTE: u8 = 1;
-const EXIT_UNAVAILABLE: u8 = 69;
-const EXIT_TIMEOUT: u8 = 75;
+/// Requests sent ahead of the answer being printed: enough to hide the round trip, few enough
+/// that a stream of any length runs in bounded memory.
+const WINDOW: usize = 64;
 
-fn parse_timeout(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(seconds) if seconds > 0.0 && seconds.is_finite() && seconds < 1e9 => Ok(seconds),
-        _ => Err(format!("{text:?} is not a positive number of seconds")),
-    }
-}
+/// Warnings only, and none of amiquip's: a missing queue it warns about is already our error.
+const QUIET_LOGS: &str = "warn,amiquip=error";
 
 fn usage_error(message: String) -> ! {
     Args::command()
@@ -78,13 +91,24 @@ fn usage_error(message: String) -> ! {
         .exit()
 }
 
-/// Warnings only, and none of amiquip's: a missing queue it warns about is already our error.
-const QUIET_LOGS: &str = "warn,amiquip=error";
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(QUIET_LOGS)).init();
     let args = Args::parse();
-    let connection = ConnectionConfig::new(args.amqp_url.as_str());
+    match args.docs.emit(Args::command()) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(error) => {
+            eprintln!("fib-client: {error}");
+            return ExitCode::from(exit::IO);
+        }
+    }
+    let connection = match args.amqp_url.parse::<ConnectionConfig>() {
+        Ok(connection) => connection,
+        Err(error) => {
+            eprintln!("fib-client: {error}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
     let outcome = if args.status {
         status(&args, &connection)
     } else if args.purge {
@@ -93,10 +117,10 @@ fn main() -> ExitCode {
         call(&args, connection)
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("fib-client: {error}");
-            ExitCode::from(exit_code(&error))
+            ExitCode::from(exit::code(&error))
         }
     }
 }
@@ -115,76 +139,173 @@ fn queues(args: &Args) -> Vec<String> {
     }
 }
 
-fn call(args: &Args, connection: ConnectionConfig) -> Result<(), Error> {
+/// The inputs, from the command line or stdin, one at a time.
+fn inputs(args: &Args) -> Box<dyn Iterator<Item = String>> {
+    let from_stdin = match args.inputs.as_slice() {
+        [dash] if dash == "-" => true,
+        [] => {
+            if std::io::stdin().is_terminal() {
+                usage_error("no INPUT: give numbers, or - to read them from stdin".to_owned())
+            }
+            true
+        }
+        _ => false,
+    };
+    if from_stdin {
+        let lines = std::io::stdin().lock().lines().map_while(Result::ok);
+        return Box::new(lines.filter(|line| !line.trim().is_empty()));
+    }
+    if args.service == Service::Fib {
+        // Checked before anything is sent, so that a typo is a usage error, not a round trip.
+        for input in &args.inputs {
+            if input.parse::<u64>().is_err() {
+                usage_error(format!(
+                    "invalid n {input:?}: expected a non-negative integer"
+                ));
+            }
+        }
+    }
+    Box::new(args.inputs.clone().into_iter())
+}
+
+fn call(args: &Args, connection: ConnectionConfig) -> Result<u8, Error> {
     let queue = match args.queues.as_slice() {
         [] => default_queue(args.service).to_owned(),
         [queue] => queue.clone(),
         _ => usage_error("calls go to one --queue".to_owned()),
-    };
-    let bodies: Vec<String> = match args.service {
-        // Parsed here so that a typo is a usage error, not a round trip to the server.
-        Service::Fib => args
-            .inputs
-            .iter()
-            .map(|input| match input.parse::<u64>() {
-                Ok(n) => n.to_string(),
-                Err(_) => usage_error(format!(
-                    "invalid n {input:?}: expected a non-negative integer"
-                )),
-            })
-            .collect(),
-        Service::Add => args.inputs.clone(),
     };
     let mut config = ClientConfig::default();
     config.connection = connection;
     config.call_timeout = Duration::from_secs_f64(args.timeout);
     config.require_consumer = !args.wait_for_server;
     let client = RpcClient::with_config(config)?;
-    let mut stdout = std::io::stdout().lock();
-    if let Some(results) = &args.reply_to {
-        for body in &bodies {
-            let correlation_id = client.submit(&queue, body.as_bytes(), results)?;
-            let _ = writeln!(stdout, "{correlation_id}");
-        }
-        let _ = stdout.flush();
-        return client.close();
-    }
-    // All requests go out before the first reply is awaited: N inputs cost about one round
-    // trip, not N.
-    let timeout = client.config().call_timeout;
-    for reply in client.call_many(&queue, &bodies, timeout) {
-        let reply = reply?;
-        if args.service == Service::Fib {
-            parse_biguint(&reply)?;
-        }
-        // A closed stdout (`| head -1`) is not the server's fault; stop quietly.
-        if writeln!(stdout, "{}", String::from_utf8_lossy(&reply)).is_err() {
-            break;
-        }
-    }
-    let _ = stdout.flush();
-    client.close()
+    let code = match &args.reply_to {
+        Some(results) => submit(&client, &queue, results, inputs(args))?,
+        None => answer(args, &client, &queue, inputs(args)),
+    };
+    client.close()?;
+    Ok(code)
 }
 
-fn status(args: &Args, connection: &ConnectionConfig) -> Result<(), Error> {
+fn submit(
+    client: &RpcClient,
+    queue: &str,
+    results: &str,
+    inputs: impl Iterator<Item = String>,
+) -> Result<u8, Error> {
+    let mut stdout = std::io::stdout().lock();
+    for input in inputs {
+        let correlation_id = client.submit(queue, input.trim().as_bytes(), results)?;
+        if writeln!(stdout, "{correlation_id}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return Ok(exit::IO);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Sends each input and prints its answer, in order, as answers arrive; a printer thread waits
+/// while this one reads and sends, at most [`WINDOW`] ahead.
+fn answer(
+    args: &Args,
+    client: &RpcClient,
+    queue: &str,
+    inputs: impl Iterator<Item = String>,
+) -> u8 {
+    let timeout = client.config().call_timeout;
+    let (sender, sent) =
+        crossbeam_channel::bounded::<(String, Result<PendingReply, Error>)>(WINDOW);
+    let printer = Printer {
+        json: args.json,
+        keep_going: args.keep_going,
+        check_fib: args.service == Service::Fib,
+    };
+    std::thread::scope(|scope| {
+        let printing = scope.spawn(|| printer.print_all(sent));
+        for input in inputs {
+            let request = input.trim().to_owned();
+            let pending = client.send(queue, request.as_bytes(), timeout);
+            if sender.send((request, pending)).is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        printing.join().unwrap_or(exit::IO)
+    })
+}
+
+struct Printer {
+    json: bool,
+    keep_going: bool,
+    check_fib: bool,
+}
+
+impl Printer {
+    /// Prints every answer in order; returns the exit code (the worst seen with --keep-going).
+    fn print_all(
+        &self,
+        sent: crossbeam_channel::Receiver<(String, Result<PendingReply, Error>)>,
+    ) -> u8 {
+        let mut stdout = std::io::stdout().lock();
+        let mut code = exit::OK;
+        for (input, pending) in sent {
+            let outcome = pending.and_then(PendingReply::wait).and_then(|reply| {
+                if self.check_fib {
+                    parse_biguint(&reply)?;
+                }
+                Ok(String::from_utf8_lossy(&reply).into_owned())
+            });
+            let line = match (&outcome, self.json) {
+                (Ok(value), true) => json_line(&[("input", json!(input)), ("value", json!(value))]),
+                (Ok(value), false) => value.clone(),
+                (Err(error), true) => {
+                    json_line(&[("input", json!(input)), ("error", json!(error.to_string()))])
+                }
+                (Err(error), false) => {
+                    eprintln!("fib-client: {input}: {error}");
+                    String::new()
+                }
+            };
+            let printed = match (&outcome, self.json) {
+                (Err(_), false) => Ok(()),
+                _ => writeln!(stdout, "{line}").and_then(|()| stdout.flush()),
+            };
+            if printed.is_err() {
+                // A closed stdout (`| head -1`) is the reader's choice, not a failure of ours.
+                return code;
+            }
+            if let Err(error) = outcome {
+                code = exit::worst(code, exit::code(&error));
+                if !self.keep_going {
+                    return code;
+                }
+            }
+        }
+        code
+    }
+}
+
+fn status(args: &Args, connection: &ConnectionConfig) -> Result<u8, Error> {
     let mut admin = QueueAdmin::connect(connection)?;
-    let mut missing = None;
+    let mut code = exit::OK;
     println!("name\tmessages\tconsumers");
     for queue in queues(args) {
         match admin.status(&queue) {
             Ok(status) => println!("{}\t{}\t{}", status.name, status.messages, status.consumers),
             Err(error) if error.is_queue_not_found() => {
                 eprintln!("fib-client: {error}");
-                missing = Some(error);
+                code = exit::UNAVAILABLE;
             }
             Err(error) => return Err(error),
         }
     }
     admin.close()?;
-    missing.map_or(Ok(()), Err)
+    Ok(code)
 }
 
-fn purge(args: &Args, connection: &ConnectionConfig) -> Result<(), Error> {
+fn purge(args: &Args, connection: &ConnectionConfig) -> Result<u8, Error> {
     if !args.yes {
         usage_error(format!(
             "--purge deletes every ready message of {}: add --yes to confirm",
@@ -196,15 +317,6 @@ fn purge(args: &Args, connection: &ConnectionConfig) -> Result<(), Error> {
         let purged = admin.purge(&queue)?;
         println!("purged {purged} messages from {queue}");
     }
-    admin.close()
-}
-
-fn exit_code(error: &Error) -> u8 {
-    if error.is_timeout() {
-        EXIT_TIMEOUT
-    } else if error.is_connection() || error.is_no_server() || error.is_queue_not_found() {
-        EXIT_UNAVAILABLE
-    } else {
-        EXIT_REMOTE
-    }
+    admin.close()?;
+    Ok(exit::OK)
 }

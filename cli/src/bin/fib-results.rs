@@ -1,7 +1,10 @@
 //! `fib-results`: a callback worker; prints the results that arrive on a result queue.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use fib_rpc::{ConnectionConfig, ResultConsumer, ResultMessage};
+use fib_rpc_cli::docs::DocsArgs;
+use fib_rpc_cli::exit;
+use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,14 +19,14 @@ use std::time::Duration;
 /// A result is acknowledged only after its line was written and flushed: when stdout closes
 /// (`fib-results R | head -1`) or fails, the result in hand stays in the queue.
 ///
-/// Exit codes: 0 ok (also when the reader of stdout went away), 69 broker unavailable,
-/// 74 stdout failed.
+/// Exit codes: 0 ok (also when the reader of stdout went away), 69 broker unavailable (or wrong
+/// credentials), 74 stdout failed, 78 bad configuration (URL).
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "fib-results", version)]
 struct Args {
     /// The durable result queue (declared if missing).
-    #[arg(value_name = "RESULTS")]
-    queue: String,
+    #[arg(value_name = "RESULTS", required_unless_present_any = ["completions", "man"])]
+    queue: Option<String>,
     /// One JSON object per line: {"correlation_id":..., "value":...} or {..., "error":...}.
     #[arg(long)]
     json: bool,
@@ -33,6 +36,8 @@ struct Args {
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
+    #[command(flatten)]
+    docs: DocsArgs,
 }
 
 /// Warnings only, and none of amiquip's: a missing queue it warns about is already our error.
@@ -41,18 +46,26 @@ const QUIET_LOGS: &str = "warn,amiquip=error";
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(QUIET_LOGS)).init();
     let args = Args::parse();
+    match args.docs.emit(Args::command()) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(error) => {
+            eprintln!("fib-results: {error}");
+            return ExitCode::from(exit::IO);
+        }
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Broker(error)) => {
             eprintln!("fib-results: {error}");
-            ExitCode::from(if error.is_connection() { 69 } else { 1 })
+            ExitCode::from(exit::code(&error))
         }
         Err(Failure::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
             ExitCode::SUCCESS
         }
         Err(Failure::Output(error)) => {
             eprintln!("fib-results: writing to stdout: {error}");
-            ExitCode::from(74)
+            ExitCode::from(exit::IO)
         }
     }
 }
@@ -74,8 +87,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| fib_rpc::Error::Config(format!("installing signal handlers: {e}")))?;
     }
-    let mut consumer =
-        ResultConsumer::open(&ConnectionConfig::new(args.amqp_url.as_str()), &args.queue)?;
+    let queue = args.queue.as_deref().unwrap_or_default();
+    let mut consumer = ResultConsumer::open(&args.amqp_url.parse::<ConnectionConfig>()?, queue)?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0;
     while !stop.load(Ordering::Relaxed) && args.count.is_none_or(|count| printed < count) {
@@ -111,50 +124,22 @@ fn text_line(result: &ResultMessage) -> String {
 }
 
 fn json_line(result: &ResultMessage) -> String {
-    let id = result
-        .correlation_id
-        .as_deref()
-        .map_or("null".to_owned(), json_string);
+    let id = json!(result.correlation_id);
     match &result.outcome {
-        Ok(body) => format!(
-            r#"{{"correlation_id":{id},"value":{}}}"#,
-            json_string(&String::from_utf8_lossy(body))
-        ),
-        Err(error) => format!(
-            r#"{{"correlation_id":{id},"error":{}}}"#,
-            json_string(error.remote_message().unwrap_or("unknown"))
-        ),
+        Ok(body) => fib_rpc_cli::json_line(&[
+            ("correlation_id", id),
+            ("value", json!(String::from_utf8_lossy(body))),
+        ]),
+        Err(error) => fib_rpc_cli::json_line(&[
+            ("correlation_id", id),
+            ("error", json!(error.remote_message().unwrap_or("unknown"))),
+        ]),
     }
-}
-
-fn json_string(text: &str) -> String {
-    let mut quoted = String::with_capacity(text.len() + 2);
-    quoted.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => quoted.push_str("\\\""),
-            '\\' => quoted.push_str("\\\\"),
-            '\n' => quoted.push_str("\\n"),
-            '\r' => quoted.push_str("\\r"),
-            '\t' => quoted.push_str("\\t"),
-            c if u32::from(c) < 0x20 => quoted.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => quoted.push(c),
-        }
-    }
-    quoted.push('"');
-    quoted
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_escape_what_json_requires() {
-        assert_eq!(json_string("plain"), r#""plain""#);
-        assert_eq!(json_string("a \"q\" \\ b"), r#""a \"q\" \\ b""#);
-        assert_eq!(json_string("line\nnext\u{1}"), r#""line\nnext\u0001""#);
-    }
 
     #[test]
     fn result_lines_name_the_correlation_id() {

@@ -1,59 +1,63 @@
 //! `fib-server`: serves the bundled services (Fibonacci, Addition) on RabbitMQ queues.
 
-use anyhow::{bail, Context};
-use clap::Parser;
+use anyhow::Context;
+use clap::{CommandFactory, Parser};
 use fib_rpc::services::{addition_handler, fibonacci_handler, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N};
 use fib_rpc::{QueueType, RpcServer, ServerConfig, ServerHandle};
+use fib_rpc_cli::docs::DocsArgs;
+use fib_rpc_cli::exit;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Serve fib(n) (and other bundled services) over RabbitMQ, tutorial-6 protocol, until Ctrl-C
-/// or SIGTERM.
+/// or SIGTERM. Every setting can also come from the environment (FIB_RPC_*, AMQP_URL).
+///
+/// Exit codes: 0 stopped cleanly, 69 broker unavailable (or wrong credentials), 78 bad
+/// configuration (zero workers, an unknown service, a bad URL), 130 a second signal.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(name = "fib-server", version)]
 struct Args {
     /// A service to host, each on its own queue with its own workers: `fib` (on --queue), `add`
-    /// (on add_queue), or NAME=QUEUE. Repeatable. Default: fib.
-    #[arg(long = "service", value_name = "NAME[=QUEUE]")]
+    /// (on add_queue), or NAME=QUEUE. Repeatable, or comma-separated. Default: fib.
+    #[arg(
+        long = "service",
+        value_name = "NAME[=QUEUE]",
+        env = "FIB_RPC_SERVICE",
+        value_delimiter = ','
+    )]
     services: Vec<String>,
     /// Request queue of the fib service.
-    #[arg(long, default_value = fib_rpc::DEFAULT_QUEUE)]
+    #[arg(long, default_value = fib_rpc::DEFAULT_QUEUE, env = "FIB_RPC_QUEUE")]
     queue: String,
     /// Worker threads per service, each with its own channel [default: number of cores].
-    #[arg(long)]
+    #[arg(long, env = "FIB_RPC_WORKERS")]
     workers: Option<usize>,
     /// Unacknowledged requests per worker (1 = fair dispatch).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 1, env = "FIB_RPC_PREFETCH")]
     prefetch: u16,
     /// Largest n the fib service computes; larger requests get an error reply.
-    #[arg(long, default_value_t = DEFAULT_MAX_N)]
+    #[arg(long, default_value_t = DEFAULT_MAX_N, env = "FIB_RPC_MAX_N")]
     max_n: u64,
     /// Most digits of an operand the add service accepts.
-    #[arg(long, default_value_t = DEFAULT_MAX_DIGITS)]
+    #[arg(long, default_value_t = DEFAULT_MAX_DIGITS, env = "FIB_RPC_MAX_DIGITS")]
     max_digits: usize,
     /// How to declare queues that do not exist: quorum or classic.
-    #[arg(long, default_value = "quorum")]
+    #[arg(long, default_value = "quorum", env = "FIB_RPC_QUEUE_TYPE")]
     queue_type: QueueType,
     /// Seconds a stop may spend finishing the requests in hand; those still in hand then go
     /// back to the queue for another server.
-    #[arg(long, env = "FIB_RPC_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0, value_parser = seconds)]
+    #[arg(long, env = "FIB_RPC_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0, value_parser = fib_rpc_cli::seconds)]
     drain_timeout: f64,
     /// Seconds the broker has to confirm a cancel or the connection's close (it never does
     /// during a network cut); the connection is dropped then.
-    #[arg(long, env = "FIB_RPC_CLOSE_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds)]
+    #[arg(long, env = "FIB_RPC_CLOSE_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = fib_rpc_cli::seconds)]
     close_timeout: f64,
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
     amqp_url: String,
-}
-
-/// A positive, finite number of seconds.
-fn seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(value) if value.is_finite() && value > 0.0 && value < 1e9 => Ok(value),
-        _ => Err(format!("{text:?} is not a positive number of seconds")),
-    }
+    #[command(flatten)]
+    docs: DocsArgs,
 }
 
 /// Default queue of the add service, as in the callback-queue case study.
@@ -62,16 +66,29 @@ const ADD_QUEUE: &str = "add_queue";
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    match args.docs.emit(Args::command()) {
+        Ok(true) => return ExitCode::SUCCESS,
+        Ok(false) => {}
+        Err(error) => {
+            eprintln!("fib-server: {error}");
+            return ExitCode::from(exit::IO);
+        }
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("fib-server: {error:#}");
-            let broker_down = error
+            // What is not the library's error is the operating system's (signal handlers).
+            let code = error
                 .downcast_ref::<fib_rpc::Error>()
-                .is_some_and(fib_rpc::Error::is_connection);
-            ExitCode::from(if broker_down { 69 } else { 1 })
+                .map_or(71, exit::code);
+            ExitCode::from(code)
         }
     }
+}
+
+fn config_error(message: String) -> anyhow::Error {
+    fib_rpc::Error::Config(message).into()
 }
 
 /// (service name, queue) from `--service` values.
@@ -88,13 +105,19 @@ fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
             None => (spec.as_str(), String::new()),
         };
         if !matches!(name, "fib" | "add") {
-            bail!("unknown service {name:?}: the bundled services are fib and add");
+            return Err(config_error(format!(
+                "unknown service {name:?}: the bundled services are fib and add"
+            )));
         }
         if queue.is_empty() {
-            bail!("--service {spec}: the queue name is empty");
+            return Err(config_error(format!(
+                "--service {spec}: the queue name is empty"
+            )));
         }
         if services.iter().any(|(_, taken)| *taken == queue) {
-            bail!("two services on queue {queue}: give each its own queue");
+            return Err(config_error(format!(
+                "two services on queue {queue}: give each its own queue"
+            )));
         }
         services.push((name.to_owned(), queue));
     }
@@ -113,7 +136,8 @@ fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
         "fib" => RpcServer::new(config, fibonacci_handler(args.max_n)).start()?,
         _ => RpcServer::new(config, addition_handler(args.max_digits)).start()?,
     };
-    log::info!("serving {name} on queue {queue}: {workers} workers, prefetch {prefetch}");
+    let plural = if workers == 1 { "" } else { "s" };
+    log::info!("serving {name} on queue {queue}: {workers} worker{plural}, prefetch {prefetch}");
     Ok(server)
 }
 

@@ -30,10 +30,18 @@ impl ServerProcess {
 
     /// Starts the real binary against the broker at `url` (a proxy's, say).
     pub fn start_with_url(url: &str, queue: &str, extra_args: &[&str]) -> ServerProcess {
+        let mut args = vec!["--queue", queue];
+        args.extend_from_slice(extra_args);
+        ServerProcess::start_configured(&args, &[("AMQP_URL", url)])
+    }
+
+    /// Starts the real binary with exactly these arguments and environment (which may name
+    /// the broker and the queue), against the test broker unless `env` says otherwise.
+    pub fn start_configured(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fib-server"))
-            .args(["--queue", queue])
-            .args(extra_args)
-            .env("AMQP_URL", url)
+            .args(args)
+            .env("AMQP_URL", amqp_url())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn,fib_rpc=debug,fib_server=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,0 +1,43 @@
+//! What the fib-rpc command-line tools share: exit codes a script can branch on, one JSON line
+//! encoder, the parsing of seconds, and shell completions and man pages from the clap
+//! definitions. The tools themselves are the binaries of this package.
+
+pub mod docs;
+pub mod exit;
+
+/// One JSON object per line, from `(key, value)` pairs in order.
+pub fn json_line(fields: &[(&str, serde_json::Value)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect();
+    serde_json::Value::Object(object).to_string()
+}
+
+/// A clap value parser for a positive, finite number of seconds (at most about 31 years).
+pub fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value > 0.0 && value < 1e9 => Ok(value),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_lines_escape_whatever_they_carry() {
+        let line = json_line(&[("input", json!("a\"b\n")), ("value", json!("55"))]);
+        assert_eq!(line, r#"{"input":"a\"b\n","value":"55"}"#);
+    }
+
+    #[test]
+    fn seconds_are_positive_and_finite() {
+        assert_eq!(seconds("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "nan", "inf", "1e10", "soon"] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+    }
+}
