@@ -35,7 +35,10 @@ fn the_library_pulls_none_of_the_tools_dependencies() {
             let listed = tree
                 .lines()
                 .any(|line| line.split_whitespace().next() == Some(tool_only));
-            assert!(!listed, "{tool_only} is a dependency of the library ({features:?})");
+            assert!(
+                !listed,
+                "{tool_only} is a dependency of the library ({features:?})"
+            );
         }
     }
 }
