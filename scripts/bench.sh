@@ -58,6 +58,20 @@ measure() {
     done
 
     echo
+    echo "## quorum request queue on the 3-node private cluster (scripts/nodes.sh), server with 2 workers"
+    echo
+    echo "Every connection goes to node 1 (the first of the three URLs given), and the queue is"
+    echo "replicated on all three nodes: each request is written to a majority before it is delivered."
+    echo
+    echo "| shape | raw calls/s | raw p50 us | fib-rpc calls/s | p50 us | p99 us | of raw | client RSS kB |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    scripts/nodes.sh start 3 >&2
+    cluster=(--amqp-url amqp://guest:guest@127.0.0.1:5681/%2f --amqp-url amqp://guest:guest@127.0.0.1:5682/%2f --amqp-url amqp://guest:guest@127.0.0.1:5683/%2f)
+    measure "sequential, callback queue" --queue-type quorum "${cluster[@]}"
+    measure "8 threads x 8 in flight, prefetch 10" --queue-type quorum --threads 8 --in-flight 8 --prefetch 10 "${cluster[@]}"
+    scripts/nodes.sh stop >&2
+
+    echo
     echo "## Prefetch x workers (classic queue, 8 threads x 8 in flight, fib-rpc only)"
     echo
     echo "| workers | prefetch 1 | prefetch 10 | prefetch 50 |"

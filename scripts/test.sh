@@ -6,7 +6,7 @@
 # one: PRIVATE_NODES of them (0 to 3) are started first, and all are stopped and deleted at the
 # end, also on failure or Ctrl-C. The exit status is cargo's.
 set -euo pipefail
-PRIVATE_NODES=${PRIVATE_NODES:-1}
+PRIVATE_NODES=${PRIVATE_NODES:-3}
 cd "$(dirname "$0")/.."
 scripts/broker.sh
 

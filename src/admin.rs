@@ -47,7 +47,7 @@ impl QueueAdmin {
     pub fn connect(config: &ConnectionConfig) -> Result<QueueAdmin> {
         let Link {
             connection, cutter, ..
-        } = amqp::open(config, "fib-rpc admin", None)?;
+        } = amqp::open(config, "fib-rpc admin", None, 0)?;
         Ok(QueueAdmin {
             connection,
             cutter,

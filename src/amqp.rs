@@ -1,4 +1,5 @@
-//! Opening AMQP connections: URL parsing, and a socket of our own handed to amiquip.
+//! Opening AMQP connections: the first endpoint that answers, on a socket of our own handed
+//! to amiquip.
 //!
 //! We open the socket ourselves because amiquip never sets `TCP_NODELAY` (with Nagle's
 //! algorithm on, every small publish waits for the peer's delayed ACK, ~40 ms), because every
@@ -7,134 +8,86 @@
 
 use crate::config::ConnectionConfig;
 use crate::deadline;
+use crate::endpoint::{self, Endpoint};
 use crate::error::{Error, Result};
 use crate::guard::GuardedStream;
 use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
-use percent_encoding::percent_decode_str;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use url::Url;
-
-/// Where and how to connect, parsed from an `amqp://` URL. Holds the password, which its
-/// `Debug` leaves out.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub username: String,
-    pub password: String,
-    pub vhost: String,
-    pub heartbeat: Duration,
-    pub connect_timeout: Duration,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("address", &self.address())
-            .field("username", &self.username)
-            .field("vhost", &self.vhost)
-            .field("heartbeat", &self.heartbeat)
-            .field("connect_timeout", &self.connect_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Endpoint {
-    /// `host:port`, safe to print.
-    pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
-    }
-}
-
-pub(crate) fn parse_url(config: &ConnectionConfig) -> Result<Endpoint> {
-    let invalid = |why: String| Error::Config(format!("invalid AMQP URL: {why}"));
-    let url = Url::parse(&config.url).map_err(|e| invalid(e.to_string()))?;
-    match url.scheme() {
-        "amqp" => {}
-        "amqps" => return Err(invalid("amqps (TLS) is not supported by this build".into())),
-        other => return Err(invalid(format!("scheme {other:?}, expected amqp"))),
-    }
-    let decode = |text: &str| -> Result<String> {
-        percent_decode_str(text)
-            .decode_utf8()
-            .map(|decoded| decoded.into_owned())
-            .map_err(|_| invalid("percent-encoding is not valid UTF-8".into()))
-    };
-    let host = url
-        .host_str()
-        .filter(|host| !host.is_empty())
-        .unwrap_or("localhost")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let username = match url.username() {
-        "" => "guest".to_owned(),
-        name => decode(name)?,
-    };
-    let password = match url.password() {
-        Some(password) => decode(password)?,
-        None => "guest".to_owned(),
-    };
-    let path = url.path().strip_prefix('/').unwrap_or(url.path());
-    if path.contains('/') {
-        return Err(invalid(
-            "the vhost must be a single path segment (write / as %2f)".into(),
-        ));
-    }
-    let vhost = match path {
-        "" => "/".to_owned(),
-        segment => decode(segment)?,
-    };
-    let mut endpoint = Endpoint {
-        host,
-        port: url.port().unwrap_or(5672),
-        username,
-        password,
-        vhost,
-        heartbeat: config.heartbeat,
-        connect_timeout: config.connect_timeout,
-    };
-    for (key, value) in url.query_pairs() {
-        let number = value
-            .parse::<u64>()
-            .map_err(|_| invalid(format!("{key}={value} is not a whole number")))?;
-        match key.as_ref() {
-            "heartbeat" => endpoint.heartbeat = Duration::from_secs(number),
-            "connection_timeout" => endpoint.connect_timeout = Duration::from_millis(number),
-            other => return Err(invalid(format!("unsupported query parameter {other:?}"))),
-        }
-    }
-    if endpoint.heartbeat.is_zero() {
-        // Without heartbeats a silent network cut would never end an idle connection: a server
-        // would wait for requests forever on a socket that leads nowhere.
-        return Err(Error::Config(
-            "heartbeat 0 (off) is not supported: a silent network cut would go unnoticed; \
-             use at least 1 second"
-                .into(),
-        ));
-    }
-    Ok(endpoint)
-}
 
 /// An open connection, and the means to cut it from any thread.
 pub(crate) struct Link {
     pub connection: Connection,
     pub cutter: Arc<Cutter>,
     pub heartbeat: Duration,
+    /// Which of the configured endpoints this is, and its `host:port`.
+    pub endpoint: usize,
+    pub address: String,
 }
 
-/// Opens a connection, labelled `config.connection_name`, else `default_name`, in the broker's
-/// list of connections. It takes at most the connect timeout, and never past `deadline`.
+/// Opens a connection to the first endpoint that answers, trying them in the order given,
+/// starting at endpoint `first` (the one after a node that was lost, say) and going round once.
+/// It is labelled `config.connection_name`, else `default_name`, in the broker's list of
+/// connections. Each endpoint gets at most the connect timeout, and nothing goes past
+/// `deadline`.
 pub(crate) fn open(
     config: &ConnectionConfig,
     default_name: &str,
     deadline: Option<Instant>,
+    first: usize,
 ) -> Result<Link> {
     let name = config.connection_name.as_deref().unwrap_or(default_name);
-    let endpoint = parse_url(config)?;
+    let endpoints = endpoint::parse_all(config)?;
+    let count = endpoints.len();
+    let mut failures = Vec::new();
+    for index in (0..count).map(|offset| (first + offset) % count) {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            break;
+        }
+        match open_one(&endpoints[index], name, deadline) {
+            Ok((connection, cutter)) => {
+                let address = endpoints[index].address();
+                if count > 1 {
+                    log::info!(
+                        "{name}: connected to {address} (endpoint {} of {count})",
+                        index + 1
+                    );
+                }
+                return Ok(Link {
+                    connection,
+                    cutter,
+                    heartbeat: endpoints[index].heartbeat,
+                    endpoint: index,
+                    address,
+                });
+            }
+            Err(error) if count == 1 => return Err(error),
+            Err(error) => {
+                log::warn!("{name}: {error}; trying the next endpoint");
+                failures.push(error);
+            }
+        }
+    }
+    let addresses: Vec<_> = endpoints.iter().map(Endpoint::address).collect();
+    let reasons: Vec<_> = failures.iter().map(ToString::to_string).collect();
+    let reason = match reasons.is_empty() {
+        true => "no time was left to try them".to_owned(),
+        false => format!("every endpoint failed: {}", reasons.join("; ")),
+    };
+    Err(Error::connect(
+        addresses.join(", "),
+        reason,
+        failures.pop().map(|e| Box::new(e) as _),
+    ))
+}
+
+fn open_one(
+    endpoint: &Endpoint,
+    name: &str,
+    deadline: Option<Instant>,
+) -> Result<(Connection, Arc<Cutter>)> {
     let address = endpoint.address();
     let io_error = |error: std::io::Error| {
         Error::connect(address.clone(), error.to_string(), Some(Box::new(error)))
@@ -144,7 +97,7 @@ pub(crate) fn open(
         deadline::after(started, endpoint.connect_timeout),
         |deadline| deadline.min(deadline::after(started, endpoint.connect_timeout)),
     );
-    let socket = tcp_connect(&endpoint, give_up).map_err(io_error)?;
+    let socket = tcp_connect(endpoint, give_up).map_err(io_error)?;
     let cutter = Arc::new(Cutter::new(socket.try_clone().map_err(io_error)?));
     let stream = mio::net::TcpStream::from_stream(socket).map_err(io_error)?;
     let heartbeat = u16::try_from(endpoint.heartbeat.as_secs()).unwrap_or(u16::MAX);
@@ -184,11 +137,7 @@ pub(crate) fn open(
         }
     };
     log::debug!("{name}: connected to {address} vhost {:?}", endpoint.vhost);
-    Ok(Link {
-        connection,
-        cutter,
-        heartbeat: endpoint.heartbeat,
-    })
+    Ok((connection, cutter))
 }
 
 /// What ended a connection, in words that say what happened.
@@ -229,60 +178,28 @@ fn tcp_connect(endpoint: &Endpoint, give_up: Instant) -> std::io::Result<TcpStre
 mod tests {
     use super::*;
 
-    fn parse(url: &str) -> Result<Endpoint> {
-        parse_url(&ConnectionConfig::new(url))
-    }
-
-    #[test]
-    fn parses_the_default_url() {
-        let endpoint = parse(crate::DEFAULT_URL).unwrap();
-        assert_eq!(endpoint.address(), "127.0.0.1:5672");
-        assert_eq!(
-            (endpoint.username.as_str(), endpoint.password.as_str()),
-            ("guest", "guest")
-        );
-        assert_eq!(endpoint.vhost, "/");
-        assert_eq!(endpoint.heartbeat, Duration::from_secs(10));
-    }
-
-    #[test]
-    fn fills_in_defaults_and_decodes_percent_escapes() {
-        let bare = parse("amqp://").unwrap();
-        assert_eq!(bare.address(), "localhost:5672");
-        assert_eq!(bare.vhost, "/");
-        let full = parse("amqp://us%40er:p%3Ass@broker.example:5673/my%2fvhost?heartbeat=3&connection_timeout=250").unwrap();
-        assert_eq!(full.username, "us@er");
-        assert_eq!(full.password, "p:ss");
-        assert_eq!(full.address(), "broker.example:5673");
-        assert_eq!(full.vhost, "my/vhost");
-        assert_eq!(full.heartbeat, Duration::from_secs(3));
-        assert_eq!(full.connect_timeout, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn rejects_what_it_cannot_honour() {
-        for url in [
-            "http://localhost",
-            "amqps://localhost",
-            "amqp://localhost/a/b",
-            "amqp://localhost/?frame_max=1",
-            "amqp://localhost/?heartbeat=soon",
-            "amqp://localhost/?heartbeat=0",
-            "not a url",
-        ] {
-            let error = parse(url).unwrap_err();
-            assert!(matches!(error, Error::Config(_)), "{url}: {error}");
-        }
-    }
-
     #[test]
     fn connect_errors_name_the_address_but_not_the_password() {
         // Port 1 on loopback: nothing listens there, so the connect is refused at once.
         let config = ConnectionConfig::new("amqp://user:secret@127.0.0.1:1/%2f");
-        let error = open(&config, "test", None).err().unwrap();
+        let error = open(&config, "test", None, 0).err().unwrap();
         assert!(error.is_connection(), "{error}");
         let text = error.to_string();
         assert!(text.contains("127.0.0.1:1"), "{text}");
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn when_every_endpoint_fails_the_error_names_them_all() {
+        // Ports 1 and 2 on loopback: nothing listens, so each connect is refused at once.
+        let none_up = ConnectionConfig::new(
+            "amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f",
+        );
+        let error = open(&none_up, "test", None, 1).err().unwrap();
+        let text = error.to_string();
+        assert!(
+            text.contains("127.0.0.1:2") && text.contains("127.0.0.1:1"),
+            "{text}"
+        );
     }
 }

@@ -54,6 +54,7 @@ impl RpcClient {
         let session = Session::open(
             &config,
             deadline::from_now(config.connection.connect_timeout),
+            0,
         )?;
         Ok(RpcClient {
             config,
@@ -215,19 +216,22 @@ impl RpcClient {
         lock(&self.session).take()
     }
 
-    /// The live session, reconnecting first (before `deadline`) if the last one died.
+    /// The live session, reconnecting first (before `deadline`) if the last one died: to the
+    /// endpoint after the lost one first, if there are several.
     fn session(&self, deadline: Instant) -> Result<Arc<Session>> {
         let mut current = lock(&self.session);
+        let mut first = 0;
         if let Some(session) = current.as_ref() {
             match session.lost_reason() {
                 None => return Ok(Arc::clone(session)),
                 Some(reason) => log::info!("reconnecting after connection loss ({reason})"),
             }
+            first = session.endpoint + 1;
         }
         if let Some(dead) = current.take() {
             let _ = dead.close();
         }
-        let session = Session::open(&self.config, deadline)?;
+        let session = Session::open(&self.config, deadline, first)?;
         *current = Some(Arc::clone(&session));
         Ok(session)
     }

@@ -28,9 +28,12 @@ pub const DEFAULT_QUEUE: &str = "rpc_queue";
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnectionConfig {
-    /// `amqp://user:password@host:port/vhost`; default [`DEFAULT_URL`]. Printed by `Debug` with
-    /// the password replaced by `***`.
-    pub url: String,
+    /// The brokers, as `amqp://user:password@host:port/vhost` URLs; default one,
+    /// [`DEFAULT_URL`]. With several (the nodes of a cluster), a connection goes to the first
+    /// that answers, in the order given; after losing one, the next connection tries the one
+    /// after it first. Give clients the nodes in different orders to spread them. Printed by
+    /// `Debug` with passwords replaced by `***`.
+    pub urls: Vec<String>,
     /// AMQP heartbeat interval; default 10 s, so a silent network cut ends an idle connection
     /// within about 20 s (amiquip's own default of 60 s would take two minutes). At least 1 s:
     /// zero, which would turn heartbeats off, is refused. Calls never rely on it: each keeps its
@@ -51,7 +54,7 @@ pub struct ConnectionConfig {
 impl Default for ConnectionConfig {
     fn default() -> Self {
         ConnectionConfig {
-            url: DEFAULT_URL.to_owned(),
+            urls: vec![DEFAULT_URL.to_owned()],
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
@@ -61,10 +64,24 @@ impl Default for ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    /// Defaults, with this URL (checked when connecting; [`str::parse`] checks it at once).
-    pub fn new(url: impl Into<String>) -> Self {
+    /// Defaults, with this URL, or these URLs separated by commas (checked when connecting;
+    /// [`str::parse`] checks them at once).
+    pub fn new(urls: impl AsRef<str>) -> Self {
+        ConnectionConfig::with_urls(urls.as_ref().split(','))
+    }
+
+    /// Defaults, with these broker URLs (the nodes of a cluster), tried in this order.
+    pub fn with_urls<I>(urls: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
         ConnectionConfig {
-            url: url.into(),
+            urls: urls
+                .into_iter()
+                .map(|url| url.as_ref().trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .collect(),
             ..ConnectionConfig::default()
         }
     }
@@ -76,7 +93,7 @@ impl std::str::FromStr for ConnectionConfig {
     /// Defaults, with this URL, which must be one fib-rpc can use.
     fn from_str(url: &str) -> Result<Self> {
         let config = ConnectionConfig::new(url);
-        crate::amqp::parse_url(&config)?;
+        crate::endpoint::parse_all(&config)?;
         Ok(config)
     }
 }
@@ -84,7 +101,14 @@ impl std::str::FromStr for ConnectionConfig {
 impl std::fmt::Debug for ConnectionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionConfig")
-            .field("url", &redacted(&self.url))
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|url| redacted(url))
+                    .collect::<Vec<_>>(),
+            )
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
@@ -222,8 +246,8 @@ impl Default for ServerConfig {
 }
 
 impl ClientConfig {
-    /// Defaults, with the broker at `url`.
-    pub fn new(url: impl Into<String>) -> Self {
+    /// Defaults, with the broker at `url` (or several, separated by commas).
+    pub fn new(url: impl AsRef<str>) -> Self {
         ClientConfig {
             connection: ConnectionConfig::new(url),
             ..ClientConfig::default()
@@ -232,8 +256,8 @@ impl ClientConfig {
 }
 
 impl ServerConfig {
-    /// Defaults, serving `queue` on the broker at `url`.
-    pub fn new(url: impl Into<String>, queue: impl Into<String>) -> Self {
+    /// Defaults, serving `queue` on the broker at `url` (or several, separated by commas).
+    pub fn new(url: impl AsRef<str>, queue: impl Into<String>) -> Self {
         ServerConfig {
             connection: ConnectionConfig::new(url),
             queue: queue.into(),

@@ -93,6 +93,7 @@ mod amqp;
 mod client;
 mod config;
 mod deadline;
+mod endpoint;
 mod error;
 mod frames;
 mod guard;

@@ -61,7 +61,7 @@ impl ResultConsumer {
             mut connection,
             cutter,
             ..
-        } = amqp::open(config, "fib-rpc results", None)?;
+        } = amqp::open(config, "fib-rpc results", None, 0)?;
         let alarm = Alarm::arm(deadline::from_now(config.connect_timeout), &cutter);
         admin::declare_durable(&mut connection, queue, QueueType::Classic)?;
         let channel = open_channel(&mut connection)?;

@@ -9,6 +9,7 @@ use crate::handler::Handler;
 use crate::watchdog::Alarm;
 use crate::worker::Worker;
 use crossbeam_channel::{Receiver, Sender};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -100,6 +101,7 @@ impl RpcServer {
             handler: self.handler,
             stop,
             counters: Arc::clone(&counters),
+            next_endpoint: Cell::new(0),
         };
         let thread = std::thread::Builder::new()
             .name("fib-rpc-server".into())
@@ -205,6 +207,8 @@ struct Supervisor {
     handler: Arc<dyn Handler>,
     stop: Receiver<()>,
     counters: Arc<Counters>,
+    /// The endpoint to try first when (re)connecting: the one after a node that was lost.
+    next_endpoint: Cell<usize>,
 }
 
 impl Supervisor {
@@ -215,9 +219,11 @@ impl Supervisor {
             match self.serve_one_connection(&mut ready) {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Lost(reason)) => {
-                    // It was serving: a fresh loss starts the backoff over.
+                    // It was serving: reconnect at once (to the next node first, if there are
+                    // several), and start the backoff over.
                     backoff = self.config.reconnect_initial;
-                    log::warn!("connection lost ({reason}); reconnecting in {backoff:?}");
+                    log::warn!("connection lost ({reason}); reconnecting");
+                    continue;
                 }
                 Err(error) => match ready.take() {
                     Some(ready) => {
@@ -244,7 +250,16 @@ impl Supervisor {
             mut connection,
             cutter,
             heartbeat,
-        } = amqp::open(&self.config.connection, &name, None)?;
+            endpoint,
+            address,
+        } = amqp::open(
+            &self.config.connection,
+            &name,
+            None,
+            self.next_endpoint.get(),
+        )?;
+        // Whatever ends this connection, the next attempt starts with the endpoint after it.
+        self.next_endpoint.set(endpoint + 1);
         let setup = Alarm::arm(
             deadline::from_now(self.config.connection.connect_timeout),
             &cutter,
@@ -284,7 +299,10 @@ impl Supervisor {
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         } else {
-            log::info!("reconnected: consuming {} again", self.config.queue);
+            log::info!(
+                "reconnected to {address}: consuming {} again",
+                self.config.queue
+            );
         }
         // The first worker to end decides: a stop, or a loss that ends the whole connection.
         let mut ended = 0;

@@ -56,6 +56,8 @@ pub(crate) struct Session {
     /// Result queues declared on this connection.
     result_queues: Mutex<HashSet<String>>,
     pub reply_queue: String,
+    /// Which configured endpoint this connection went to.
+    pub endpoint: usize,
     pub pending: Pending,
     /// Replies and the consumer's fate, read by whichever caller is waiting.
     pub replies: Receiver<ConsumerMessage>,
@@ -66,14 +68,16 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Connects and subscribes to replies, all before `deadline` (and within the connect
-    /// timeout).
-    pub fn open(config: &ClientConfig, deadline: Instant) -> Result<Arc<Session>> {
+    /// Connects (trying endpoint `first` first) and subscribes to replies, all before
+    /// `deadline` (and within the connect timeout).
+    pub fn open(config: &ClientConfig, deadline: Instant, first: usize) -> Result<Arc<Session>> {
         let Link {
             mut connection,
             cutter,
             heartbeat,
-        } = amqp::open(&config.connection, "fib-rpc client", Some(deadline))?;
+            endpoint,
+            address,
+        } = amqp::open(&config.connection, "fib-rpc client", Some(deadline), first)?;
         let give_up = deadline.min(deadline::from_now(config.connection.connect_timeout));
         let alarm = Alarm::arm(give_up, &cutter);
         let this: Arc<OnceLock<Weak<Session>>> = Arc::new(OnceLock::new());
@@ -90,7 +94,7 @@ impl Session {
             Err(error) => return Err(error),
         };
         drop(alarm);
-        log::debug!("client ready, replies to {reply_queue}");
+        log::debug!("client ready on {address}, replies to {reply_queue}");
         let session = Arc::new(Session {
             connection: Mutex::new(Some(connection)),
             cutter,
@@ -105,6 +109,7 @@ impl Session {
             submitter: Mutex::new(None),
             result_queues: Mutex::new(HashSet::new()),
             reply_queue,
+            endpoint,
             pending: Pending::default(),
             returns,
             lost: Mutex::new(None),

@@ -376,3 +376,13 @@ fn dropping_the_server_handle_stops_the_server() {
     drop(server);
     support::wait_until("no worker consumes", TIMEOUT, || queue.counts() == (0, 0));
 }
+
+#[test]
+fn with_several_broker_urls_the_first_that_answers_serves() {
+    let queue = TestQueue::new("endpoints");
+    let _server = support::start_fib_server(&queue.name, 1);
+    // Nothing listens on port 1: the client moves on to the test broker.
+    let urls = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", support::amqp_url());
+    let client = fib_rpc::RpcClient::connect(&urls).unwrap();
+    assert_eq!(client.call(&queue.name, b"9", TIMEOUT).unwrap(), b"34");
+}

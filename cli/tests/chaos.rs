@@ -151,7 +151,7 @@ fn chaos_2_server_connection_closed_by_the_broker_recovers() {
     let closed = support::close_broker_connections(&format!("fib-rpc server on {}", queue.name));
     assert_eq!(closed, 1, "the server's one connection");
     support::wait_until("the server consumes again", Duration::from_secs(10), || {
-        server.log_lines_with("reconnected: consuming") == 1 && queue.counts().1 == 2
+        server.log_lines_with("reconnected to") == 1 && queue.counts().1 == 2
     });
     let recovered_in = closed_at.elapsed();
     load.wait_for(200);
@@ -494,7 +494,7 @@ fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
         server.log_lines_with("connection lost") == 3
     });
     support::wait_until("the server consumes again", Duration::from_secs(20), || {
-        server.log_lines_with("reconnected: consuming") == 3 && queue.counts() == (0, 1)
+        server.log_lines_with("reconnected to") == 3 && queue.counts() == (0, 1)
     });
     let client = support::fib_client(&queue.name, Duration::from_secs(10));
     assert_eq!(client.call(25).unwrap(), fibonacci(25));

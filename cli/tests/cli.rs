@@ -437,3 +437,31 @@ fn completions_and_man_pages_come_from_the_tools_themselves() {
         );
     }
 }
+
+#[test]
+fn status_works_against_any_node_of_the_cluster() {
+    let nodes = support::nodes::private_nodes(3);
+    let queue = format!("test-cli-cluster-status-{}", uuid::Uuid::new_v4());
+    support::declare_at(&nodes[0].url(), &queue, fib_rpc::QueueType::Quorum, true);
+    for node in &nodes {
+        let output = Command::new(env!("CARGO_BIN_EXE_fib-client"))
+            .args(["--status", "--queue", &queue, "--amqp-url", &node.url()])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert_eq!(
+            stdout(&output),
+            format!("name\tmessages\tconsumers\n{queue}\t0\t0\n")
+        );
+    }
+    let all = nodes
+        .iter()
+        .map(|node| node.url())
+        .collect::<Vec<_>>()
+        .join(",");
+    let output = Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args(["--status", "--queue", &queue, "--amqp-url", &all])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

@@ -157,7 +157,12 @@ impl Drop for TestQueue {
 }
 
 fn declare(name: &str, queue_type: QueueType, durable: bool) {
-    let mut connection = raw_connection();
+    declare_at(&amqp_url(), name, queue_type, durable);
+}
+
+/// Declares queue `name` on the broker at `url` (a private node's, say).
+pub fn declare_at(url: &str, name: &str, queue_type: QueueType, durable: bool) {
+    let mut connection = Connection::insecure_open(url).expect("connect to declare a queue");
     let channel = connection.open_channel(None).unwrap();
     let mut arguments = FieldTable::new();
     if queue_type == QueueType::Quorum {

@@ -28,7 +28,12 @@ pub fn private_nodes(n: usize) -> Vec<PrivateNode> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if *started < n {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nodes.sh");
+        // The workspace's scripts/, from the library's tests or the tools' (cli/tests).
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|dir| dir.join("scripts/nodes.sh"))
+            .find(|script| script.exists())
+            .expect("scripts/nodes.sh in the workspace");
         let output = Command::new(&script)
             .args(["start", &n.to_string()])
             .output()
@@ -71,6 +76,38 @@ impl PrivateNode {
     /// unwinds (that would abort the test process).
     pub fn try_start_app(&self) -> Result<(), String> {
         self.rabbitmqctl("start_app")
+    }
+
+    /// The node that holds the leader of quorum queue `queue`, as this node sees it.
+    pub fn queue_leader(&self, queue: &str) -> Option<String> {
+        let listing = self.rabbitmqctl_output(&["list_queues", "name", "leader"]);
+        listing.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(queue)).then(|| fields.next().map(str::to_owned))?
+        })
+    }
+
+    /// Messages ready in `queue`, as this node sees them; `None` if it lists no such queue.
+    pub fn messages(&self, queue: &str) -> Option<u32> {
+        let listing = self.rabbitmqctl_output(&["list_queues", "name", "messages"]);
+        listing.lines().find_map(|line| {
+            let mut fields = line.split_whitespace();
+            (fields.next() == Some(queue)).then(|| fields.next()?.parse().ok())?
+        })
+    }
+
+    fn rabbitmqctl_output(&self, args: &[&str]) -> String {
+        let output = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.name])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl, needed for the tests on private nodes");
+        assert!(
+            output.status.success(),
+            "rabbitmqctl -n {} {args:?} failed",
+            self.name
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// Always with `-n`: rabbitmqctl without it would act on the shared broker.

@@ -69,9 +69,10 @@ struct Args {
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
-    /// Broker URL.
-    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
-    amqp_url: String,
+    /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
+    /// tried in the order given.
+    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
+    amqp_url: Vec<String>,
     #[command(flatten)]
     docs: fib_rpc_cli::docs::DocsArgs,
 }
@@ -421,7 +422,7 @@ fn declare(channel: &Channel, queue: &str, kind: Kind) -> anyhow::Result<()> {
 
 fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
     let queue = format!("fib-bench-raw-{}", uuid::Uuid::new_v4());
-    let mut server_connection = raw_connection(&connection.url)?;
+    let mut server_connection = raw_connection(&connection.urls[0])?;
     let setup = server_connection.open_channel(None)?;
     declare(&setup, &queue, args.queue_type)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -435,7 +436,7 @@ fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
             }))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut client_connection = raw_connection(&connection.url)?;
+    let mut client_connection = raw_connection(&connection.urls[0])?;
     let callers = (0..args.threads)
         .map(|_| RawCaller::new(client_connection.open_channel(None)?).map(std::sync::Mutex::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -490,7 +491,7 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     client.close()?;
     if let Some(server) = server {
         server.shutdown()?;
-        let mut admin = raw_connection(&connection.url)?;
+        let mut admin = raw_connection(&connection.urls[0])?;
         admin
             .open_channel(None)?
             .queue_delete(own_queue.as_str(), QueueDeleteOptions::default())?;
@@ -571,7 +572,7 @@ fn main() -> anyhow::Result<()> {
     if args.threads == 0 || args.in_flight == 0 || args.workers == 0 || args.prefetch == 0 {
         bail!("--threads, --in-flight, --workers and --prefetch must be at least 1");
     }
-    let connection = ConnectionConfig::new(args.amqp_url.as_str());
+    let connection = ConnectionConfig::with_urls(&args.amqp_url);
     let mut raws = Vec::new();
     let mut rpcs = Vec::new();
     for _ in 0..args.rounds {

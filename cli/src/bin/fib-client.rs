@@ -63,9 +63,10 @@ struct Args {
     /// Confirm --purge.
     #[arg(long)]
     yes: bool,
-    /// Broker URL.
-    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
-    amqp_url: String,
+    /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
+    /// tried in the order given.
+    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
+    amqp_url: Vec<String>,
     #[command(flatten)]
     docs: DocsArgs,
 }
@@ -102,7 +103,7 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::IO);
         }
     }
-    let connection = match args.amqp_url.parse::<ConnectionConfig>() {
+    let connection = match args.amqp_url.join(",").parse::<ConnectionConfig>() {
         Ok(connection) => connection,
         Err(error) => {
             eprintln!("fib-client: {error}");

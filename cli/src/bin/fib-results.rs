@@ -33,9 +33,10 @@ struct Args {
     /// Exit after this many results.
     #[arg(long, value_name = "K")]
     count: Option<u64>,
-    /// Broker URL.
-    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
-    amqp_url: String,
+    /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
+    /// tried in the order given.
+    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
+    amqp_url: Vec<String>,
     #[command(flatten)]
     docs: DocsArgs,
 }
@@ -88,7 +89,8 @@ fn run(args: &Args) -> Result<(), Failure> {
             .map_err(|e| fib_rpc::Error::Config(format!("installing signal handlers: {e}")))?;
     }
     let queue = args.queue.as_deref().unwrap_or_default();
-    let mut consumer = ResultConsumer::open(&args.amqp_url.parse::<ConnectionConfig>()?, queue)?;
+    let mut consumer =
+        ResultConsumer::open(&args.amqp_url.join(",").parse::<ConnectionConfig>()?, queue)?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0;
     while !stop.load(Ordering::Relaxed) && args.count.is_none_or(|count| printed < count) {

@@ -53,9 +53,10 @@ struct Args {
     /// during a network cut); the connection is dropped then.
     #[arg(long, env = "FIB_RPC_CLOSE_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = fib_rpc_cli::seconds)]
     close_timeout: f64,
-    /// Broker URL.
-    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true)]
-    amqp_url: String,
+    /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
+    /// tried in the order given.
+    #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
+    amqp_url: Vec<String>,
     #[command(flatten)]
     docs: DocsArgs,
 }
@@ -125,7 +126,7 @@ fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
-    let mut config = ServerConfig::new(args.amqp_url.as_str(), queue);
+    let mut config = ServerConfig::new(args.amqp_url.join(","), queue);
     config.connection.close_timeout = Duration::from_secs_f64(args.close_timeout);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     config.queue_type = args.queue_type;
