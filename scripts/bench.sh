@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 seconds=${BENCH_SECONDS:-3}
 rounds=${BENCH_ROUNDS:-3}
+scripts/deps.sh
 scripts/broker.sh
 cargo build --release --quiet --bins
 bench=target/release/fib-bench
@@ -69,6 +70,19 @@ measure() {
     cluster=(--amqp-url amqp://guest:guest@127.0.0.1:5681/%2f --amqp-url amqp://guest:guest@127.0.0.1:5682/%2f --amqp-url amqp://guest:guest@127.0.0.1:5683/%2f)
     measure "sequential, callback queue" --queue-type quorum "${cluster[@]}"
     measure "8 threads x 8 in flight, prefetch 10" --queue-type quorum --threads 8 --in-flight 8 --prefetch 10 "${cluster[@]}"
+
+    echo
+    echo "## TLS beside plain (classic queue, private node 1), each against a raw amiquip ping-pong"
+    echo "over the same transport"
+    echo
+    echo "| shape | raw calls/s | raw p50 us | fib-rpc calls/s | p50 us | p99 us | of raw | client RSS kB |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    plain=(--amqp-url amqp://guest:guest@127.0.0.1:5681/%2f)
+    tls=(--amqp-url "amqps://guest:guest@127.0.0.1:5691/%2f?cacertfile=$(pwd -P)/target/rabbit-nodes/tls/ca.pem")
+    measure "plain, sequential" "${plain[@]}"
+    measure "TLS, sequential" "${tls[@]}"
+    measure "plain, 8 threads x 8 in flight, prefetch 10" --threads 8 --in-flight 8 --prefetch 10 "${plain[@]}"
+    measure "TLS, 8 threads x 8 in flight, prefetch 10" --threads 8 --in-flight 8 --prefetch 10 "${tls[@]}"
     scripts/nodes.sh stop >&2
 
     echo

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 queue=${DEMO_QUEUE:-rpc_queue}
+scripts/deps.sh
 scripts/broker.sh
 echo "== building (release)"
 cargo build --release --quiet --bins

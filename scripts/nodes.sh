@@ -3,9 +3,10 @@
 # ever touches the shared broker on 127.0.0.1:5672.
 #
 #   scripts/nodes.sh start [N]   N = 1..3 (default 3) nodes fibrpc1@localhost ... on AMQP ports
-#                                5681.. and Erlang distribution ports 25681.., all on 127.0.0.1
-#                                only; nodes 2..N join node 1's cluster. Nothing to do when they
-#                                already run and answer.
+#                                5681.., TLS ports 5691.. and Erlang distribution ports 25681..,
+#                                all on 127.0.0.1 only; nodes 2..N join node 1's cluster. Nothing
+#                                to do when they already run and answer. Test certificates are
+#                                made under target/rabbit-nodes/tls/.
 #   scripts/nodes.sh stop        stops every private node and deletes target/rabbit-nodes/.
 #   scripts/nodes.sh status      one line per node: name, AMQP port, state.
 #
@@ -17,6 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 base_dir="$(pwd -P)/target/rabbit-nodes"
+tls_dir="$base_dir/tls"
 max_nodes=3
 wait_seconds=${NODES_WAIT_SECONDS:-120}
 
@@ -24,6 +26,7 @@ say() { printf 'nodes.sh: %s\n' "$*" >&2; }
 
 node_name() { printf 'fibrpc%d@localhost' "$1"; }
 amqp_port() { printf '%d' $((5680 + $1)); }
+tls_port() { printf '%d' $((5690 + $1)); }
 dist_port() { printf '%d' $((25680 + $1)); }
 node_dir() { printf '%s/%s' "$base_dir" "$(node_name "$1")"; }
 pid_file() { printf '%s/%s.pid' "$(node_dir "$1")" "$(node_name "$1")"; }
@@ -108,8 +111,19 @@ write_node_files() {
     rm -rf "$dir"
     mkdir -p "$dir/mnesia" "$dir/log"
     printf '[].\n' >"$dir/enabled_plugins"
+    # Each node also listens for TLS, each in its own way, for the TLS tests: node 1 takes a
+    # client certificate if one is given, node 2 requires one, node 3 shows an expired one.
+    local certificate=server.pem require_client=false
+    ((i == 2)) && require_client=true
+    ((i == 3)) && certificate=expired.pem
     cat >"$dir/rabbitmq.conf" <<EOF
 listeners.tcp.local = 127.0.0.1:$(amqp_port "$i")
+listeners.ssl.default = 127.0.0.1:$(tls_port "$i")
+ssl_options.cacertfile = $tls_dir/ca.pem
+ssl_options.certfile = $tls_dir/$certificate
+ssl_options.keyfile = $tls_dir/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = $require_client
 EOF
     cat >"$dir/rabbitmq-env.conf" <<EOF
 NODENAME=$(node_name "$i")
@@ -135,6 +149,40 @@ EOF
             exit 1
         fi
     fi
+}
+
+# A CA, a server certificate for localhost and 127.0.0.1 (and an expired one), and a client
+# certificate, made here with openssl for the TLS tests; never committed (target/).
+write_tls_files() {
+    [[ -f $tls_dir/client.pem ]] && return
+    if ! command -v openssl >/dev/null 2>&1; then
+        say "openssl is needed to make the TLS test certificates: apt-get install openssl"
+        exit 69
+    fi
+    mkdir -p "$tls_dir"
+    (
+        cd "$tls_dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 \
+            -subj "/CN=fib-rpc test CA" 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+            -subj "/CN=localhost" 2>/dev/null
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >server.ext
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile server.ext -days 3650 -out server.pem 2>/dev/null
+        # Not after a day before it was issued: expired from the start.
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile server.ext -days -1 -out expired.pem 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr \
+            -subj "/CN=fib-rpc test client" 2>/dev/null
+        # Extensions make it an X.509 v3 certificate, the only kind TLS clients accept.
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile client.ext -days 3650 -out client.pem 2>/dev/null
+    )
+    local user
+    user=$(server_user)
+    [[ $user != "$(id -un)" ]] && chown -R "$user:" "$tls_dir"
+    chmod -R a+rX "$tls_dir"
 }
 
 start_node() {
@@ -218,6 +266,7 @@ start() {
         stop
     fi
     mkdir -p "$base_dir"
+    write_tls_files
     for ((i = 1; i <= n; i++)); do
         node_running "$i" && continue
         if node_alive "$i"; then

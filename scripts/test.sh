@@ -8,6 +8,7 @@
 set -euo pipefail
 PRIVATE_NODES=${PRIVATE_NODES:-3}
 cd "$(dirname "$0")/.."
+scripts/deps.sh
 scripts/broker.sh
 
 stop_nodes() {

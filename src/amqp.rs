@@ -10,10 +10,12 @@ use crate::config::ConnectionConfig;
 use crate::deadline;
 use crate::endpoint::{self, Endpoint};
 use crate::error::{Error, Result};
-use crate::guard::GuardedStream;
+use crate::guard::{GuardedStream, Transport};
+use crate::tls;
 use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,7 +101,15 @@ fn open_one(
     );
     let socket = tcp_connect(endpoint, give_up).map_err(io_error)?;
     let cutter = Arc::new(Cutter::new(socket.try_clone().map_err(io_error)?));
-    let stream = mio::net::TcpStream::from_stream(socket).map_err(io_error)?;
+    let transport = match &endpoint.tls {
+        None => Transport::Plain(mio::net::TcpStream::from_stream(socket).map_err(io_error)?),
+        Some(options) => {
+            let tls = tls::handshake(socket, &endpoint.host, options, give_up)
+                .map_err(|reason| Error::connect(address.clone(), reason, None))?;
+            Transport::Tls(Box::new(tls))
+        }
+    };
+    let first_byte = Arc::new(AtomicU8::new(0));
     let heartbeat = u16::try_from(endpoint.heartbeat.as_secs()).unwrap_or(u16::MAX);
     let options = ConnectionOptions::default()
         .auth(Auth::Plain {
@@ -112,7 +122,7 @@ fn open_one(
         .information(Some(name.to_owned()));
     let alarm = Alarm::arm(give_up, &cutter);
     let opened = Connection::insecure_open_stream(
-        GuardedStream::new(stream),
+        GuardedStream::new(transport, Arc::clone(&first_byte)),
         options,
         ConnectionTuning::default(),
     );
@@ -126,11 +136,27 @@ fn open_one(
             return Err(Error::connect(address, reason, None));
         }
         Err(error) => {
+            // A TLS record (alert or handshake) where the AMQP handshake should be.
+            let answered_tls = matches!(first_byte.load(Ordering::Relaxed), 0x15 | 0x16);
             let reason = match &error {
                 amiquip::Error::InvalidCredentials => format!(
                     "the broker refused the credentials of user {:?} (ACCESS_REFUSED)",
                     endpoint.username
                 ),
+                _ if endpoint.tls.is_none() && answered_tls => {
+                    format!("the broker answered in TLS: use an amqps:// URL for {address}")
+                }
+                // With TLS 1.3 a broker checks the client's certificate after the handshake,
+                // and hangs up on the first bytes of AMQP.
+                amiquip::Error::UnexpectedSocketClose
+                | amiquip::Error::IoErrorReadingSocket { .. }
+                | amiquip::Error::IoErrorWritingSocket { .. }
+                    if endpoint.tls.is_some() =>
+                {
+                    "the broker closed the TLS connection right after the handshake: it requires \
+                     a client certificate (certfile, keyfile), or refused the one given"
+                        .to_owned()
+                }
                 other => other.to_string(),
             };
             return Err(Error::connect(address, reason, Some(Box::new(error))));

@@ -1,6 +1,7 @@
 //! Settings for clients and servers, each with documented defaults.
 
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The broker a fresh RabbitMQ install answers on: `amqp://guest:guest@127.0.0.1:5672/%2f`.
@@ -45,6 +46,8 @@ pub struct ConnectionConfig {
     /// it the socket is shut down, as during a network cut, where the broker never answers.
     /// Default 5 s.
     pub close_timeout: Duration,
+    /// How `amqps://` endpoints are secured; the URL's query parameters win over it.
+    pub tls: TlsOptions,
     /// Shown by the broker as the connection's `information` client property (`rabbitmqctl
     /// list_connections client_properties`, the management UI); default: none, and the
     /// connection is labelled `fib-rpc client` or `fib-rpc server on <queue>`.
@@ -58,6 +61,7 @@ impl Default for ConnectionConfig {
             heartbeat: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
+            tls: TlsOptions::default(),
             connection_name: None,
         }
     }
@@ -112,8 +116,43 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
+            .field("tls", &self.tls)
             .field("connection_name", &self.connection_name)
             .finish()
+    }
+}
+
+/// TLS settings of `amqps://` endpoints, as RabbitMQ's URI spec names them in a URL's query:
+/// `cacertfile`, `certfile`, `keyfile`, `server_name_indication`, `verify=verify_none`.
+///
+/// By default the broker's certificate is verified against the system's CAs and the host name
+/// of the URL, and no client certificate is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsOptions {
+    /// A PEM file of CAs trusted besides the system's (`cacertfile`).
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate chain, for brokers that require one (`certfile`); with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file` (`keyfile`). Only its path is ever shown.
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must hold, and is asked for by SNI, if not the URL's
+    /// host (`server_name_indication`).
+    pub server_name: Option<String>,
+    /// Verify the broker's certificate (default). False (`verify=verify_none`) accepts any, and
+    /// says so in the log: only for tests.
+    pub verify_peer: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+            verify_peer: true,
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Broker endpoints: `amqp://` URLs parsed into what a connection needs.
 
-use crate::config::{redacted, ConnectionConfig};
+use crate::config::{redacted, ConnectionConfig, TlsOptions};
 use crate::error::{Error, Result};
 use percent_encoding::percent_decode_str;
 use std::time::Duration;
@@ -17,6 +17,8 @@ pub(crate) struct Endpoint {
     pub vhost: String,
     pub heartbeat: Duration,
     pub connect_timeout: Duration,
+    /// `Some` for `amqps://`.
+    pub tls: Option<TlsOptions>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -27,6 +29,7 @@ impl std::fmt::Debug for Endpoint {
             .field("vhost", &self.vhost)
             .field("heartbeat", &self.heartbeat)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -46,16 +49,30 @@ pub(crate) fn parse_all(config: &ConnectionConfig) -> Result<Vec<Endpoint>> {
     config.urls.iter().map(|url| parse(url, config)).collect()
 }
 
+/// The TLS settings a query parameter changes; only `amqps://` URLs have them.
+fn tls_only<'a>(
+    tls: &'a mut Option<TlsOptions>,
+    key: &str,
+    url: &str,
+) -> Result<&'a mut TlsOptions> {
+    tls.as_mut().ok_or_else(|| {
+        Error::Config(format!(
+            "invalid AMQP URL {}: {key} applies to amqps:// URLs only",
+            redacted(url)
+        ))
+    })
+}
+
 /// One `amqp://` URL, with `config`'s settings where the URL's query does not set them.
 pub(crate) fn parse(text: &str, config: &ConnectionConfig) -> Result<Endpoint> {
     let invalid =
         |why: String| Error::Config(format!("invalid AMQP URL {}: {why}", redacted(text)));
     let url = Url::parse(text).map_err(|e| invalid(e.to_string()))?;
-    match url.scheme() {
-        "amqp" => {}
-        "amqps" => return Err(invalid("amqps (TLS) is not supported by this build".into())),
-        other => return Err(invalid(format!("scheme {other:?}, expected amqp"))),
-    }
+    let mut tls = match url.scheme() {
+        "amqp" => None,
+        "amqps" => Some(config.tls.clone()),
+        other => return Err(invalid(format!("scheme {other:?}, expected amqp or amqps"))),
+    };
     let decode = |text: &str| -> Result<String> {
         percent_decode_str(text)
             .decode_utf8()
@@ -89,23 +106,46 @@ pub(crate) fn parse(text: &str, config: &ConnectionConfig) -> Result<Endpoint> {
     };
     let mut endpoint = Endpoint {
         host,
-        port: url.port().unwrap_or(5672),
+        port: url
+            .port()
+            .unwrap_or(if tls.is_some() { 5671 } else { 5672 }),
         username,
         password,
         vhost,
         heartbeat: config.heartbeat,
         connect_timeout: config.connect_timeout,
+        tls: None,
     };
     for (key, value) in url.query_pairs() {
-        let number = value
-            .parse::<u64>()
-            .map_err(|_| invalid(format!("{key}={value} is not a whole number")))?;
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| invalid(format!("{key}={value} is not a whole number")))
+        };
         match key.as_ref() {
-            "heartbeat" => endpoint.heartbeat = Duration::from_secs(number),
-            "connection_timeout" => endpoint.connect_timeout = Duration::from_millis(number),
+            "heartbeat" => endpoint.heartbeat = Duration::from_secs(number()?),
+            "connection_timeout" => endpoint.connect_timeout = Duration::from_millis(number()?),
+            "cacertfile" => tls_only(&mut tls, &key, text)?.ca_file = Some(value.as_ref().into()),
+            "certfile" => tls_only(&mut tls, &key, text)?.cert_file = Some(value.as_ref().into()),
+            "keyfile" => tls_only(&mut tls, &key, text)?.key_file = Some(value.as_ref().into()),
+            "server_name_indication" => {
+                tls_only(&mut tls, &key, text)?.server_name = Some(value.clone().into_owned())
+            }
+            "verify" => {
+                tls_only(&mut tls, &key, text)?.verify_peer = match value.as_ref() {
+                    "verify_peer" => true,
+                    "verify_none" => false,
+                    other => {
+                        return Err(invalid(format!(
+                            "verify={other}: expected verify_peer or verify_none"
+                        )))
+                    }
+                }
+            }
             other => return Err(invalid(format!("unsupported query parameter {other:?}"))),
         }
     }
+    endpoint.tls = tls;
     if endpoint.heartbeat.is_zero() {
         // Without heartbeats a silent network cut would never end an idle connection: a server
         // would wait for requests forever on a socket that leads nowhere.
@@ -156,7 +196,6 @@ mod tests {
     fn rejects_what_it_cannot_honour() {
         for url in [
             "http://localhost",
-            "amqps://localhost",
             "amqp://localhost/a/b",
             "amqp://localhost/?frame_max=1",
             "amqp://localhost/?heartbeat=soon",
@@ -180,5 +219,44 @@ mod tests {
         assert_eq!(endpoints[2].heartbeat, Duration::from_secs(2));
         let error = parse_all(&ConnectionConfig::new("amqp://n1,http://n2")).unwrap_err();
         assert!(error.to_string().contains("http://n2"), "{error}");
+    }
+
+    #[test]
+    fn amqps_urls_carry_their_tls_settings() {
+        let plain = parse_one("amqp://h/").unwrap();
+        assert!(plain.tls.is_none());
+        let secure = parse_one(
+            "amqps://h/?cacertfile=/ca.pem&certfile=/c.pem&keyfile=/k.pem&server_name_indication=broker.example",
+        )
+        .unwrap();
+        assert_eq!(secure.port, 5671);
+        let tls = secure.tls.unwrap();
+        assert_eq!(
+            tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        assert_eq!(
+            tls.cert_file.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(
+            tls.key_file.as_deref(),
+            Some(std::path::Path::new("/k.pem"))
+        );
+        assert_eq!(tls.server_name.as_deref(), Some("broker.example"));
+        assert!(tls.verify_peer);
+        assert!(
+            !parse_one("amqps://h/?verify=verify_none")
+                .unwrap()
+                .tls
+                .unwrap()
+                .verify_peer
+        );
+        for refused in [
+            "amqp://h/?cacertfile=/ca.pem",
+            "amqps://h/?verify=sometimes",
+        ] {
+            assert!(parse_one(refused).unwrap_err().is_config(), "{refused}");
+        }
     }
 }

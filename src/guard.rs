@@ -6,8 +6,11 @@
 //! being buffered whole.
 
 use crate::frames::{self, RawIds, HEADER_FRAME};
+use crate::tls::TlsTransport;
 use mio::{Evented, Poll, PollOpt, Ready, Token};
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 
 /// Type, channel and payload size precede every frame's payload.
 const FRAME_HEADER: usize = 7;
@@ -22,17 +25,60 @@ const PROTOCOL_HEADER: usize = 8;
 /// far smaller.
 const MAX_INSPECTED_HEADER: usize = 64 * 1024 * 1024;
 
+/// What the guard reads from and writes to: the socket, or TLS on it.
+pub(crate) enum Transport {
+    Plain(mio::net::TcpStream),
+    Tls(Box<TlsTransport>),
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.read(buf),
+            Transport::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(socket) => socket.write(buf),
+            Transport::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(socket) => socket.flush(),
+            Transport::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+impl Transport {
+    fn evented(&self) -> &dyn Evented {
+        match self {
+            Transport::Plain(socket) => socket,
+            Transport::Tls(tls) => tls.as_ref(),
+        }
+    }
+}
+
 /// A socket whose content header frames are made safe before amiquip parses them.
 pub(crate) struct GuardedStream {
-    socket: mio::net::TcpStream,
+    socket: Transport,
     inbound: Inbound,
     outbound: Outbound,
     raw_ids: RawIds,
+    /// The first byte the broker sent, to tell a TLS answer to a plain connection apart.
+    first_byte: Arc<AtomicU8>,
 }
 
 impl GuardedStream {
-    pub fn new(socket: mio::net::TcpStream) -> GuardedStream {
+    pub fn new(socket: Transport, first_byte: Arc<AtomicU8>) -> GuardedStream {
         GuardedStream {
+            first_byte,
             socket,
             inbound: Inbound::default(),
             outbound: Outbound {
@@ -55,7 +101,16 @@ impl Read for GuardedStream {
             // is something to hand on.
             match self.socket.read(&mut chunk)? {
                 0 => self.inbound.end(),
-                read => self.inbound.push(&chunk[..read], &mut self.raw_ids),
+                read => {
+                    let first = chunk[0];
+                    let _ = self.first_byte.compare_exchange(
+                        0,
+                        first,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    self.inbound.push(&chunk[..read], &mut self.raw_ids)
+                }
             }
         }
     }
@@ -81,7 +136,7 @@ impl Evented for GuardedStream {
         interest: Ready,
         opts: PollOpt,
     ) -> io::Result<()> {
-        self.socket.register(poll, token, interest, opts)
+        self.socket.evented().register(poll, token, interest, opts)
     }
 
     fn reregister(
@@ -91,11 +146,13 @@ impl Evented for GuardedStream {
         interest: Ready,
         opts: PollOpt,
     ) -> io::Result<()> {
-        self.socket.reregister(poll, token, interest, opts)
+        self.socket
+            .evented()
+            .reregister(poll, token, interest, opts)
     }
 
     fn deregister(&self, poll: &Poll) -> io::Result<()> {
-        self.socket.deregister(poll)
+        self.socket.evented().deregister(poll)
     }
 }
 

@@ -55,6 +55,9 @@
 //! * Result pipelines ([`RpcClient::submit`], [`ResultConsumer`]): the same protocol with
 //!   `reply_to` naming a durable result queue; persistent, publisher-confirmed requests whose
 //!   results outlive the sender.
+//! * Endpoints: one broker URL or several (a cluster's nodes), `amqp://` or `amqps://` (TLS by
+//!   rustls, see [`TlsOptions`]), tried in the order given; after a lost node the next
+//!   connection tries the node after it first.
 //! * Every connection sets `TCP_NODELAY` and a 10 s heartbeat. The socket is ours: amiquip
 //!   reads only what a guard of ours lets through (content headers it could not parse safely
 //!   are rewritten first, see [`protocol::REJECTED_HEADER`]), and a watchdog shuts it down
@@ -73,7 +76,6 @@
 //!
 //! # Limitations
 //!
-//! * Plain `amqp://` only: this build has no TLS.
 //! * A driver call that outlives its deadline costs the whole connection: the watchdog cannot
 //!   cancel one call, only shut the socket down. Calls in flight on it fail with
 //!   [`Error::ConnectionLost`] and the next call reconnects.
@@ -108,13 +110,15 @@ mod server;
 #[cfg(feature = "fibonacci")]
 pub mod services;
 mod session;
+mod tls;
 mod watchdog;
 mod worker;
 
 pub use admin::{QueueAdmin, QueueStatus};
 pub use client::{PendingReply, RpcClient};
 pub use config::{
-    ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, DEFAULT_QUEUE, DEFAULT_URL,
+    ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, TlsOptions, DEFAULT_QUEUE,
+    DEFAULT_URL,
 };
 pub use error::{Error, HandlerError, Result, Stage};
 pub use handler::{Handler, HeaderValue, Request};

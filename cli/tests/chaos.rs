@@ -542,3 +542,56 @@ fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_th
     assert_eq!(value, fibonacci(3_000_000).to_string().into_bytes());
     eprintln!("second signal: exit 130 after {exited_after:?}; the request was answered by the next server");
 }
+
+/// An amqps:// URL of private node 1's TLS listener (scripts/nodes.sh), its CA given.
+fn private_tls_url() -> String {
+    support::nodes::private_nodes(1);
+    let ca =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/rabbit-nodes/tls/ca.pem");
+    format!(
+        "amqps://guest:guest@127.0.0.1:5691/%2f?cacertfile={}",
+        ca.display()
+    )
+}
+
+#[test]
+fn chaos_10_kill_9_one_of_two_tls_servers_mid_load_loses_nothing() {
+    let url = private_tls_url();
+    let queue = format!("test-chaos-tls-kill-{}", uuid::Uuid::new_v4());
+    let victim = ServerProcess::start_with_url(&url, &queue, &["--workers", "2"]);
+    let _survivor = ServerProcess::start_with_url(&url, &queue, &["--workers", "2"]);
+    let mut config = fib_rpc::ClientConfig::new(url.as_str());
+    config.call_timeout = Duration::from_secs(20);
+    let client = Arc::new(
+        FibonacciRpcClient::new(fib_rpc::RpcClient::with_config(config).unwrap())
+            .with_queue(&queue),
+    );
+    let load = Load::start(&client, 4);
+    load.wait_for(100);
+    victim.signal("KILL");
+    load.wait_for(200);
+    let outcome = load.finish();
+    assert!(
+        outcome.errors.is_empty(),
+        "calls failed: {:?}",
+        outcome.errors
+    );
+    eprintln!(
+        "kill -9 over TLS: {} calls, every one answered correctly",
+        outcome.correct
+    );
+}
+
+#[test]
+fn a_tls_failure_exits_69_with_one_line_that_says_why() {
+    let url = private_tls_url();
+    let unknown_ca = url.split('?').next().unwrap().to_owned();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_fib-client"))
+        .args(["--amqp-url", &unknown_ca, "5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("unknown CA"), "{stderr}");
+}

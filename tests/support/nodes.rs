@@ -96,6 +96,21 @@ impl PrivateNode {
         })
     }
 
+    /// Closes, from this node's side, every connection whose client properties contain
+    /// `needle`; returns how many.
+    pub fn close_connections(&self, needle: &str) -> usize {
+        let listing = self.rabbitmqctl_output(&["list_connections", "pid", "client_properties"]);
+        let pids: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains(needle))
+            .filter_map(|line| line.split_whitespace().next())
+            .collect();
+        for pid in &pids {
+            self.rabbitmqctl_output(&["close_connection", pid, "fault injected by a fib-rpc test"]);
+        }
+        pids.len()
+    }
+
     fn rabbitmqctl_output(&self, args: &[&str]) -> String {
         let output = Command::new("rabbitmqctl")
             .args(["-q", "-n", &self.name])

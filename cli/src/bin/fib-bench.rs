@@ -501,7 +501,9 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
 }
 
 /// A plain amiquip connection with `TCP_NODELAY`, as fib-rpc opens its own (amiquip leaves
-/// Nagle's algorithm on, which would cap the baseline at a few dozen round trips a second).
+/// Nagle's algorithm on, which would cap the baseline at a few dozen round trips a second);
+/// over amiquip's own TLS for an `amqps://` URL (its `cacertfile` trusted besides the system's
+/// CAs), so that the baseline crosses the same transport as fib-rpc.
 fn raw_connection(url: &str) -> anyhow::Result<Connection> {
     let parsed = url::Url::parse(url).context("parsing the AMQP URL")?;
     let decode = |text: &str| percent_decode_str(text).decode_utf8_lossy().into_owned();
@@ -512,10 +514,10 @@ fn raw_connection(url: &str) -> anyhow::Result<Connection> {
             text
         }
     };
-    let stream = std::net::TcpStream::connect((
-        parsed.host_str().unwrap_or("localhost"),
-        parsed.port().unwrap_or(5672),
-    ))?;
+    let tls = parsed.scheme() == "amqps";
+    let host = parsed.host_str().unwrap_or("localhost").to_owned();
+    let port = parsed.port().unwrap_or(if tls { 5671 } else { 5672 });
+    let stream = std::net::TcpStream::connect((host.as_str(), port))?;
     stream.set_nodelay(true)?;
     let vhost = match parsed.path().trim_start_matches('/') {
         "" => "/".to_owned(),
@@ -528,8 +530,23 @@ fn raw_connection(url: &str) -> anyhow::Result<Connection> {
         })
         .virtual_host(vhost)
         .information(Some("fib-bench raw".to_owned()));
-    Ok(Connection::insecure_open_stream(
-        mio::net::TcpStream::from_stream(stream)?,
+    let stream = mio::net::TcpStream::from_stream(stream)?;
+    if !tls {
+        return Ok(Connection::insecure_open_stream(
+            stream,
+            options,
+            ConnectionTuning::default(),
+        )?);
+    }
+    let mut connector = native_tls::TlsConnector::builder();
+    if let Some((_, ca_file)) = parsed.query_pairs().find(|(key, _)| key == "cacertfile") {
+        let pem = std::fs::read(ca_file.as_ref()).context("reading cacertfile")?;
+        connector.add_root_certificate(native_tls::Certificate::from_pem(&pem)?);
+    }
+    Ok(Connection::open_tls_stream(
+        connector.build()?,
+        &host,
+        stream,
         options,
         ConnectionTuning::default(),
     )?)
