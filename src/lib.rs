@@ -110,6 +110,7 @@ mod server;
 #[cfg(feature = "fibonacci")]
 pub mod services;
 mod session;
+mod stats;
 mod tls;
 mod watchdog;
 mod worker;
@@ -125,9 +126,10 @@ pub use handler::{Handler, HeaderValue, Request};
 #[cfg(feature = "fibonacci")]
 pub use num_bigint::BigUint;
 pub use results::{ResultConsumer, ResultMessage};
-pub use server::{RpcServer, ServerHandle, ServerStats, ShutdownTrigger};
+pub use server::{RpcServer, ServerHandle, ServerMonitor, ShutdownTrigger};
 #[cfg(feature = "fibonacci")]
 pub use services::FibonacciRpcClient;
+pub use stats::{Durations, ServerStats};
 
 /// The README's Rust example is compiled as a doc test, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -6,58 +6,15 @@ use crate::config::ServerConfig;
 use crate::deadline;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::stats::{Counters, ServerStats};
 use crate::watchdog::Alarm;
 use crate::worker::Worker;
 use crossbeam_channel::{Receiver, Sender};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Counts of what a server did with the requests it received, since it started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ServerStats {
-    /// Requests answered with a success reply.
-    pub answered: u64,
-    /// Requests answered with an error reply (bad input, handler error or panic).
-    pub error_replies: u64,
-    /// Requests skipped because the caller's deadline had passed.
-    pub expired: u64,
-    /// Requests dropped because they had no `reply_to`.
-    pub unanswerable: u64,
-}
-
-impl ServerStats {
-    /// Every request taken off the queue and acked.
-    pub fn total(&self) -> u64 {
-        self.answered + self.error_replies + self.expired + self.unanswerable
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub answered: AtomicU64,
-    pub error_replies: AtomicU64,
-    pub expired: AtomicU64,
-    pub unanswerable: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> ServerStats {
-        ServerStats {
-            answered: self.answered.load(Ordering::Relaxed),
-            error_replies: self.error_replies.load(Ordering::Relaxed),
-            expired: self.expired.load(Ordering::Relaxed),
-            unanswerable: self.unanswerable.load(Ordering::Relaxed),
-        }
-    }
-}
-
-pub(crate) fn count(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
 
 /// Serves one request queue with a handler on a pool of worker threads.
 ///
@@ -103,12 +60,19 @@ impl RpcServer {
             counters: Arc::clone(&counters),
             next_endpoint: Cell::new(0),
         };
+        let running = Arc::new(AtomicBool::new(true));
+        let still_running = Arc::clone(&running);
         let thread = std::thread::Builder::new()
             .name("fib-rpc-server".into())
-            .spawn(move || supervisor.run(ready_sender))
+            .spawn(move || {
+                let ended = supervisor.run(ready_sender);
+                still_running.store(false, Ordering::Relaxed);
+                ended
+            })
             .map_err(|e| Error::Config(format!("cannot start the server thread: {e}")))?;
         match ready.recv() {
             Ok(Ok(())) => Ok(ServerHandle {
+                running,
                 stopper: ShutdownTrigger(Arc::new(Mutex::new(Some(stop_sender)))),
                 thread: Some(thread),
                 counters,
@@ -133,6 +97,7 @@ pub struct ServerHandle {
     stopper: ShutdownTrigger,
     thread: Option<JoinHandle<Result<()>>>,
     counters: Arc<Counters>,
+    running: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -144,6 +109,15 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
+    /// A view of this server's figures and liveness for another thread (a metrics or health
+    /// endpoint, say), usable after the handle itself is waited on.
+    pub fn monitor(&self) -> ServerMonitor {
+        ServerMonitor {
+            counters: Arc::clone(&self.counters),
+            running: Arc::clone(&self.running),
+        }
+    }
+
     /// A trigger that can stop this server from another thread (a signal handler, say).
     pub fn shutdown_trigger(&self) -> ShutdownTrigger {
         self.stopper.clone()
@@ -179,6 +153,34 @@ impl Drop for ServerHandle {
             self.stopper.trigger();
             let _ = thread.join();
         }
+    }
+}
+
+/// What a running server did and is doing, readable from any thread; see
+/// [`ServerHandle::monitor`].
+#[derive(Clone)]
+pub struct ServerMonitor {
+    counters: Arc<Counters>,
+    running: Arc<AtomicBool>,
+}
+
+impl ServerMonitor {
+    /// The server's figures now.
+    pub fn stats(&self) -> ServerStats {
+        self.counters.snapshot()
+    }
+
+    /// True while the server's supervisor runs its loop (false once it stopped, or died).
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for ServerMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMonitor")
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
     }
 }
 
@@ -296,6 +298,8 @@ impl Supervisor {
             }
         }
         drop(setup);
+        let again = ready.is_none();
+        self.counters.connected(again);
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
         } else {
@@ -310,6 +314,8 @@ impl Supervisor {
             recv(exits) -> end => end.ok(),
             recv(self.stop) -> _ => None,
         };
+        // Whichever it is, not every worker consumes any more.
+        self.counters.consuming.store(false, Ordering::Relaxed);
         match first {
             Some(SessionEnd::Stopped) => ended = 1,
             Some(SessionEnd::Lost(_)) | None => {}
@@ -342,6 +348,8 @@ impl Supervisor {
                 Ok(SessionEnd::Stopped) => ended += 1,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let left = self.counters.in_hand.load(Ordering::Relaxed);
+                    self.counters.left_in_hand.store(left, Ordering::Relaxed);
                     log::warn!(
                         "{} requests still in hand after the drain timeout ({:?}); leaving \
                          them to another server",

@@ -4,13 +4,15 @@ use crate::deadline;
 use crate::error::{Error, HandlerError, Result};
 use crate::handler::{refusal, Handler, Request};
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
-use crate::server::{count, Counters, SessionEnd};
+use crate::server::SessionEnd;
+use crate::stats::{count, Counters};
 use crate::watchdog::{Alarm, Cutter};
 use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
 use crossbeam_channel::{Receiver, Sender};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// `reply_to` prefix of RabbitMQ's direct reply-to pseudo-queues.
 const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
@@ -91,8 +93,16 @@ impl Worker {
         SessionEnd::Stopped
     }
 
-    /// Answers one request and acks it; an error here means the channel is gone.
+    /// [`answer`](Self::answer), with the request counted in hand meanwhile.
     fn serve(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
+        self.counters.in_hand.fetch_add(1, Ordering::Relaxed);
+        let served = self.answer(channel, delivery);
+        self.counters.in_hand.fetch_sub(1, Ordering::Relaxed);
+        served
+    }
+
+    /// Answers one request and acks it; an error here means the channel is gone.
+    fn answer(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
         let counters = &self.counters;
         let properties = &delivery.properties;
         let Some(reply_to) = properties
@@ -118,8 +128,13 @@ impl Worker {
         let request = Request::new(&delivery.body, properties, delivery.redelivered);
         let outcome = match refusal(properties) {
             Some(refused) => Err(refused),
-            None => catch_unwind(AssertUnwindSafe(|| self.handler.handle(&request)))
-                .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic)))),
+            None => {
+                let started = Instant::now();
+                let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&request)))
+                    .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
+                counters.observe(started.elapsed());
+                outcome
+            }
         };
         let mut reply_properties = AmqpProperties::default();
         if let Some(id) = properties.correlation_id() {

@@ -4,6 +4,7 @@
 
 pub mod docs;
 pub mod exit;
+pub mod operations;
 
 /// One JSON object per line, from `(key, value)` pairs in order.
 pub fn json_line(fields: &[(&str, serde_json::Value)]) -> String {

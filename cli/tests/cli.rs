@@ -243,7 +243,7 @@ fn a_bad_configuration_exits_78() {
         (env!("CARGO_BIN_EXE_fib-server"), &["--prefetch", "0"]),
         (
             env!("CARGO_BIN_EXE_fib-results"),
-            &["--amqp-url", "amqps://broker", "q"],
+            &["--amqp-url", "ftp://broker", "q"],
         ),
     ] {
         let output = Command::new(binary)

@@ -5,16 +5,19 @@ use clap::{CommandFactory, Parser};
 use fib_rpc::services::{addition_handler, fibonacci_handler, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N};
 use fib_rpc::{QueueType, RpcServer, ServerConfig, ServerHandle};
 use fib_rpc_cli::docs::DocsArgs;
-use fib_rpc_cli::exit;
+use fib_rpc_cli::{exit, operations};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Serve fib(n) (and other bundled services) over RabbitMQ, tutorial-6 protocol, until Ctrl-C
 /// or SIGTERM. Every setting can also come from the environment (FIB_RPC_*, AMQP_URL).
 ///
-/// Exit codes: 0 stopped cleanly, 69 broker unavailable (or wrong credentials), 78 bad
-/// configuration (zero workers, an unknown service, a bad URL), 130 a second signal.
+/// Exit codes: 0 stopped cleanly, 69 broker unavailable (or wrong credentials), 75 the drain
+/// timed out (requests went back to the queue), 78 bad configuration (zero workers, an unknown
+/// service, a bad URL), 130 a second signal.
 #[derive(Parser, Debug)]
 #[command(name = "fib-server", version)]
 struct Args {
@@ -53,6 +56,10 @@ struct Args {
     /// during a network cut); the connection is dropped then.
     #[arg(long, env = "FIB_RPC_CLOSE_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = fib_rpc_cli::seconds)]
     close_timeout: f64,
+    /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
+    /// HTTP on this address, e.g. 127.0.0.1:9464. Off by default.
+    #[arg(long, env = "FIB_RPC_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
     /// tried in the order given.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
@@ -76,7 +83,7 @@ fn main() -> ExitCode {
         }
     }
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("fib-server: {error:#}");
             // What is not the library's error is the operating system's (signal handlers).
@@ -142,11 +149,23 @@ fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
     Ok(server)
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// Runs until stopped; the exit code: 0, or [`exit::TIMEOUT`] if a drain ran out of time and
+/// left requests to another server.
+fn run(args: Args) -> anyhow::Result<u8> {
     let services = services(&args)?;
     let mut servers = Vec::new();
     for (name, queue) in &services {
         servers.push((name, start(&args, name, queue)?));
+    }
+    let draining = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.metrics_addr {
+        let watched = services
+            .iter()
+            .zip(&servers)
+            .map(|((_, queue), (_, server))| (queue.clone(), server.monitor()))
+            .collect();
+        operations::serve(addr, watched, Arc::clone(&draining))
+            .with_context(|| format!("serving metrics on {addr}"))?;
     }
     log::info!("all services consuming (max n {})", args.max_n);
 
@@ -159,6 +178,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::thread::spawn(move || {
         let mut received = signals.forever();
         if received.next().is_some() {
+            // Not ready first, so that an orchestrator stops routing here, then the drain.
+            draining.store(true, Ordering::Relaxed);
             log::info!("stopping: finishing requests in hand (signal again to exit at once)");
             triggers.iter().for_each(|trigger| trigger.trigger());
         }
@@ -167,6 +188,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
+    let mut code = exit::OK;
     for (name, server) in servers {
         let stats = server.wait()?;
         log::info!(
@@ -176,6 +198,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             stats.expired,
             stats.unanswerable
         );
+        if stats.left_in_hand > 0 {
+            log::warn!(
+                "{name}: the drain timed out; {} requests went back to the queue",
+                stats.left_in_hand
+            );
+            code = exit::TIMEOUT;
+        }
     }
-    Ok(())
+    Ok(code)
 }

@@ -1,0 +1,272 @@
+//! Operating fib-server: real HTTP requests against its metrics and health endpoints while it
+//! serves, loses its broker, drains, and takes bad HTTP.
+
+mod processes;
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+use processes::ServerProcess;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use support::proxy::Proxy;
+use support::{RawPeer, TestQueue};
+
+/// Starts fib-server with metrics on a port of its choosing; returns it with that address.
+fn server_with_metrics(url: &str, queue: &str, extra: &[&str]) -> (ServerProcess, String) {
+    let mut args = vec!["--queue", queue, "--metrics-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start_configured(&args, &[("AMQP_URL", url)]);
+    let line = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|line| line.contains("metrics and health on http://"))
+        .cloned()
+        .expect("fib-server says where its metrics are");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    (server, address)
+}
+
+/// A GET over a fresh connection: (status, body).
+fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
+}
+
+/// The value of the sample that starts with `series` (name and labels, as written).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
+#[test]
+fn counters_move_by_exactly_the_calls_made_by_outcome() {
+    let queue = TestQueue::new("ops-counts");
+    let (_server, address) = server_with_metrics(
+        &support::amqp_url(),
+        &queue.name,
+        &["--max-n", "50", "--workers", "2"],
+    );
+    let client = support::client();
+    for n in [5, 6, 7] {
+        client
+            .call(
+                &queue.name,
+                n.to_string().as_bytes(),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+    }
+    for n in [51, 52] {
+        assert!(client
+            .call(
+                &queue.name,
+                n.to_string().as_bytes(),
+                Duration::from_secs(5)
+            )
+            .unwrap_err()
+            .is_remote());
+    }
+    let peer = RawPeer::new();
+    let mut headers = FieldTable::new();
+    headers.insert(
+        fib_rpc::protocol::DEADLINE_HEADER.into(),
+        AmqpValue::LongLongInt(1),
+    );
+    peer.publish(
+        &queue.name,
+        b"8",
+        peer.request_properties("late").with_headers(headers),
+    );
+    peer.publish(&queue.name, b"9", AmqpProperties::default());
+    let series = |outcome: &str| {
+        format!(
+            "fib_rpc_requests_total{{queue=\"{}\",outcome=\"{outcome}\"}}",
+            queue.name
+        )
+    };
+    support::wait_until("every request is counted", Duration::from_secs(10), || {
+        let (_, metrics) = get(&address, "/metrics");
+        sample(&metrics, &series("expired")) + sample(&metrics, &series("unanswerable")) == 2.0
+    });
+    let (status, metrics) = get(&address, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(sample(&metrics, &series("answered")), 3.0);
+    assert_eq!(sample(&metrics, &series("error_reply")), 2.0);
+    assert_eq!(sample(&metrics, &series("expired")), 1.0);
+    assert_eq!(sample(&metrics, &series("unanswerable")), 1.0);
+    let histogram = format!(
+        "fib_rpc_handler_duration_seconds_count{{queue=\"{}\"}}",
+        queue.name
+    );
+    assert_eq!(
+        sample(&metrics, &histogram),
+        5.0,
+        "the handler saw five requests"
+    );
+    let in_bucket = format!(
+        "fib_rpc_handler_duration_seconds_bucket{{le=\"+Inf\",queue=\"{}\"}}",
+        queue.name
+    );
+    assert_eq!(sample(&metrics, &in_bucket), 5.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("fib_rpc_consuming{{queue=\"{}\"}}", queue.name)
+        ),
+        1.0
+    );
+    assert!(
+        metrics.contains("fib_rpc_build_info{version=\""),
+        "{metrics}"
+    );
+    assert_eq!(get(&address, "/healthz").0, 200);
+    assert_eq!(get(&address, "/readyz").0, 200);
+    eprintln!("/metrics sample:\n{metrics}");
+}
+
+#[test]
+fn readiness_follows_the_broker_connection() {
+    let queue = TestQueue::new("ops-ready");
+    // Closed from the broker's side: the server reconnects and counts it.
+    let (_server, address) = server_with_metrics(&support::amqp_url(), &queue.name, &[]);
+    assert_eq!(
+        support::close_broker_connections(&format!("fib-rpc server on {}", queue.name)),
+        1
+    );
+    let reconnects = format!("fib_rpc_reconnects_total{{queue=\"{}\"}}", queue.name);
+    support::wait_until("reconnected", Duration::from_secs(20), || {
+        sample(&get(&address, "/metrics").1, &reconnects) == 1.0
+    });
+    assert_eq!(get(&address, "/readyz").0, 200);
+
+    // Cut off: not ready for as long as the broker cannot be reached, ready again after.
+    let cut = TestQueue::new("ops-cut");
+    let proxy = Proxy::start(&support::broker_address());
+    let url = proxy.url(&support::amqp_url()) + "?heartbeat=1";
+    let (_cut_server, cut_address) = server_with_metrics(&url, &cut.name, &[]);
+    assert_eq!(get(&cut_address, "/readyz").0, 200);
+    proxy.freeze();
+    support::wait_until("not ready", Duration::from_secs(20), || {
+        get(&cut_address, "/readyz").0 == 503
+    });
+    assert_eq!(get(&cut_address, "/healthz").0, 200, "alive all the same");
+    proxy.resume();
+    support::wait_until("ready again", Duration::from_secs(30), || {
+        get(&cut_address, "/readyz").0 == 200
+    });
+}
+
+#[test]
+fn a_drain_is_not_ready_and_its_timeout_sets_the_exit_code() {
+    let queue = TestQueue::new("ops-drain");
+    let (mut server, address) = server_with_metrics(
+        &support::amqp_url(),
+        &queue.name,
+        &[
+            "--workers",
+            "1",
+            "--max-n",
+            "100000000",
+            "--drain-timeout",
+            "1",
+        ],
+    );
+    let client = support::client();
+    // fib(3000000) takes seconds: certainly still in hand when the stop comes.
+    let slow = client
+        .send(&queue.name, b"3000000", Duration::from_secs(60))
+        .unwrap();
+    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
+    support::wait_until("the request is in hand", Duration::from_secs(10), || {
+        sample(&get(&address, "/metrics").1, &in_hand) == 1.0
+    });
+    server.signal("TERM");
+    support::wait_until("not ready while draining", Duration::from_secs(10), || {
+        get(&address, "/readyz").0 == 503
+    });
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(75),
+        "the drain timed out"
+    );
+    support::wait_until(
+        "the request is back in the queue",
+        Duration::from_secs(10),
+        || queue.counts() == (1, 0),
+    );
+    drop(slow);
+}
+
+#[test]
+fn bad_http_does_not_disturb_serving() {
+    let queue = TestQueue::new("ops-bad-http");
+    let (_server, address) = server_with_metrics(&support::amqp_url(), &queue.name, &[]);
+    // Half-sent requests held open (slowloris), bounded in count.
+    let held: Vec<TcpStream> = (0..30)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+                .unwrap();
+            stream
+        })
+        .collect();
+    for method in ["POST", "DELETE", "PUT"] {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{method} /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        assert!(
+            response.starts_with("HTTP/1.0 405") || response.starts_with("HTTP/1.1 405"),
+            "{method}: {response}"
+        );
+    }
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let huge = "x".repeat(256 * 1024);
+        let _ = write!(stream, "GET /metrics HTTP/1.0\r\nX-Huge: {huge}\r\n\r\n");
+        let _ = stream.read_to_end(&mut Vec::new());
+    }
+    let _ = TcpStream::connect(&address).and_then(|mut s| s.write_all(b"\x00\x01garbage\r\n\r\n"));
+    let client = support::fib_client(&queue.name, Duration::from_secs(5));
+    for n in 0..50u64 {
+        assert_eq!(client.call(n).unwrap(), fib_rpc::services::fibonacci(n));
+    }
+    assert_eq!(get(&address, "/readyz").0, 200);
+    drop(held);
+}
