@@ -57,10 +57,11 @@ impl Write for Transport {
 }
 
 impl Transport {
-    fn evented(&self) -> &dyn Evented {
+    /// The socket amiquip's poll watches, whatever runs on it.
+    fn evented(&self) -> &mio::net::TcpStream {
         match self {
             Transport::Plain(socket) => socket,
-            Transport::Tls(tls) => tls.as_ref(),
+            Transport::Tls(tls) => tls.socket(),
         }
     }
 }

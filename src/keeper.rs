@@ -20,6 +20,20 @@ pub(crate) struct OwnedPublish {
     pub mandatory: bool,
 }
 
+impl OwnedPublish {
+    /// The message as amiquip publishes it, borrowing the body.
+    pub fn as_publish(&self) -> Publish<'_> {
+        Publish {
+            mandatory: self.mandatory,
+            ..Publish::with_properties(
+                &self.body,
+                self.routing_key.as_str(),
+                self.properties.clone(),
+            )
+        }
+    }
+}
+
 enum Command {
     Publish(OwnedPublish),
     Ack(Delivery, Sender<Result<()>>),
@@ -63,15 +77,7 @@ impl Keeper {
                 loop {
                     match orders.recv_timeout(interval) {
                         Ok(Command::Publish(publish)) => {
-                            let message = Publish {
-                                mandatory: publish.mandatory,
-                                ..Publish::with_properties(
-                                    &publish.body,
-                                    publish.routing_key.as_str(),
-                                    publish.properties,
-                                )
-                            };
-                            if let Err(error) = channel.basic_publish("", message) {
+                            if let Err(error) = channel.basic_publish("", publish.as_publish()) {
                                 on_publish_error(error.to_string());
                             }
                         }

@@ -141,19 +141,9 @@ impl Session {
     /// Publishes a request on the channel that must carry it.
     pub fn publish(&self, publish: OwnedPublish) -> Result<()> {
         match &self.publisher {
-            Some(channel) => {
-                let message = Publish {
-                    mandatory: publish.mandatory,
-                    ..Publish::with_properties(
-                        &publish.body,
-                        publish.routing_key.as_str(),
-                        publish.properties,
-                    )
-                };
-                lock(channel)
-                    .basic_publish("", message)
-                    .map_err(|error| self.connection_error(error))
-            }
+            Some(channel) => lock(channel)
+                .basic_publish("", publish.as_publish())
+                .map_err(|error| self.connection_error(error)),
             None => self.keeper.publish(publish),
         }
     }

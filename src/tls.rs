@@ -3,7 +3,6 @@
 //! the heartbeat and the watchdog exactly as a plain connection does.
 
 use crate::config::TlsOptions;
-use mio::{Evented, Poll, PollOpt, Ready, Token};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -288,28 +287,9 @@ impl Write for TlsTransport {
     }
 }
 
-impl Evented for TlsTransport {
-    fn register(
-        &self,
-        poll: &Poll,
-        token: Token,
-        interest: Ready,
-        opts: PollOpt,
-    ) -> io::Result<()> {
-        self.socket.register(poll, token, interest, opts)
-    }
-
-    fn reregister(
-        &self,
-        poll: &Poll,
-        token: Token,
-        interest: Ready,
-        opts: PollOpt,
-    ) -> io::Result<()> {
-        self.socket.reregister(poll, token, interest, opts)
-    }
-
-    fn deregister(&self, poll: &Poll) -> io::Result<()> {
-        self.socket.deregister(poll)
+impl TlsTransport {
+    /// The socket underneath, which is what becomes readable or writable.
+    pub fn socket(&self) -> &mio::net::TcpStream {
+        &self.socket
     }
 }

@@ -16,6 +16,20 @@ pub struct DocsArgs {
 }
 
 impl DocsArgs {
+    /// Writes what was asked for; `Some(exit code)` if the tool should exit now (after
+    /// `--completions` or `--man`), `None` to go on.
+    pub fn handle(&self, command: Command) -> Option<std::process::ExitCode> {
+        let name = command.get_name().to_owned();
+        match self.emit(command) {
+            Ok(true) => Some(std::process::ExitCode::SUCCESS),
+            Ok(false) => None,
+            Err(error) => {
+                eprintln!("{name}: {error}");
+                Some(std::process::ExitCode::from(crate::exit::IO))
+            }
+        }
+    }
+
     /// Writes what was asked for to stdout; true if the tool should exit now.
     pub fn emit(&self, mut command: Command) -> std::io::Result<bool> {
         let name = command.get_name().to_owned();

@@ -95,13 +95,8 @@ fn usage_error(message: String) -> ! {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(QUIET_LOGS)).init();
     let args = Args::parse();
-    match args.docs.emit(Args::command()) {
-        Ok(true) => return ExitCode::SUCCESS,
-        Ok(false) => {}
-        Err(error) => {
-            eprintln!("fib-client: {error}");
-            return ExitCode::from(exit::IO);
-        }
+    if let Some(code) = args.docs.handle(Args::command()) {
+        return code;
     }
     let connection = match args.amqp_url.join(",").parse::<ConnectionConfig>() {
         Ok(connection) => connection,

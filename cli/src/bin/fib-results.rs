@@ -47,13 +47,8 @@ const QUIET_LOGS: &str = "warn,amiquip=error";
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(QUIET_LOGS)).init();
     let args = Args::parse();
-    match args.docs.emit(Args::command()) {
-        Ok(true) => return ExitCode::SUCCESS,
-        Ok(false) => {}
-        Err(error) => {
-            eprintln!("fib-results: {error}");
-            return ExitCode::from(exit::IO);
-        }
+    if let Some(code) = args.docs.handle(Args::command()) {
+        return code;
     }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

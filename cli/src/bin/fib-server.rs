@@ -74,13 +74,8 @@ const ADD_QUEUE: &str = "add_queue";
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
-    match args.docs.emit(Args::command()) {
-        Ok(true) => return ExitCode::SUCCESS,
-        Ok(false) => {}
-        Err(error) => {
-            eprintln!("fib-server: {error}");
-            return ExitCode::from(exit::IO);
-        }
+    if let Some(code) = args.docs.handle(Args::command()) {
+        return code;
     }
     match run(args) {
         Ok(code) => ExitCode::from(code),
