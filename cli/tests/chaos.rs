@@ -111,26 +111,38 @@ fn final_counts(server: &ServerProcess) -> (u64, u64, u64) {
     (numbers[0], numbers[1], numbers[2])
 }
 
-#[test]
-fn chaos_1_kill_9_one_of_two_servers_mid_load_loses_nothing() {
-    let queue = TestQueue::new("chaos-kill");
-    let victim = ServerProcess::start(&queue.name, &["--workers", "2"]);
-    let _survivor = ServerProcess::start(&queue.name, &["--workers", "2"]);
-    let client = Arc::new(support::fib_client(&queue.name, Duration::from_secs(20)));
-    let load = Load::start(&client, 8);
-    load.wait_for(200);
+/// Kills `victim` with SIGKILL once `calls` calls of a load from `threads` threads returned,
+/// and lets as many more return: every one must be answered correctly. Returns the calls
+/// answered, and how many had returned at the kill.
+fn kill_mid_load(
+    client: &Arc<FibonacciRpcClient>,
+    victim: &ServerProcess,
+    threads: u64,
+    calls: usize,
+) -> (usize, usize) {
+    let load = Load::start(client, threads);
+    load.wait_for(calls);
     victim.signal("KILL");
     let at_kill = load.done();
-    load.wait_for(400);
+    load.wait_for(2 * calls);
     let outcome = load.finish();
     assert!(
         outcome.errors.is_empty(),
         "calls failed: {:?}",
         outcome.errors
     );
+    (outcome.correct, at_kill)
+}
+
+#[test]
+fn chaos_1_kill_9_one_of_two_servers_mid_load_loses_nothing() {
+    let queue = TestQueue::new("chaos-kill");
+    let victim = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let _survivor = ServerProcess::start(&queue.name, &["--workers", "2"]);
+    let client = Arc::new(support::fib_client(&queue.name, Duration::from_secs(20)));
+    let (correct, at_kill) = kill_mid_load(&client, &victim, 8, 200);
     eprintln!(
-        "kill -9: {} calls, every one answered correctly; the kill came after {at_kill}",
-        outcome.correct
+        "kill -9: {correct} calls, every one answered correctly; the kill came after {at_kill}"
     );
     assert_eq!(client.rpc().pending_calls(), 0);
     assert_eq!(
@@ -566,20 +578,8 @@ fn chaos_10_kill_9_one_of_two_tls_servers_mid_load_loses_nothing() {
         FibonacciRpcClient::new(fib_rpc::RpcClient::with_config(config).unwrap())
             .with_queue(&queue),
     );
-    let load = Load::start(&client, 4);
-    load.wait_for(100);
-    victim.signal("KILL");
-    load.wait_for(200);
-    let outcome = load.finish();
-    assert!(
-        outcome.errors.is_empty(),
-        "calls failed: {:?}",
-        outcome.errors
-    );
-    eprintln!(
-        "kill -9 over TLS: {} calls, every one answered correctly",
-        outcome.correct
-    );
+    let (correct, _) = kill_mid_load(&client, &victim, 4, 100);
+    eprintln!("kill -9 over TLS: {correct} calls, every one answered correctly");
 }
 
 #[test]
