@@ -88,6 +88,10 @@
 //!   a request may be skipped early or computed late (the broker's `expiration` is unaffected).
 //! * With [`ReplyMode::DirectReplyTo`] requests must go out on the consuming channel, which the
 //!   consumer thread owns: each request takes one hop to that thread.
+//! * A request whose headers nest more than 64 tables or arrays deep is refused with an error
+//!   reply (the driver's parser would overflow its thread's stack on thousands of levels).
+//! * With TLS 1.3 a broker checks a client certificate after the handshake and hangs up; the
+//!   error then says that a client certificate may be missing or refused, as it cannot tell.
 //! * The library logs through `log` and installs no logger.
 
 mod admin;
