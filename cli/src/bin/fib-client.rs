@@ -253,21 +253,24 @@ impl Printer {
                 }
                 Ok(String::from_utf8_lossy(&reply).into_owned())
             });
-            let line = match (&outcome, self.json) {
-                (Ok(value), true) => json_line(&[("input", json!(input)), ("value", json!(value))]),
-                (Ok(value), false) => value.clone(),
-                (Err(error), true) => {
+            let printed = match (&outcome, self.json) {
+                (Ok(value), false) => writeln!(stdout, "{value}"),
+                (Ok(value), true) => writeln!(
+                    stdout,
+                    "{}",
+                    json_line(&[("input", json!(input)), ("value", json!(value))])
+                ),
+                (Err(error), true) => writeln!(
+                    stdout,
+                    "{}",
                     json_line(&[("input", json!(input)), ("error", json!(error.to_string()))])
-                }
+                ),
                 (Err(error), false) => {
                     eprintln!("fib-client: {input}: {error}");
-                    String::new()
+                    Ok(())
                 }
-            };
-            let printed = match (&outcome, self.json) {
-                (Err(_), false) => Ok(()),
-                _ => writeln!(stdout, "{line}").and_then(|()| stdout.flush()),
-            };
+            }
+            .and_then(|()| stdout.flush());
             if printed.is_err() {
                 // A closed stdout (`| head -1`) is the reader's choice, not a failure of ours.
                 return code;
