@@ -9,7 +9,7 @@ use crate::protocol::{self, CONTENT_TYPE};
 use crate::session::{lock, request_properties, Session};
 use amiquip::Publish;
 use crossbeam_channel::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
@@ -28,7 +28,15 @@ const PERSISTENT: u8 = 2;
 /// call reconnects with a new callback queue.
 pub struct RpcClient {
     config: ClientConfig,
-    session: Mutex<Option<Arc<Session>>>,
+    session: Mutex<Slot>,
+    /// Signalled when a reconnection ends, for callers that waited on it.
+    reconnected: Condvar,
+}
+
+/// The live session, and whether some caller is making a new one.
+struct Slot {
+    session: Option<Arc<Session>>,
+    connecting: bool,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -58,7 +66,11 @@ impl RpcClient {
         )?;
         Ok(RpcClient {
             config,
-            session: Mutex::new(Some(session)),
+            session: Mutex::new(Slot {
+                session: Some(session),
+                connecting: false,
+            }),
+            reconnected: Condvar::new(),
         })
     }
 
@@ -199,6 +211,7 @@ impl RpcClient {
     /// Calls sent whose reply has not arrived, timed out or been dropped yet.
     pub fn pending_calls(&self) -> usize {
         lock(&self.session)
+            .session
             .as_ref()
             .map_or(0, |session| session.pending.len())
     }
@@ -213,27 +226,56 @@ impl RpcClient {
     }
 
     fn take_session(&self) -> Option<Arc<Session>> {
-        lock(&self.session).take()
+        lock(&self.session).session.take()
     }
 
     /// The live session, reconnecting first (before `deadline`) if the last one died: to the
     /// endpoint after the lost one first, if there are several.
+    ///
+    /// One caller reconnects; the others wait for it, each no longer than its own deadline,
+    /// and none holds a lock while the network is slow.
     fn session(&self, deadline: Instant) -> Result<Arc<Session>> {
-        let mut current = lock(&self.session);
-        let mut first = 0;
-        if let Some(session) = current.as_ref() {
-            match session.lost_reason() {
-                None => return Ok(Arc::clone(session)),
-                Some(reason) => log::info!("reconnecting after connection loss ({reason})"),
+        let mut slot = lock(&self.session);
+        loop {
+            if let Some(session) = slot.session.as_ref() {
+                if session.lost_reason().is_none() {
+                    return Ok(Arc::clone(session));
+                }
             }
-            first = session.endpoint + 1;
+            if !slot.connecting {
+                break;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::ConnectionLost(
+                    "another call is still reconnecting".to_owned(),
+                ));
+            }
+            slot = self
+                .reconnected
+                .wait_timeout(slot, remaining)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
-        if let Some(dead) = current.take() {
+        let dead = slot.session.take();
+        slot.connecting = true;
+        drop(slot);
+        let mut first = 0;
+        if let Some(dead) = dead {
+            let reason = dead.lost_reason().unwrap_or_default();
+            log::info!("reconnecting after connection loss ({reason})");
+            first = dead.endpoint + 1;
             let _ = dead.close();
         }
-        let session = Session::open(&self.config, deadline, first)?;
-        *current = Some(Arc::clone(&session));
-        Ok(session)
+        let opened = Session::open(&self.config, deadline, first);
+        let mut slot = lock(&self.session);
+        slot.connecting = false;
+        if let Ok(session) = &opened {
+            slot.session = Some(Arc::clone(session));
+        }
+        drop(slot);
+        self.reconnected.notify_all();
+        opened
     }
 }
 

@@ -21,9 +21,9 @@ const FRAME_END: usize = 1;
 /// The protocol header a client writes before its first frame.
 const PROTOCOL_HEADER: usize = 8;
 
-/// Content headers larger than this are passed through unread; RabbitMQ's own frame limit is
-/// far smaller.
-const MAX_INSPECTED_HEADER: usize = 64 * 1024 * 1024;
+/// Largest content header frame taken: RabbitMQ's own frame limit is far smaller, so a larger
+/// one comes from a hostile peer, and the connection is dropped rather than the frame read.
+const MAX_HEADER_FRAME: usize = 16 * 1024 * 1024;
 
 /// What the guard reads from and writes to: the socket, or TLS on it.
 pub(crate) enum Transport {
@@ -110,7 +110,7 @@ impl Read for GuardedStream {
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
-                    self.inbound.push(&chunk[..read], &mut self.raw_ids)
+                    self.inbound.push(&chunk[..read], &mut self.raw_ids)?
                 }
             }
         }
@@ -167,27 +167,34 @@ struct Inbound {
     /// Bytes of the current frame still to pass through unread.
     passing: usize,
     /// A content header frame being collected whole (header, payload and end octet).
-    collecting: Option<Vec<u8>>,
+    collecting: Option<Collecting>,
     /// Bytes ready for amiquip.
     output: Vec<u8>,
     ended: bool,
 }
 
+/// A content header frame being read whole, and its whole length.
+struct Collecting {
+    frame: Vec<u8>,
+    total: usize,
+}
+
 impl Inbound {
-    fn push(&mut self, mut input: &[u8], raw_ids: &mut RawIds) {
+    /// Takes bytes from the socket; an error for a frame no broker sends (the connection ends).
+    fn push(&mut self, mut input: &[u8], raw_ids: &mut RawIds) -> io::Result<()> {
         while !input.is_empty() {
             if self.passing > 0 {
                 let taken = self.passing.min(input.len());
                 self.output.extend_from_slice(&input[..taken]);
                 self.passing -= taken;
                 input = &input[taken..];
-            } else if let Some(frame) = self.collecting.as_mut() {
-                let wanted = frame.capacity() - frame.len();
+            } else if let Some(collecting) = self.collecting.as_mut() {
+                let wanted = collecting.total - collecting.frame.len();
                 let taken = wanted.min(input.len());
-                frame.extend_from_slice(&input[..taken]);
+                collecting.frame.extend_from_slice(&input[..taken]);
                 input = &input[taken..];
-                if frame.len() == frame.capacity() {
-                    let frame = self.collecting.take().expect("collecting");
+                if collecting.frame.len() == collecting.total {
+                    let frame = self.collecting.take().expect("collecting").frame;
                     self.output
                         .extend_from_slice(&rewrite_inbound(frame, raw_ids));
                 }
@@ -196,26 +203,35 @@ impl Inbound {
                 self.header.extend_from_slice(&input[..taken]);
                 input = &input[taken..];
                 if self.header.len() == FRAME_HEADER {
-                    let total = frame_length(&self.header);
-                    if self.header[0] == HEADER_FRAME && total <= MAX_INSPECTED_HEADER {
-                        let mut frame = Vec::with_capacity(total);
+                    let size = payload_size(&self.header);
+                    if self.header[0] == HEADER_FRAME {
+                        if size > MAX_HEADER_FRAME {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("a {size}-byte message header: no broker sends one"),
+                            ));
+                        }
+                        let total = FRAME_HEADER + size + FRAME_END;
+                        // Grown as the bytes come, not reserved on the peer's word.
+                        let mut frame = Vec::with_capacity(total.min(64 * 1024));
                         frame.extend_from_slice(&self.header);
-                        self.collecting = Some(frame);
+                        self.collecting = Some(Collecting { frame, total });
                     } else {
                         self.output.extend_from_slice(&self.header);
-                        self.passing = total - FRAME_HEADER;
+                        self.passing = size.saturating_add(FRAME_END);
                     }
                     self.header.clear();
                 }
             }
         }
+        Ok(())
     }
 
     /// The socket closed: hand on whatever partial frame there was, as it came.
     fn end(&mut self) {
         self.output.append(&mut self.header);
-        if let Some(mut frame) = self.collecting.take() {
-            self.output.append(&mut frame);
+        if let Some(mut collecting) = self.collecting.take() {
+            self.output.append(&mut collecting.frame);
         }
         self.ended = true;
     }
@@ -228,10 +244,17 @@ impl Inbound {
     }
 }
 
-/// Whole length of the frame whose 7-byte header this is.
-fn frame_length(header: &[u8]) -> usize {
+/// Payload size of the frame whose 7-byte header this is.
+fn payload_size(header: &[u8]) -> usize {
     let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
-    FRAME_HEADER + size as usize + FRAME_END
+    usize::try_from(size).unwrap_or(usize::MAX)
+}
+
+/// Whole length of the frame whose 7-byte header this is (amiquip's own frames).
+fn frame_length(header: &[u8]) -> usize {
+    FRAME_HEADER
+        .saturating_add(payload_size(header))
+        .saturating_add(FRAME_END)
 }
 
 fn rewrite_inbound(frame: Vec<u8>, raw_ids: &mut RawIds) -> Vec<u8> {
@@ -399,7 +422,7 @@ mod tests {
             let mut inbound = Inbound::default();
             let mut raw_ids = RawIds::new();
             for piece in stream.chunks(chunk) {
-                inbound.push(piece, &mut raw_ids);
+                inbound.push(piece, &mut raw_ids).unwrap();
             }
             assert_eq!(inbound.output, stream, "chunks of {chunk}");
         }
@@ -410,7 +433,7 @@ mod tests {
         let mut raw_ids = RawIds::new();
         let mut inbound = Inbound::default();
         let original = correlated(b"\xff\xfe");
-        inbound.push(&original, &mut raw_ids);
+        inbound.push(&original, &mut raw_ids).unwrap();
         let token_frame = std::mem::take(&mut inbound.output);
         assert_ne!(token_frame, original);
 
@@ -458,7 +481,7 @@ mod tests {
         let mut raw_ids = RawIds::new();
         let mut inbound = Inbound::default();
         let original = correlated(b"\xff\xfe");
-        inbound.push(&original, &mut raw_ids);
+        inbound.push(&original, &mut raw_ids).unwrap();
         let token_frame = std::mem::take(&mut inbound.output);
 
         let mut outbound = Outbound::default();
@@ -483,5 +506,15 @@ mod tests {
             socket.taken, original,
             "amiquip wrote until the whole frame was out"
         );
+    }
+
+    #[test]
+    fn a_header_frame_no_broker_sends_ends_the_connection_unread() {
+        let mut inbound = Inbound::default();
+        let mut huge = vec![HEADER_FRAME, 0, 1];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        let error = inbound.push(&huge, &mut RawIds::new()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(inbound.output.is_empty());
     }
 }

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result};
 use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A message to publish on the keeper's channel, to the default exchange.
 pub(crate) struct OwnedPublish {
@@ -74,8 +74,16 @@ impl Keeper {
                     }
                 };
                 let _ = ready_sender.send(Ok(consumer.receiver().clone()));
+                let mut next_tick = Instant::now() + interval;
                 loop {
-                    match orders.recv_timeout(interval) {
+                    // Busy or not, the tick keeps its schedule.
+                    if Instant::now() >= next_tick {
+                        next_tick = Instant::now() + interval;
+                        if !tick() {
+                            break;
+                        }
+                    }
+                    match orders.recv_deadline(next_tick) {
                         Ok(Command::Publish(publish)) => {
                             if let Err(error) = channel.basic_publish("", publish.as_publish()) {
                                 on_publish_error(error.to_string());
@@ -88,11 +96,7 @@ impl Keeper {
                                     .map_err(|e| Error::ConnectionLost(format!("acking: {e}"))),
                             );
                         }
-                        Err(RecvTimeoutError::Timeout) => {
-                            if !tick() {
-                                break;
-                            }
-                        }
+                        Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }

@@ -14,7 +14,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Serves one request queue with a handler on a pool of worker threads.
 ///
@@ -221,6 +221,10 @@ impl Supervisor {
             match self.serve_one_connection(&mut ready) {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Ok(SessionEnd::Lost(reason)) => {
+                    if self.stop.try_recv().is_err_and(|e| e.is_disconnected()) {
+                        log::warn!("connection lost ({reason}) while stopping");
+                        return Ok(());
+                    }
                     // It was serving: reconnect at once (to the next node first, if there are
                     // several), and start the backoff over.
                     backoff = self.config.reconnect_initial;
@@ -332,7 +336,19 @@ impl Supervisor {
                 _ => reason,
             };
             drop(alarm);
-            for _ in exits.iter() {}
+            // The other workers end with the connection, but one busy in a handler ends only
+            // when the handler returns: wait no longer than a drain, and not past a stop.
+            let waited_out = deadline::from_now(self.config.drain_timeout);
+            loop {
+                crossbeam_channel::select! {
+                    recv(exits) -> end => if end.is_err() { break },
+                    recv(self.stop) -> _ => break,
+                    default(waited_out.saturating_duration_since(Instant::now())) => {
+                        log::warn!("a handler still runs on the lost connection; reconnecting without it");
+                        break;
+                    }
+                }
+            }
             return Ok(SessionEnd::Lost(reason));
         }
         // Stopping: the workers finish what they hold, within the drain timeout; whatever is

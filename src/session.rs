@@ -143,7 +143,12 @@ impl Session {
         match &self.publisher {
             Some(channel) => lock(channel)
                 .basic_publish("", publish.as_publish())
-                .map_err(|error| self.connection_error(error)),
+                .map_err(|error| {
+                    // The channel is gone (the broker closed it, say): so is this session, or
+                    // every later call would fail on it too.
+                    self.mark_lost(format!("the request channel closed: {error}"));
+                    self.connection_error(error)
+                }),
             None => self.keeper.publish(publish),
         }
     }
@@ -314,8 +319,15 @@ impl Session {
                 }
             }
         }
-        while let Ok(returned) = self.returns.try_recv() {
-            self.route_return(returned);
+        loop {
+            match self.returns.try_recv() {
+                Ok(returned) => self.route_return(returned),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.mark_lost("the request channel closed".to_owned());
+                    break;
+                }
+            }
         }
     }
 
@@ -503,6 +515,9 @@ impl Submitter {
 
     fn publish(&mut self, publish: Publish, deadline: Instant, timeout: Duration) -> Result<()> {
         let queue = publish.routing_key.clone();
+        // A return for an earlier request whose confirm wait gave up must not be taken for
+        // this one's.
+        while self.returns.try_recv().is_ok() {}
         self.channel
             .basic_publish("", publish)
             .map_err(|e| Error::ConnectionLost(e.to_string()))?;

@@ -165,3 +165,48 @@ fn fib_server_stops_within_its_close_timeout_during_a_cut() {
     );
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn a_reconnect_in_progress_does_not_hold_other_calls_past_their_timeouts() {
+    let queue = TestQueue::new("cut-reconnect-wait");
+    let _server = support::start_fib_server(&queue.name, 1);
+    let proxy = proxy();
+    let client = std::sync::Arc::new(client_through(&proxy, ""));
+    assert_eq!(
+        client
+            .call(&queue.name, b"6", Duration::from_secs(5))
+            .unwrap(),
+        b"8"
+    );
+    proxy.freeze();
+    // A call whose no-server check cannot be answered costs the connection.
+    let other = TestQueue::new("cut-reconnect-other");
+    let _other_server = support::start_fib_server(&other.name, 1);
+    assert!(client
+        .call(&other.name, b"1", Duration::from_secs(1))
+        .unwrap_err()
+        .is_timeout());
+    // One caller reconnects into the frozen network, for as long as its 5 s allow...
+    let reconnecting = {
+        let (client, queue) = (std::sync::Arc::clone(&client), queue.name.clone());
+        std::thread::spawn(move || client.call(&queue, b"2", Duration::from_secs(5)))
+    };
+    support::wait_until(
+        "the reconnect is under way",
+        Duration::from_secs(10),
+        || proxy.connections() >= 2,
+    );
+    // ...while another, with 300 ms, gives up on time instead of waiting behind it.
+    let error = within(
+        Duration::from_millis(300),
+        "a call behind a reconnect",
+        || {
+            client
+                .call(&queue.name, b"3", Duration::from_millis(300))
+                .unwrap_err()
+        },
+    );
+    assert!(error.is_timeout(), "{error}");
+    proxy.resume();
+    let _ = reconnecting.join().unwrap();
+}
