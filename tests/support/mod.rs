@@ -36,23 +36,14 @@ pub fn broker_address() -> String {
 /// The server-named callback queue of the client connection labelled `connection_name`, as the
 /// broker lists it.
 pub fn callback_queue_of(connection_name: &str) -> String {
-    let rabbitmqctl = |args: &[&str]| {
-        let output = Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(args)
-            .output()
-            .expect("rabbitmqctl must be installed for this test");
-        assert!(output.status.success(), "rabbitmqctl {args:?} failed");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    let connections = rabbitmqctl(&["list_connections", "pid", "client_properties"]);
+    let connections = rabbitmqctl(None, &["list_connections", "pid", "client_properties"]);
     let pid = connections
         .lines()
         .find(|line| line.contains(connection_name))
         .and_then(|line| line.split_whitespace().next())
         .unwrap_or_else(|| panic!("no connection named {connection_name}"))
         .to_owned();
-    let queues = rabbitmqctl(&["list_queues", "name", "owner_pid"]);
+    let queues = rabbitmqctl(None, &["list_queues", "name", "owner_pid"]);
     queues
         .lines()
         .find(|line| line.ends_with(&pid) && line.starts_with("amq.gen-"))
@@ -64,17 +55,59 @@ pub fn callback_queue_of(connection_name: &str) -> String {
 /// Messages ready in `queue` as `rabbitmqctl` lists them (which works for another connection's
 /// exclusive queue too); `None` if there is no such queue.
 pub fn queue_messages(queue: &str) -> Option<u32> {
-    let output = Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name", "messages"])
+    listed(
+        &rabbitmqctl(None, &["list_queues", "name", "messages"]),
+        queue,
+    )?
+    .parse()
+    .ok()
+}
+
+/// `rabbitmqctl -q ARGS` on the shared broker, or with `-n NODE` on a private node; its output.
+/// Only listings and closes of the tests' own connections go to the shared broker.
+pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> String {
+    let mut command = Command::new("rabbitmqctl");
+    command.arg("-q");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
+    let output = command
+        .args(args)
         .output()
         .expect("rabbitmqctl must be installed for this test");
-    assert!(output.status.success(), "rabbitmqctl list_queues failed");
-    String::from_utf8_lossy(&output.stdout)
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {node:?} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The second field of the listing line whose first field is `name`.
+pub fn listed<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
+    listing.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        (fields.next() == Some(name)).then(|| fields.next())?
+    })
+}
+
+/// Closes, from the broker's side (the shared one, or private `node`), every connection whose
+/// client properties contain `needle` (our connections carry their name in the `information`
+/// property). Returns how many.
+pub fn close_connections_on(node: Option<&str>, needle: &str) -> usize {
+    let listing = rabbitmqctl(node, &["list_connections", "pid", "client_properties"]);
+    let pids: Vec<&str> = listing
         .lines()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(queue)).then(|| fields.next()?.parse().ok())?
-        })
+        .filter(|line| line.contains(needle))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    for pid in &pids {
+        rabbitmqctl(
+            node,
+            &["close_connection", pid, "fault injected by a fib-rpc test"],
+        );
+    }
+    pids.len()
 }
 
 /// A raw amiquip connection to the test broker. Panics with instructions if there is none:
@@ -352,36 +385,7 @@ impl Drop for RawPeer {
 /// Closes, from the broker's side, every connection whose client properties contain `needle`
 /// (our connections carry their name in the `information` property). Returns how many.
 pub fn close_broker_connections(needle: &str) -> usize {
-    let listing = Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl must be installed for the fault-injection tests");
-    assert!(
-        listing.status.success(),
-        "rabbitmqctl list_connections failed"
-    );
-    let listing = String::from_utf8_lossy(&listing.stdout).into_owned();
-    let pids: Vec<&str> = listing
-        .lines()
-        .filter(|line| line.contains(needle))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    for pid in &pids {
-        let status = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "close_connection",
-                pid,
-                "fault injected by a fib-rpc test",
-            ])
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "rabbitmqctl close_connection {pid} failed"
-        );
-    }
-    pids.len()
+    close_connections_on(None, needle)
 }
 
 /// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.

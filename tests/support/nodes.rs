@@ -80,49 +80,20 @@ impl PrivateNode {
 
     /// The node that holds the leader of quorum queue `queue`, as this node sees it.
     pub fn queue_leader(&self, queue: &str) -> Option<String> {
-        let listing = self.rabbitmqctl_output(&["list_queues", "name", "leader"]);
-        listing.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(queue)).then(|| fields.next().map(str::to_owned))?
-        })
+        let listing = super::rabbitmqctl(Some(&self.name), &["list_queues", "name", "leader"]);
+        super::listed(&listing, queue).map(str::to_owned)
     }
 
     /// Messages ready in `queue`, as this node sees them; `None` if it lists no such queue.
     pub fn messages(&self, queue: &str) -> Option<u32> {
-        let listing = self.rabbitmqctl_output(&["list_queues", "name", "messages"]);
-        listing.lines().find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(queue)).then(|| fields.next()?.parse().ok())?
-        })
+        let listing = super::rabbitmqctl(Some(&self.name), &["list_queues", "name", "messages"]);
+        super::listed(&listing, queue)?.parse().ok()
     }
 
     /// Closes, from this node's side, every connection whose client properties contain
     /// `needle`; returns how many.
     pub fn close_connections(&self, needle: &str) -> usize {
-        let listing = self.rabbitmqctl_output(&["list_connections", "pid", "client_properties"]);
-        let pids: Vec<&str> = listing
-            .lines()
-            .filter(|line| line.contains(needle))
-            .filter_map(|line| line.split_whitespace().next())
-            .collect();
-        for pid in &pids {
-            self.rabbitmqctl_output(&["close_connection", pid, "fault injected by a fib-rpc test"]);
-        }
-        pids.len()
-    }
-
-    fn rabbitmqctl_output(&self, args: &[&str]) -> String {
-        let output = Command::new("rabbitmqctl")
-            .args(["-q", "-n", &self.name])
-            .args(args)
-            .output()
-            .expect("rabbitmqctl, needed for the tests on private nodes");
-        assert!(
-            output.status.success(),
-            "rabbitmqctl -n {} {args:?} failed",
-            self.name
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        super::close_connections_on(Some(&self.name), needle)
     }
 
     /// Always with `-n`: rabbitmqctl without it would act on the shared broker.
