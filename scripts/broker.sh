@@ -50,19 +50,12 @@ if [[ $local_host == no ]]; then
     exit 69
 fi
 
-if ! command -v rabbitmq-server >/dev/null 2>&1; then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        say "rabbitmq-server is not installed: installing Debian's package"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q rabbitmq-server >/dev/null
-    else
-        say "no broker at $host:$port and rabbitmq-server is not installed. Do one of:"
-        say "  sudo apt-get install rabbitmq-server && sudo rabbitmq-server -detached"
-        say "  docker run -d -p 5672:5672 rabbitmq:3"
-        say "  or set AMQP_URL=amqp://user:password@host:port/vhost to a running broker"
-        exit 69
-    fi
+if ! "$(dirname "$0")/install-rabbitmq.sh"; then
+    say "no broker at $host:$port and rabbitmq-server is not installed. Do one of:"
+    say "  sudo apt-get install rabbitmq-server && sudo rabbitmq-server -detached"
+    say "  docker run -d -p 5672:5672 rabbitmq:3"
+    say "  or set AMQP_URL=amqp://user:password@host:port/vhost to a running broker"
+    exit 69
 fi
 
 # The package's own start (if any) may still be booting; only start one if none is coming up.

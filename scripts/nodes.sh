@@ -91,13 +91,7 @@ server_user() {
 }
 
 ensure_installed() {
-    command -v rabbitmq-server >/dev/null 2>&1 && command -v rabbitmqctl >/dev/null 2>&1 && return
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        say "rabbitmq-server is not installed: installing Debian's package"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q rabbitmq-server >/dev/null
-    else
+    if ! scripts/install-rabbitmq.sh; then
         say "rabbitmq-server and rabbitmqctl are not installed (not on PATH: $PATH), and this is not"
         say "root with apt-get, so they cannot be installed here. Install RabbitMQ, e.g.:"
         say "  sudo apt-get install rabbitmq-server"
