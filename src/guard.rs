@@ -412,6 +412,14 @@ mod tests {
         frame(HEADER_FRAME, &payload)
     }
 
+    /// A content header with correlation id `id` as the broker sends it, and as amiquip gets it.
+    fn through_inbound(id: &[u8], raw_ids: &mut RawIds) -> (Vec<u8>, Vec<u8>) {
+        let mut inbound = Inbound::default();
+        let original = correlated(id);
+        inbound.push(&original, raw_ids).unwrap();
+        (original, inbound.output)
+    }
+
     #[test]
     fn inbound_frames_pass_unchanged_whatever_the_chunking() {
         let mut stream = frame(1, b"method");
@@ -431,10 +439,7 @@ mod tests {
     #[test]
     fn a_non_utf8_id_goes_in_as_a_token_and_comes_back_out_as_it_was() {
         let mut raw_ids = RawIds::new();
-        let mut inbound = Inbound::default();
-        let original = correlated(b"\xff\xfe");
-        inbound.push(&original, &mut raw_ids).unwrap();
-        let token_frame = std::mem::take(&mut inbound.output);
+        let (original, token_frame) = through_inbound(b"\xff\xfe", &mut raw_ids);
         assert_ne!(token_frame, original);
 
         let mut outbound = Outbound::default();
@@ -479,10 +484,7 @@ mod tests {
     #[test]
     fn a_rewritten_frame_the_socket_takes_in_part_keeps_amiquip_writing() {
         let mut raw_ids = RawIds::new();
-        let mut inbound = Inbound::default();
-        let original = correlated(b"\xff\xfe");
-        inbound.push(&original, &mut raw_ids).unwrap();
-        let token_frame = std::mem::take(&mut inbound.output);
+        let (original, token_frame) = through_inbound(b"\xff\xfe", &mut raw_ids);
 
         let mut outbound = Outbound::default();
         let mut socket = Tight {
