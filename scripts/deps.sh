@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# What building the workspace needs beyond Rust: OpenSSL's headers and pkg-config, for
-# fib-bench's raw TLS baseline (amiquip's native-tls). Installs Debian's packages when root and
-# they are missing; otherwise says exactly what to install.
+# What building and testing the workspace needs beyond Rust: OpenSSL's headers and pkg-config,
+# for fib-bench's raw TLS baseline (amiquip's native-tls), and faketime, for the tests that run
+# a server whose clock is ahead of or behind its callers'. Installs Debian's packages when root
+# and they are missing; otherwise says exactly what to install.
 set -euo pipefail
 
-if pkg-config --exists openssl 2>/dev/null; then
-    exit 0
-fi
+missing=()
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
+command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+((${#missing[@]} == 0)) && exit 0
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-    printf 'deps.sh: installing libssl-dev and pkg-config\n' >&2
+    printf 'deps.sh: installing %s\n' "${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q libssl-dev pkg-config >/dev/null
+    apt-get install -y -q "${missing[@]}" >/dev/null
     exit 0
 fi
-printf 'deps.sh: OpenSSL headers or pkg-config are missing: sudo apt-get install libssl-dev pkg-config\n' >&2
+printf 'deps.sh: missing packages: sudo apt-get install %s\n' "${missing[*]}" >&2
 exit 69

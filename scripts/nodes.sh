@@ -7,6 +7,12 @@
 #                                all on 127.0.0.1 only; nodes 2..N join node 1's cluster. Nothing
 #                                to do when they already run and answer. Test certificates are
 #                                made under target/rabbit-nodes/tls/.
+#   scripts/nodes.sh limits      node fibrpc4@localhost on AMQP port 5684, on its own (not
+#                                clustered), configured as production brokers are: a consumer
+#                                timeout of 3 s (checked every second), a max_message_size of
+#                                1 MiB, and a user `limited` (password `limited`) with no
+#                                configure permission.
+#                                Memory alarms are raised on it by the tests themselves.
 #   scripts/nodes.sh stop        stops every private node and deletes target/rabbit-nodes/.
 #   scripts/nodes.sh status      one line per node: name, AMQP port, state.
 #
@@ -20,6 +26,7 @@ cd "$(dirname "$0")/.."
 base_dir="$(pwd -P)/target/rabbit-nodes"
 tls_dir="$base_dir/tls"
 max_nodes=3
+limits_node=4
 wait_seconds=${NODES_WAIT_SECONDS:-120}
 
 say() { printf 'nodes.sh: %s\n' "$*" >&2; }
@@ -105,6 +112,32 @@ write_node_files() {
     rm -rf "$dir"
     mkdir -p "$dir/mnesia" "$dir/log"
     printf '[].\n' >"$dir/enabled_plugins"
+    if ((i == limits_node)); then
+        cat >"$dir/rabbitmq.conf" <<EOF
+listeners.tcp.local = 127.0.0.1:$(amqp_port "$i")
+consumer_timeout = 3000
+max_message_size = 1048576
+EOF
+        # RabbitMQ checks consumer timeouts on each channel's tick, once a minute by default.
+        printf '[{rabbit, [{channel_tick_interval, 1000}]}].\n' >"$dir/advanced.config"
+    else
+        write_cluster_node_conf "$i" "$dir"
+    fi
+    write_env_file "$i" "$dir"
+    user=$(server_user)
+    if [[ $user != "$(id -un)" ]]; then
+        chown -R "$user:" "$dir"
+        # shellcheck disable=SC2016 # expanded by the inner sh
+        if ! su "$user" -s /bin/sh -c 'test -w "$0/mnesia" && test -w "$0/log"' "$dir"; then
+            say "the $user user, which rabbitmq-server runs as, cannot write $dir:"
+            say "every directory above it must be searchable by $user (chmod o+x)"
+            exit 1
+        fi
+    fi
+}
+
+write_cluster_node_conf() {
+    local i=$1 dir=$2
     # Each node also listens for TLS, each in its own way, for the TLS tests: node 1 takes a
     # client certificate if one is given, node 2 requires one, node 3 shows an expired one.
     local certificate=server.pem require_client=false
@@ -119,6 +152,10 @@ ssl_options.keyfile = $tls_dir/server.key
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = $require_client
 EOF
+}
+
+write_env_file() {
+    local i=$1 dir=$2
     cat >"$dir/rabbitmq-env.conf" <<EOF
 NODENAME=$(node_name "$i")
 NODE_IP_ADDRESS=127.0.0.1
@@ -133,16 +170,6 @@ ENABLED_PLUGINS_FILE=$dir/enabled_plugins
 ERL_EPMD_ADDRESS=127.0.0.1
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -kernel inet_dist_listen_min $(dist_port "$i") -kernel inet_dist_listen_max $(dist_port "$i")"
 EOF
-    user=$(server_user)
-    if [[ $user != "$(id -un)" ]]; then
-        chown -R "$user:" "$dir"
-        # shellcheck disable=SC2016 # expanded by the inner sh
-        if ! su "$user" -s /bin/sh -c 'test -w "$0/mnesia" && test -w "$0/log"' "$dir"; then
-            say "the $user user, which rabbitmq-server runs as, cannot write $dir:"
-            say "every directory above it must be searchable by $user (chmod o+x)"
-            exit 1
-        fi
-    fi
 }
 
 # A CA, a server certificate for localhost and 127.0.0.1 (and an expired one), and a client
@@ -206,12 +233,18 @@ show_log() {
     fi
 }
 
-# Waits until nodes 1..$1 answer AMQP; on timeout or when a node's VM died, says which and why.
+# Waits until nodes 1..$1 (or, with two arguments, node $2 alone) answer AMQP; on timeout or
+# when a node's VM died, says which and why.
 wait_for_nodes() {
-    local n=$1 i deadline=$((SECONDS + wait_seconds)) pending
+    local n=$1 i deadline=$((SECONDS + wait_seconds)) pending wanted=()
+    if (($# > 1)); then
+        wanted=("$2")
+    else
+        for ((i = 1; i <= n; i++)); do wanted+=("$i"); done
+    fi
     while :; do
         pending=()
-        for ((i = 1; i <= n; i++)); do
+        for i in "${wanted[@]}"; do
             answers_amqp "$(amqp_port "$i")" || pending+=("$i")
         done
         ((${#pending[@]} == 0)) && return 0
@@ -291,6 +324,34 @@ start() {
     fi
 }
 
+# The production-limits node, on its own, with its restricted user.
+limits() {
+    local node
+    node=$(node_name "$limits_node")
+    ensure_installed
+    mkdir -p "$base_dir"
+    if ! node_running "$limits_node"; then
+        if node_alive "$limits_node"; then
+            if app_stopped "$limits_node"; then
+                rabbitmqctl_on "$node" start_app
+            fi
+        else
+            if answers_amqp "$(amqp_port "$limits_node")"; then
+                say "127.0.0.1:$(amqp_port "$limits_node") already answers AMQP, but not as $node of $base_dir"
+                exit 1
+            fi
+            write_node_files "$limits_node"
+            start_node "$limits_node"
+        fi
+        wait_for_nodes 0 "$limits_node"
+        say "$node (production limits) answers on 127.0.0.1:$(amqp_port "$limits_node")"
+    fi
+    if ! rabbitmqctl_on "$node" list_users | grep -q '^limited'; then
+        rabbitmqctl_on "$node" add_user limited limited >/dev/null
+        rabbitmqctl_on "$node" set_permissions -p / limited '^$' '.*' '.*' >/dev/null
+    fi
+}
+
 stop() {
     local dir deadline pids beams seen=() pid term_after=0
     if [[ -d $base_dir ]] && command -v rabbitmqctl >/dev/null 2>&1; then
@@ -338,7 +399,7 @@ stop() {
 
 status() {
     local i state
-    for ((i = 1; i <= max_nodes; i++)); do
+    for ((i = 1; i <= limits_node; i++)); do
         if node_running "$i"; then
             state=running
         elif node_alive "$i"; then
@@ -360,10 +421,11 @@ flock 9
 
 case ${1:-} in
 start) start "${2:-$max_nodes}" ;;
+limits) limits ;;
 stop) stop ;;
 status) status ;;
 *)
-    say "usage: scripts/nodes.sh start [1..$max_nodes] | stop | status"
+    say "usage: scripts/nodes.sh start [1..$max_nodes] | limits | stop | status"
     exit 64
     ;;
 esac

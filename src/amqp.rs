@@ -9,13 +9,13 @@
 use crate::config::ConnectionConfig;
 use crate::deadline;
 use crate::endpoint::{self, Endpoint};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ACCESS_REFUSED};
 use crate::guard::{GuardedStream, Transport};
+use crate::handshake::Witness;
 use crate::tls;
 use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ fn open_one(
             Transport::Tls(Box::new(tls))
         }
     };
-    let first_byte = Arc::new(AtomicU8::new(0));
+    let witness = Arc::new(Witness::default());
     let heartbeat = u16::try_from(endpoint.heartbeat.as_secs()).unwrap_or(u16::MAX);
     let options = ConnectionOptions::default()
         .auth(Auth::Plain {
@@ -122,7 +122,7 @@ fn open_one(
         .information(Some(name.to_owned()));
     let alarm = Alarm::arm(give_up, &cutter);
     let opened = Connection::insecure_open_stream(
-        GuardedStream::new(transport, Arc::clone(&first_byte)),
+        GuardedStream::new(transport, Arc::clone(&witness)),
         options,
         ConnectionTuning::default(),
     );
@@ -137,9 +137,17 @@ fn open_one(
         }
         Err(error) => {
             // A TLS record (alert or handshake) where the AMQP handshake should be.
-            let answered_tls = matches!(first_byte.load(Ordering::Relaxed), 0x15 | 0x16);
-            let reason = match &error {
-                amiquip::Error::InvalidCredentials => format!(
+            let answered_tls = matches!(witness.first_byte(), 0x15 | 0x16);
+            let refusal = witness.refusal();
+            let reason = match (&error, &refusal) {
+                (_, Some((ACCESS_REFUSED, text))) => format!(
+                    "the broker refused the credentials of user {:?} ({text})",
+                    endpoint.username
+                ),
+                (_, Some((code, text))) => {
+                    format!("the broker closed the connection: {code} {text}")
+                }
+                (amiquip::Error::InvalidCredentials, None) => format!(
                     "the broker refused the credentials of user {:?} (ACCESS_REFUSED)",
                     endpoint.username
                 ),
@@ -148,18 +156,29 @@ fn open_one(
                 }
                 // With TLS 1.3 a broker checks the client's certificate after the handshake,
                 // and hangs up on the first bytes of AMQP.
-                amiquip::Error::UnexpectedSocketClose
-                | amiquip::Error::IoErrorReadingSocket { .. }
-                | amiquip::Error::IoErrorWritingSocket { .. }
-                    if endpoint.tls.is_some() =>
-                {
+                (
+                    amiquip::Error::UnexpectedSocketClose
+                    | amiquip::Error::IoErrorReadingSocket { .. }
+                    | amiquip::Error::IoErrorWritingSocket { .. },
+                    None,
+                ) if endpoint.tls.is_some() => {
                     "the broker closed the TLS connection right after the handshake: it requires \
                      a client certificate (certfile, keyfile), or refused the one given"
                         .to_owned()
                 }
-                other => other.to_string(),
+                (other, None) => other.to_string(),
             };
-            return Err(Error::connect(address, reason, Some(Box::new(error))));
+            let code = match (&error, refusal) {
+                (_, Some((code, _))) => Some(code),
+                (amiquip::Error::InvalidCredentials, None) => Some(ACCESS_REFUSED),
+                _ => None,
+            };
+            return Err(Error::Connect {
+                address,
+                reason,
+                code,
+                source: Some(Box::new(error)),
+            });
         }
     };
     log::debug!("{name}: connected to {address} vhost {:?}", endpoint.vhost);

@@ -9,6 +9,7 @@ use crate::protocol::{self, CONTENT_TYPE};
 use crate::session::{lock, request_properties, Session};
 use amiquip::Publish;
 use crossbeam_channel::Receiver;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -31,6 +32,8 @@ pub struct RpcClient {
     session: Mutex<Slot>,
     /// Signalled when a reconnection ends, for callers that waited on it.
     reconnected: Condvar,
+    /// The largest request body the broker takes: the configured limit, lowered by a refusal.
+    limit: Arc<AtomicUsize>,
 }
 
 /// The live session, and whether some caller is making a new one.
@@ -59,10 +62,15 @@ impl RpcClient {
 
     /// Connects with these settings. Fails at once if the broker cannot be reached.
     pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
+        if config.connection.max_message_size == 0 {
+            return Err(Error::Config("max_message_size must be at least 1".into()));
+        }
+        let limit = Arc::new(AtomicUsize::new(config.connection.max_message_size));
         let session = Session::open(
             &config,
             deadline::from_now(config.connection.connect_timeout),
             0,
+            Arc::clone(&limit),
         )?;
         Ok(RpcClient {
             config,
@@ -71,6 +79,7 @@ impl RpcClient {
                 connecting: false,
             }),
             reconnected: Condvar::new(),
+            limit,
         })
     }
 
@@ -163,6 +172,18 @@ impl RpcClient {
         let session = self
             .session(deadline)
             .map_err(call.timed_out(Stage::Connect))?;
+        let limit = session.limit();
+        if body.len() > limit {
+            return Err(Error::TooLarge {
+                what: "the request".to_owned(),
+                size: body.len(),
+                limit,
+            });
+        }
+        // A blocked connection is not read by the broker: asking it anything would only wait.
+        if let Some(reason) = session.await_unblocked(deadline) {
+            return Err(call.blocked(reason));
+        }
         if self.config.require_consumer {
             session
                 .ensure_consumer(queue, deadline)
@@ -185,6 +206,7 @@ impl RpcClient {
             queue: queue.to_owned(),
             timeout,
             deadline,
+            size: body.len(),
         };
         session.dispatch_ready();
         if let Some(reason) = session.lost_reason() {
@@ -267,7 +289,7 @@ impl RpcClient {
             first = dead.endpoint + 1;
             let _ = dead.close();
         }
-        let opened = Session::open(&self.config, deadline, first);
+        let opened = Session::open(&self.config, deadline, first, Arc::clone(&self.limit));
         let mut slot = lock(&self.session);
         slot.connecting = false;
         if let Ok(session) = &opened {
@@ -292,6 +314,15 @@ impl<'a> Call<'a> {
             queue,
             timeout,
             deadline: deadline::after(Instant::now(), timeout),
+        }
+    }
+
+    /// The call gave up because the broker blocks publishing.
+    fn blocked(&self, reason: String) -> Error {
+        Error::Blocked {
+            queue: self.queue.to_owned(),
+            timeout: self.timeout,
+            reason,
         }
     }
 
@@ -332,6 +363,8 @@ pub struct PendingReply {
     queue: String,
     timeout: Duration,
     deadline: Instant,
+    /// The request body's size, to tell whether the broker refused this request for its size.
+    size: usize,
 }
 
 impl std::fmt::Debug for PendingReply {
@@ -356,34 +389,62 @@ impl PendingReply {
     /// caller it belongs to: a reply reaches a lone caller with no thread in between.
     pub fn wait(self) -> Result<Vec<u8>> {
         let session = &self.session;
-        loop {
+        let outcome = loop {
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 // A reply that came after the deadline was dropped, and the call with it.
-                recv(self.reply) -> outcome => return outcome.unwrap_or_else(|_| Err(self.timed_out())),
+                recv(self.reply) -> outcome => break outcome.unwrap_or_else(|_| Err(self.timed_out())),
                 recv(session.replies) -> message => match message {
                     Ok(message) => session.dispatch(message),
                     Err(_) => session.connection_gone(),
                 },
                 recv(session.returns) -> returned => match returned {
                     Ok(returned) => session.route_return(returned),
+                    Err(_) => session.publisher_gone(),
+                },
+                recv(session.blocking) -> note => match note {
+                    Ok(note) => session.apply_blocking(note),
                     Err(_) => session.connection_gone(),
                 },
                 default(remaining) => {
                     // A reply may have been routed to us in the last instant.
-                    return self.reply.try_recv().unwrap_or_else(|_| Err(self.timed_out()));
+                    break self.reply.try_recv().unwrap_or_else(|_| Err(self.timed_out()));
                 }
             }
-        }
+        };
+        outcome.map_err(|error| self.explained(error))
     }
 }
 
 impl PendingReply {
     fn timed_out(&self) -> Error {
-        Error::Timeout {
-            queue: self.queue.clone(),
-            timeout: self.timeout,
-            stage: Stage::Reply,
+        match self.session.blocked() {
+            Some(reason) => Error::Blocked {
+                queue: self.queue.clone(),
+                timeout: self.timeout,
+                reason,
+            },
+            None => Error::Timeout {
+                queue: self.queue.clone(),
+                timeout: self.timeout,
+                stage: Stage::Reply,
+            },
+        }
+    }
+
+    /// A lost request channel whose broker named a size limit this request exceeds: the
+    /// request was too large.
+    fn explained(&self, error: Error) -> Error {
+        let Error::ConnectionLost(reason) = &error else {
+            return error;
+        };
+        match protocol::refused_size_limit(reason) {
+            Some(limit) if self.size > limit => Error::TooLarge {
+                what: "the request".to_owned(),
+                size: self.size,
+                limit,
+            },
+            _ => error,
         }
     }
 }

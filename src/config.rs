@@ -7,6 +7,9 @@ use std::time::Duration;
 /// The broker a fresh RabbitMQ install answers on: `amqp://guest:guest@127.0.0.1:5672/%2f`.
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// RabbitMQ 4's default `max_message_size`: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
 /// The request queue of RabbitMQ tutorial 6: `rpc_queue`.
 pub const DEFAULT_QUEUE: &str = "rpc_queue";
 
@@ -48,6 +51,12 @@ pub struct ConnectionConfig {
     pub close_timeout: Duration,
     /// How `amqps://` endpoints are secured; the URL's query parameters win over it.
     pub tls: TlsOptions,
+    /// The largest message body the broker takes, in bytes; default 16 MiB, RabbitMQ 4's
+    /// `max_message_size` (3.x defaulted to 128 MiB). A request (or, in a server, a reply)
+    /// larger than this fails at once with [`Error::TooLarge`] (an error reply for a server's
+    /// reply) instead of making the broker close the channel. A broker whose limit is lower
+    /// still refuses with its own reason, and the lower limit is used from then on.
+    pub max_message_size: usize,
     /// Shown by the broker as the connection's `information` client property (`rabbitmqctl
     /// list_connections client_properties`, the management UI); default: none, and the
     /// connection is labelled `fib-rpc client` or `fib-rpc server on <queue>`.
@@ -62,6 +71,7 @@ impl Default for ConnectionConfig {
             connect_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
             tls: TlsOptions::default(),
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             connection_name: None,
         }
     }
@@ -117,6 +127,7 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("tls", &self.tls)
+            .field("max_message_size", &self.max_message_size)
             .field("connection_name", &self.connection_name)
             .finish()
     }
@@ -267,6 +278,13 @@ pub struct ServerConfig {
     /// Requests still in hand then are left unacknowledged, so the broker gives them to
     /// another server.
     pub drain_timeout: Duration,
+    /// How long a request may stay unacknowledged before the broker gives up on it (its
+    /// delivery acknowledgement timeout), for handlers that run longer than the broker's
+    /// `consumer_timeout` (30 minutes by default). Sent as the consumer argument
+    /// `x-consumer-timeout`, which RabbitMQ 3.12 and later apply to our consumers; older
+    /// brokers ignore it, and only their `consumer_timeout` setting (rabbitmq.conf) helps.
+    /// Default: none, the broker's own.
+    pub consumer_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -280,6 +298,7 @@ impl Default for ServerConfig {
             reconnect_initial: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            consumer_timeout: None,
         }
     }
 }
@@ -315,6 +334,17 @@ impl ServerConfig {
         }
         if self.queue.is_empty() {
             return Err(Error::Config("the request queue needs a name".into()));
+        }
+        if self.connection.max_message_size == 0 {
+            return Err(Error::Config("max_message_size must be at least 1".into()));
+        }
+        if self
+            .consumer_timeout
+            .is_some_and(|timeout| timeout.is_zero())
+        {
+            return Err(Error::Config(
+                "consumer_timeout must be at least 1 ms (leave it unset for the broker's)".into(),
+            ));
         }
         Ok(())
     }

@@ -20,6 +20,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// Something inside fib-rpc failed that no setting or input explains: a thread could not
+    /// be started, or one panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// No connection to the broker could be opened (refused, unreachable, bad credentials, timed out).
     #[error("cannot connect to the broker at {address}: {reason}")]
     Connect {
@@ -27,6 +32,8 @@ pub enum Error {
         address: String,
         /// What failed, as precisely as the driver told us.
         reason: String,
+        /// The broker's AMQP reply code, where it gave one (403 for refused credentials).
+        code: Option<u16>,
         /// The driver's or the operating system's error, if there was one.
         #[source]
         source: Option<Source>,
@@ -70,6 +77,31 @@ pub enum Error {
     #[error("malformed reply: {0}")]
     Protocol(String),
 
+    /// The broker blocks publishing on this connection (a memory or disk alarm): the call was
+    /// not sent, or its reply could not come, before its timeout.
+    #[error(
+        "timed out after {timeout:?}: the broker blocks publishing ({reason}) (queue {queue:?})"
+    )]
+    Blocked {
+        /// The request queue the call was sent to.
+        queue: String,
+        /// The timeout the call was given.
+        timeout: Duration,
+        /// The broker's reason, as it sent it (`low on memory`, `low on disk`).
+        reason: String,
+    },
+
+    /// A message is larger than the broker takes (its `max_message_size`); nothing was sent.
+    #[error("{what} is {size} bytes, over the broker's limit of {limit} bytes (max_message_size)")]
+    TooLarge {
+        /// Which message: "the request", say.
+        what: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
+
     /// The broker refused an operation (for example a queue declaration it rejected).
     #[error("broker refused {operation}: {reason}")]
     Broker {
@@ -77,11 +109,50 @@ pub enum Error {
         operation: String,
         /// What the broker or driver said.
         reason: String,
+        /// The broker's AMQP reply code, where it gave one (403 access refused, 404 not found,
+        /// 406 precondition failed).
+        code: Option<u16>,
         /// The driver's error, if there was one.
         #[source]
         source: Option<Source>,
     },
 }
+
+/// What kind of failure an [`Error`] is, for code that branches on it (an exit code, a retry);
+/// [`Error::kind`] gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A setting or the URL is unusable.
+    Config,
+    /// The broker could not be reached.
+    Unreachable,
+    /// The broker refused the credentials, or the user's permissions (AMQP 403).
+    AccessRefused,
+    /// An open connection was lost.
+    ConnectionLost,
+    /// The call's time ran out.
+    Timeout,
+    /// The broker blocks publishing (a resource alarm) and the call's time ran out.
+    Blocked,
+    /// Nothing serves the request queue.
+    NoServer,
+    /// A queue asked about does not exist.
+    QueueNotFound,
+    /// The server answered with an error reply.
+    Remote,
+    /// A reply did not follow the protocol.
+    Protocol,
+    /// A message is over the broker's size limit.
+    TooLarge,
+    /// The broker refused an operation for another reason.
+    Broker,
+    /// A failure inside fib-rpc (a thread that could not start, a panic).
+    Internal,
+}
+
+/// AMQP reply code ACCESS_REFUSED.
+pub(crate) const ACCESS_REFUSED: u16 = 403;
 
 /// What a timed-out call was waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,9 +213,60 @@ impl Error {
         matches!(self, Error::Config(_))
     }
 
-    /// True if the broker refused the credentials (as opposed to being unreachable).
+    /// True if the broker refused the credentials or the user's permissions (AMQP reply code
+    /// 403), as opposed to being unreachable.
     pub fn is_access_refused(&self) -> bool {
-        matches!(self, Error::Connect { reason, .. } if reason.contains("credentials") || reason.contains("ACCESS_REFUSED"))
+        self.kind() == ErrorKind::AccessRefused
+    }
+
+    /// True if the broker blocks publishing (a resource alarm) and the call gave up.
+    pub fn is_blocked(&self) -> bool {
+        matches!(self, Error::Blocked { .. })
+    }
+
+    /// True if a message was over the broker's size limit.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, Error::TooLarge { .. })
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::Config,
+            Error::Internal(_) => ErrorKind::Internal,
+            Error::Connect {
+                code: Some(ACCESS_REFUSED),
+                ..
+            }
+            | Error::Broker {
+                code: Some(ACCESS_REFUSED),
+                ..
+            } => ErrorKind::AccessRefused,
+            Error::Connect { .. } => ErrorKind::Unreachable,
+            Error::ConnectionLost(_) => ErrorKind::ConnectionLost,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Blocked { .. } => ErrorKind::Blocked,
+            Error::NoServer { .. } => ErrorKind::NoServer,
+            Error::QueueNotFound(_) => ErrorKind::QueueNotFound,
+            Error::Remote(_) => ErrorKind::Remote,
+            Error::Protocol(_) => ErrorKind::Protocol,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::Broker { .. } => ErrorKind::Broker,
+        }
+    }
+
+    /// True if the same call may succeed when made again later, unchanged: the broker or a
+    /// server was out of reach, busy or blocked for a while. Retrying is the caller's choice:
+    /// a request that timed out may have been computed already.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Unreachable
+                | ErrorKind::ConnectionLost
+                | ErrorKind::Timeout
+                | ErrorKind::Blocked
+                | ErrorKind::NoServer
+        )
     }
 
     /// True if a reply did not follow the protocol (a foreign server's, say).
@@ -161,10 +283,26 @@ impl Error {
     }
 
     pub(crate) fn broker(operation: impl Into<String>, source: amiquip::Error) -> Error {
+        let code = match &source {
+            amiquip::Error::ServerClosedChannel { code, .. }
+            | amiquip::Error::ServerClosedConnection { code, .. } => Some(*code),
+            _ => None,
+        };
         Error::Broker {
             operation: operation.into(),
             reason: source.to_string(),
+            code,
             source: Some(Box::new(source)),
+        }
+    }
+
+    /// The broker refused `operation` with reply `code` and `text`.
+    pub(crate) fn refused(operation: impl Into<String>, code: u16, text: &str) -> Error {
+        Error::Broker {
+            operation: operation.into(),
+            reason: format!("{code} {text}"),
+            code: Some(code),
+            source: None,
         }
     }
 
@@ -176,6 +314,7 @@ impl Error {
         Error::Connect {
             address: address.into(),
             reason: reason.into(),
+            code: None,
             source,
         }
     }
@@ -228,6 +367,41 @@ mod tests {
         let error = Error::broker("declaring queue q", amiquip::Error::EventLoopDropped);
         assert!(error.source().is_some());
         assert!(error.to_string().contains("declaring queue q"));
+    }
+
+    #[test]
+    fn kinds_come_from_reply_codes_not_from_message_text() {
+        let refused = Error::broker(
+            "declaring queue q",
+            amiquip::Error::ServerClosedChannel {
+                channel_id: 1,
+                code: 403,
+                message: "no configure permission".into(),
+            },
+        );
+        assert_eq!(refused.kind(), ErrorKind::AccessRefused);
+        assert!(refused.is_access_refused() && !refused.is_retryable());
+        let worded_like_it = Error::connect("h:1", "ACCESS_REFUSED credentials", None);
+        assert_eq!(worded_like_it.kind(), ErrorKind::Unreachable);
+        assert!(worded_like_it.is_retryable());
+        assert_eq!(
+            Error::refused("publishing", 406, "PRECONDITION_FAILED").kind(),
+            ErrorKind::Broker
+        );
+        let blocked = Error::Blocked {
+            queue: "q".into(),
+            timeout: Duration::from_secs(1),
+            reason: "low on memory".into(),
+        };
+        assert!(blocked.is_blocked() && blocked.is_retryable() && !blocked.is_timeout());
+        assert!(blocked.to_string().contains("low on memory"));
+        let large = Error::TooLarge {
+            what: "the request".into(),
+            size: 2_097_152,
+            limit: 1_048_576,
+        };
+        assert_eq!(large.kind(), ErrorKind::TooLarge);
+        assert!(!large.is_retryable());
     }
 
     #[test]

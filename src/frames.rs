@@ -142,7 +142,7 @@ fn split(payload: &[u8]) -> Option<Vec<Property<'_>>> {
     (position == payload.len()).then_some(properties)
 }
 
-fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+pub(crate) fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     let word = u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
     usize::try_from(word).ok()
 }
@@ -261,6 +261,20 @@ fn table(entries: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
+/// The width of a field value of type `tag` that has no length prefix; `None` for the types
+/// with one (strings, byte arrays, arrays, tables) and for unknown types.
+pub(crate) fn fixed_width(tag: u8) -> Option<usize> {
+    Some(match tag {
+        b't' | b'b' | b'B' => 1,
+        b's' | b'U' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'L' | b'l' | b'd' | b'T' => 8,
+        b'D' => 5,
+        b'V' => 0,
+        _ => return None,
+    })
+}
+
 /// Checks a field table's contents (without its length prefix) the way the driver will read
 /// them, without recursion: tables and arrays may nest at most [`MAX_HEADER_DEPTH`] deep.
 /// Anything the driver would stop reading at (an unknown type, a truncated value) ends the scan
@@ -285,12 +299,6 @@ fn check_table(contents: &[u8]) -> Result<(), &'static str> {
         };
         position += 1;
         let fixed = match tag {
-            b't' | b'b' | b'B' => 1,
-            b's' | b'U' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
-            b'L' | b'l' | b'd' | b'T' => 8,
-            b'D' => 5,
-            b'V' => 0,
             b'S' | b'x' | b'A' | b'F' => {
                 let Some(length) = read_u32(contents, position).filter(|_| position + 4 <= end)
                 else {
@@ -312,10 +320,13 @@ fn check_table(contents: &[u8]) -> Result<(), &'static str> {
                 }
                 length
             }
-            _ => {
-                position = end;
-                continue;
-            }
+            _ => match fixed_width(tag) {
+                Some(width) => width,
+                None => {
+                    position = end;
+                    continue;
+                }
+            },
         };
         position += fixed;
     }

@@ -6,10 +6,10 @@
 //! being buffered whole.
 
 use crate::frames::{self, RawIds, HEADER_FRAME};
+use crate::handshake::{self, Witness, MAX_CONNECTION_FRAME};
 use crate::tls::TlsTransport;
 use mio::{Evented, Poll, PollOpt, Ready, Token};
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// Type, channel and payload size precede every frame's payload.
@@ -72,14 +72,15 @@ pub(crate) struct GuardedStream {
     inbound: Inbound,
     outbound: Outbound,
     raw_ids: RawIds,
-    /// The first byte the broker sent, to tell a TLS answer to a plain connection apart.
-    first_byte: Arc<AtomicU8>,
+    /// What the broker said as the connection began: its first byte (a TLS answer to a plain
+    /// connection, say), and a refusal.
+    witness: Arc<Witness>,
 }
 
 impl GuardedStream {
-    pub fn new(socket: Transport, first_byte: Arc<AtomicU8>) -> GuardedStream {
+    pub fn new(socket: Transport, witness: Arc<Witness>) -> GuardedStream {
         GuardedStream {
-            first_byte,
+            witness,
             socket,
             inbound: Inbound::default(),
             outbound: Outbound {
@@ -103,14 +104,9 @@ impl Read for GuardedStream {
             match self.socket.read(&mut chunk)? {
                 0 => self.inbound.end(),
                 read => {
-                    let first = chunk[0];
-                    let _ = self.first_byte.compare_exchange(
-                        0,
-                        first,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                    self.inbound.push(&chunk[..read], &mut self.raw_ids)?
+                    self.witness.saw_byte(chunk[0]);
+                    self.inbound
+                        .push(&chunk[..read], &mut self.raw_ids, &self.witness)?
                 }
             }
         }
@@ -181,7 +177,12 @@ struct Collecting {
 
 impl Inbound {
     /// Takes bytes from the socket; an error for a frame no broker sends (the connection ends).
-    fn push(&mut self, mut input: &[u8], raw_ids: &mut RawIds) -> io::Result<()> {
+    fn push(
+        &mut self,
+        mut input: &[u8],
+        raw_ids: &mut RawIds,
+        witness: &Witness,
+    ) -> io::Result<()> {
         while !input.is_empty() {
             if self.passing > 0 {
                 let taken = self.passing.min(input.len());
@@ -195,8 +196,14 @@ impl Inbound {
                 input = &input[taken..];
                 if collecting.frame.len() == collecting.total {
                     let frame = self.collecting.take().expect("collecting").frame;
-                    self.output
-                        .extend_from_slice(&rewrite_inbound(frame, raw_ids));
+                    if frame[0] == HEADER_FRAME {
+                        self.output
+                            .extend_from_slice(&rewrite_inbound(frame, raw_ids));
+                    } else {
+                        witness
+                            .saw_connection_method(&frame[FRAME_HEADER..frame.len() - FRAME_END]);
+                        self.output.extend_from_slice(&frame);
+                    }
                 }
             } else {
                 let taken = (FRAME_HEADER - self.header.len()).min(input.len());
@@ -214,6 +221,13 @@ impl Inbound {
                         let total = FRAME_HEADER + size + FRAME_END;
                         // Grown as the bytes come, not reserved on the peer's word.
                         let mut frame = Vec::with_capacity(total.min(64 * 1024));
+                        frame.extend_from_slice(&self.header);
+                        self.collecting = Some(Collecting { frame, total });
+                    } else if handshake::is_connection_frame(&self.header)
+                        && size <= MAX_CONNECTION_FRAME
+                    {
+                        let total = FRAME_HEADER + size + FRAME_END;
+                        let mut frame = Vec::with_capacity(total);
                         frame.extend_from_slice(&self.header);
                         self.collecting = Some(Collecting { frame, total });
                     } else {
@@ -331,6 +345,15 @@ impl Outbound {
                     return self.write_rewritten(socket, reframe(frame, &payload), total);
                 }
             }
+            if frame.len() == total && handshake::is_connection_frame(frame) {
+                let payload = &frame[FRAME_HEADER..total - FRAME_END];
+                if let Some(payload) = handshake::announce_capability(payload) {
+                    if span > 0 {
+                        break;
+                    }
+                    return self.write_rewritten(socket, reframe(frame, &payload), total);
+                }
+            }
             span += total;
         }
         // amiquip writes whole frames, so a boundary always has a frame header after it; were
@@ -416,7 +439,9 @@ mod tests {
     fn through_inbound(id: &[u8], raw_ids: &mut RawIds) -> (Vec<u8>, Vec<u8>) {
         let mut inbound = Inbound::default();
         let original = correlated(id);
-        inbound.push(&original, raw_ids).unwrap();
+        inbound
+            .push(&original, raw_ids, &Witness::default())
+            .unwrap();
         (original, inbound.output)
     }
 
@@ -430,7 +455,9 @@ mod tests {
             let mut inbound = Inbound::default();
             let mut raw_ids = RawIds::new();
             for piece in stream.chunks(chunk) {
-                inbound.push(piece, &mut raw_ids).unwrap();
+                inbound
+                    .push(piece, &mut raw_ids, &Witness::default())
+                    .unwrap();
             }
             assert_eq!(inbound.output, stream, "chunks of {chunk}");
         }
@@ -515,7 +542,9 @@ mod tests {
         let mut inbound = Inbound::default();
         let mut huge = vec![HEADER_FRAME, 0, 1];
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
-        let error = inbound.push(&huge, &mut RawIds::new()).unwrap_err();
+        let error = inbound
+            .push(&huge, &mut RawIds::new(), &Witness::default())
+            .unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
         assert!(inbound.output.is_empty());
     }

@@ -1,9 +1,9 @@
 //! What a server does with a request: the [`Handler`] trait and the [`Request`] it sees.
 
 use crate::error::HandlerError;
-use crate::protocol::{self, CONTENT_TYPE, DEADLINE_HEADER};
+use crate::protocol::{self, CONTENT_TYPE};
 use amiquip::{AmqpProperties, AmqpValue};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// A request as a handler sees it: the body, and what the caller said about it.
 #[derive(Debug)]
@@ -11,15 +11,23 @@ pub struct Request<'a> {
     body: &'a [u8],
     properties: &'a AmqpProperties,
     redelivered: bool,
+    deadline: Option<SystemTime>,
 }
 
 impl<'a> Request<'a> {
+    /// A request whose deadline is the one its header states.
     pub(crate) fn new(body: &'a [u8], properties: &'a AmqpProperties, redelivered: bool) -> Self {
         Request {
             body,
             properties,
             redelivered,
+            deadline: protocol::header_deadline(properties),
         }
+    }
+
+    /// The same request, with its caller's deadline as this host's clock sees it.
+    pub(crate) fn with_deadline(self, deadline: Option<SystemTime>) -> Self {
+        Request { deadline, ..self }
     }
 
     /// The request body.
@@ -37,14 +45,11 @@ impl<'a> Request<'a> {
         self.properties.content_type().as_deref()
     }
 
-    /// When the caller stops waiting, if it said so (fib-rpc clients do).
+    /// When the caller stops waiting, on this host's clock, if it said so (fib-rpc clients
+    /// do). Where this host's clock and the caller's disagree, it is taken from the request's
+    /// relative `expiration` instead.
     pub fn deadline(&self) -> Option<SystemTime> {
-        match self.header(DEADLINE_HEADER)? {
-            HeaderValue::Int(millis) => {
-                Some(UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).ok()?))
-            }
-            _ => None,
-        }
+        self.deadline
     }
 
     /// True if the broker delivered this request before, to this or another server that did
@@ -156,7 +161,9 @@ pub(crate) fn refusal(properties: &AmqpProperties) -> Option<HandlerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::DEADLINE_HEADER;
     use amiquip::FieldTable;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn a_request_reads_its_headers_and_deadline() {

@@ -27,7 +27,7 @@ impl RpcClient {
         Resp: DeserializeOwned,
     {
         let body = serde_json::to_vec(request)
-            .map_err(|e| Error::Config(format!("the request cannot be written as JSON: {e}")))?;
+            .map_err(|e| Error::Internal(format!("the request cannot be written as JSON: {e}")))?;
         let reply = self
             .send_as(queue, &body, timeout, JSON_CONTENT_TYPE)?
             .wait()?;

@@ -105,7 +105,7 @@ impl Keeper {
                 drop(consumer);
                 drop(channel);
             })
-            .map_err(|e| Error::Config(format!("cannot start a consumer thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start a consumer thread: {e}")))?;
         let deliveries = ready
             .recv()
             .unwrap_or_else(|_| Err(Error::ConnectionLost("the consumer thread ended".into())))?;

@@ -51,7 +51,11 @@
 //! * Server: the request queue is declared durable, `x-queue-type: quorum` by default, as the
 //!   official tutorials do; a queue that already exists with other arguments is used as it is.
 //!   A pool of worker threads, each with its own channel and prefetch; a request is acked only
-//!   after its reply is published.
+//!   after its reply is published. A worker whose channel the broker closes (its consumer
+//!   timeout, a reply over its `max_message_size`) gets a new channel on the same connection;
+//!   the requeued copy of a request the server computes or just answered is acked, not computed
+//!   again. A connection the broker blocks (a resource alarm) is reported in
+//!   [`ServerStats::blocked`].
 //! * Result pipelines ([`RpcClient::submit`], [`ResultConsumer`]): the same protocol with
 //!   `reply_to` naming a durable result queue; persistent, publisher-confirmed requests whose
 //!   results outlive the sender.
@@ -60,7 +64,9 @@
 //!   connection tries the node after it first.
 //! * Every connection sets `TCP_NODELAY` and a 10 s heartbeat. The socket is ours: amiquip
 //!   reads only what a guard of ours lets through (content headers it could not parse safely
-//!   are rewritten first, see [`protocol::REJECTED_HEADER`]), and a watchdog shuts it down
+//!   are rewritten first, see [`protocol::REJECTED_HEADER`]; the handshake announces
+//!   `authentication_failure_close`, which amiquip leaves out, so refused credentials are told
+//!   at once), and a watchdog shuts it down
 //!   when a driver call outlives its deadline, so every call keeps its timeout during a silent
 //!   network cut.
 //!
@@ -84,8 +90,14 @@
 //! * At-least-once delivery: a server that dies after replying but before acking will have the
 //!   request computed again by another server; the client discards the second reply, but the
 //!   handler should be idempotent.
-//! * The server's deadline check compares the client's and the server's wall clocks; with skew,
-//!   a request may be skipped early or computed late (the broker's `expiration` is unaffected).
+//! * The server's deadline check trusts the caller's wall clock only as far as the broker's
+//!   relative `expiration` confirms it: a skew it detects is logged once and never makes it skip
+//!   a request whose caller waits; a skew under a second is not told apart from travel time,
+//!   and may cost a request its last second.
+//! * After the broker's consumer timeout requeued a request whose handler still runs, the
+//!   copy is acked unanswered and the reply goes out on a new channel; a server that dies
+//!   before answering then loses that request. A redelivery after a connection loss is
+//!   computed again.
 //! * With [`ReplyMode::DirectReplyTo`] requests must go out on the consuming channel, which the
 //!   consumer thread owns: each request takes one hop to that thread.
 //! * A request whose headers nest more than 64 tables or arrays deep is refused with an error
@@ -101,14 +113,17 @@ mod config;
 mod deadline;
 mod endpoint;
 mod error;
+mod expiry;
 mod frames;
 mod guard;
 pub mod handler;
+mod handshake;
 #[cfg(feature = "json")]
 pub mod json;
 mod keeper;
 mod pending;
 pub mod protocol;
+mod recent;
 mod results;
 mod server;
 #[cfg(feature = "fibonacci")]
@@ -122,10 +137,10 @@ mod worker;
 pub use admin::{QueueAdmin, QueueStatus};
 pub use client::{PendingReply, RpcClient};
 pub use config::{
-    ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, TlsOptions, DEFAULT_QUEUE,
-    DEFAULT_URL,
+    ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, TlsOptions,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE, DEFAULT_URL,
 };
-pub use error::{Error, HandlerError, Result, Stage};
+pub use error::{Error, ErrorKind, HandlerError, Result, Stage};
 pub use handler::{Handler, HeaderValue, Request};
 #[cfg(feature = "fibonacci")]
 pub use num_bigint::BigUint;

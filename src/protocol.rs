@@ -60,26 +60,24 @@ pub(crate) fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable
     headers
 }
 
-/// True if the request announces a deadline that has passed at `now`. Requests without a
-/// (readable) deadline never expire here.
-pub(crate) fn is_expired(properties: &AmqpProperties, now: SystemTime) -> bool {
-    let Some(value) = properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.get(DEADLINE_HEADER))
-    else {
-        return false;
+/// The caller's deadline, on the caller's clock, if the request carries a readable one: any
+/// integer type of AMQP, in milliseconds since the Unix epoch.
+pub(crate) fn header_deadline(properties: &AmqpProperties) -> Option<SystemTime> {
+    let millis = match properties.headers().as_ref()?.get(DEADLINE_HEADER)? {
+        AmqpValue::LongLongInt(millis) => u64::try_from(*millis).ok()?,
+        AmqpValue::LongInt(millis) => u64::try_from(*millis).ok()?,
+        AmqpValue::LongUInt(millis) => u64::from(*millis),
+        AmqpValue::Timestamp(millis) => *millis,
+        _ => return None,
     };
-    let deadline_millis = match value {
-        AmqpValue::LongLongInt(millis) => u64::try_from(*millis).ok(),
-        AmqpValue::LongInt(millis) => u64::try_from(*millis).ok(),
-        AmqpValue::LongUInt(millis) => Some(u64::from(*millis)),
-        _ => None,
-    };
-    match deadline_millis {
-        Some(millis) => UNIX_EPOCH + Duration::from_millis(millis) < now,
-        None => false,
-    }
+    UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
+/// The request's `expiration` (the caller's timeout, as the broker applies it), if it has a
+/// readable one.
+pub(crate) fn expiration(properties: &AmqpProperties) -> Option<Duration> {
+    let millis = properties.expiration().as_deref()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(millis))
 }
 
 /// Why fib-rpc replaced a message's headers on arrival (nested too deep, or unparsable
@@ -89,6 +87,20 @@ pub(crate) fn rejection(properties: &AmqpProperties) -> Option<String> {
         AmqpValue::LongString(reason) => Some(reason.clone()),
         _ => None,
     }
+}
+
+/// The limit a broker's refusal of an oversized message names: RabbitMQ closes the channel
+/// with `PRECONDITION_FAILED - message size 2097152 is larger than configured max size 1048576`.
+pub(crate) fn refused_size_limit(reply_text: &str) -> Option<usize> {
+    let (_, limit) = reply_text.split_once("larger than configured max size ")?;
+    let digits: String = limit.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// True if the broker closed a channel because a delivery stayed unacknowledged past its
+/// consumer timeout: `PRECONDITION_FAILED - delivery acknowledgement on channel 2 timed out`.
+pub(crate) fn is_consumer_timeout(reply_text: &str) -> bool {
+    reply_text.contains("delivery acknowledgement") && reply_text.contains("timed out")
 }
 
 /// A short, printable rendering of untrusted bytes for error messages and logs.
@@ -115,6 +127,22 @@ mod tests {
     }
 
     #[test]
+    fn broker_refusals_are_read_from_their_reply_text() {
+        let size = "PRECONDITION_FAILED - message size 2097152 is larger than configured max \
+                    size 1048576";
+        assert_eq!(refused_size_limit(size), Some(1_048_576));
+        assert_eq!(
+            refused_size_limit("PRECONDITION_FAILED - unknown delivery tag 1"),
+            None
+        );
+        let timeout = "PRECONDITION_FAILED - delivery acknowledgement on channel 2 timed out. \
+                       Timeout value used: 5000 ms. This timeout value can be configured, see \
+                       consumers doc guide to learn more";
+        assert!(is_consumer_timeout(timeout));
+        assert!(!is_consumer_timeout(size));
+    }
+
+    #[test]
     fn decodes_success_and_error_replies() {
         let plain = AmqpProperties::default();
         assert_eq!(decode_reply(&plain, b"55".to_vec()).unwrap(), b"55");
@@ -124,29 +152,32 @@ mod tests {
     }
 
     #[test]
-    fn a_request_expires_once_its_deadline_has_passed() {
+    fn the_deadline_header_reads_back_as_it_was_written() {
         let sent = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let properties = AmqpProperties::default()
-            .with_headers(deadline_headers(sent, Duration::from_millis(1500)));
-        assert!(!is_expired(&properties, sent));
-        assert!(!is_expired(&properties, sent + Duration::from_millis(1500)));
-        assert!(is_expired(&properties, sent + Duration::from_millis(1501)));
+            .with_headers(deadline_headers(sent, Duration::from_millis(1500)))
+            .with_expiration("1500".into());
+        assert_eq!(
+            header_deadline(&properties),
+            Some(sent + Duration::from_millis(1500))
+        );
+        assert_eq!(expiration(&properties), Some(Duration::from_millis(1500)));
     }
 
     #[test]
-    fn requests_without_a_readable_deadline_never_expire() {
-        let far_future = UNIX_EPOCH + Duration::from_secs(u32::MAX.into());
-        assert!(!is_expired(&AmqpProperties::default(), far_future));
+    fn unreadable_deadlines_and_expirations_are_none() {
+        assert_eq!(header_deadline(&AmqpProperties::default()), None);
         let mut headers = FieldTable::new();
         headers.insert(DEADLINE_HEADER.into(), AmqpValue::LongString("soon".into()));
         headers.insert("other".into(), AmqpValue::Boolean(true));
-        let odd = AmqpProperties::default().with_headers(headers);
-        assert!(!is_expired(&odd, far_future));
+        let odd = AmqpProperties::default()
+            .with_headers(headers)
+            .with_expiration("later".into());
+        assert_eq!(header_deadline(&odd), None);
+        assert_eq!(expiration(&odd), None);
         let mut negative = FieldTable::new();
         negative.insert(DEADLINE_HEADER.into(), AmqpValue::LongLongInt(-5));
-        assert!(!is_expired(
-            &AmqpProperties::default().with_headers(negative),
-            far_future
-        ));
+        let negative = AmqpProperties::default().with_headers(negative);
+        assert_eq!(header_deadline(&negative), None);
     }
 }

@@ -5,10 +5,13 @@ use crate::amqp::{self, Link};
 use crate::config::ServerConfig;
 use crate::deadline;
 use crate::error::{Error, Result};
+use crate::expiry::Clocks;
 use crate::handler::Handler;
+use crate::recent::Recent;
 use crate::stats::{Counters, ServerStats};
 use crate::watchdog::Alarm;
-use crate::worker::Worker;
+use crate::worker::{ChannelRequest, Shared, Worker};
+use amiquip::ConnectionBlockedNotification;
 use crossbeam_channel::{Receiver, Sender};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,12 +56,19 @@ impl RpcServer {
         let (stop_sender, stop) = crossbeam_channel::bounded::<()>(0);
         let (ready_sender, ready) = crossbeam_channel::bounded(1);
         let counters = Arc::new(Counters::default());
+        let shared = Arc::new(Shared {
+            recent: Recent::default(),
+            limit: self.config.connection.max_message_size.into(),
+            clocks: Clocks::default(),
+        });
         let supervisor = Supervisor {
             config: self.config,
             handler: self.handler,
             stop,
             counters: Arc::clone(&counters),
             next_endpoint: Cell::new(0),
+            shared,
+            generation: Cell::new(0),
         };
         let running = Arc::new(AtomicBool::new(true));
         let still_running = Arc::clone(&running);
@@ -69,7 +79,7 @@ impl RpcServer {
                 still_running.store(false, Ordering::Relaxed);
                 ended
             })
-            .map_err(|e| Error::Config(format!("cannot start the server thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the server thread: {e}")))?;
         match ready.recv() {
             Ok(Ok(())) => Ok(ServerHandle {
                 running,
@@ -83,10 +93,10 @@ impl RpcServer {
             }
             Err(_) => Err(thread
                 .join()
-                .map_err(|_| Error::Config("the server thread panicked".into()))
+                .map_err(|_| Error::Internal("the server thread panicked".into()))
                 .and_then(|result| result)
                 .err()
-                .unwrap_or_else(|| Error::Config("the server stopped while starting".into()))),
+                .unwrap_or_else(|| Error::Internal("the server stopped while starting".into()))),
         }
     }
 }
@@ -141,7 +151,7 @@ impl ServerHandle {
         if let Some(thread) = self.thread.take() {
             thread
                 .join()
-                .map_err(|_| Error::Config("the server thread panicked".into()))??;
+                .map_err(|_| Error::Internal("the server thread panicked".into()))??;
         }
         Ok(self.counters.snapshot())
     }
@@ -211,6 +221,10 @@ struct Supervisor {
     counters: Arc<Counters>,
     /// The endpoint to try first when (re)connecting: the one after a node that was lost.
     next_endpoint: Cell<usize>,
+    shared: Arc<Shared>,
+    /// Connections made so far: the workers' copies of requests count as duplicates only on
+    /// the connection that took the original.
+    generation: Cell<u64>,
 }
 
 impl Supervisor {
@@ -271,18 +285,28 @@ impl Supervisor {
             &cutter,
         );
         admin::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
+        let mut blocked = connection
+            .listen_for_connection_blocked()
+            .map_err(|error| Error::broker("listening for connection.blocked", error))?;
+        self.generation.set(self.generation.get() + 1);
         let (exit_sender, exits) = crossbeam_channel::unbounded();
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
+        let (channel_sender, channel_requests) = crossbeam_channel::unbounded::<ChannelRequest>();
         for index in 0..self.config.workers {
             let channel = admin::open_channel(&mut connection)?;
             let worker = Worker {
+                index,
                 queue: self.config.queue.clone(),
                 prefetch: self.config.prefetch,
+                consumer_timeout: self.config.consumer_timeout,
                 handler: Arc::clone(&self.handler),
                 stop: self.stop.clone(),
                 counters: Arc::clone(&self.counters),
                 cutter: Arc::clone(&cutter),
                 close_timeout: self.config.connection.close_timeout,
+                shared: Arc::clone(&self.shared),
+                generation: self.generation.get(),
+                channels: channel_sender.clone(),
             };
             let (exit_sender, consuming_sender) = (exit_sender.clone(), consuming_sender.clone());
             std::thread::Builder::new()
@@ -291,9 +315,9 @@ impl Supervisor {
                     let end = worker.run(channel, consuming_sender);
                     let _ = exit_sender.send(end);
                 })
-                .map_err(|e| Error::Config(format!("cannot start a worker thread: {e}")))?;
+                .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?;
         }
-        drop((exit_sender, consuming_sender));
+        drop((exit_sender, consuming_sender, channel_sender));
         for _ in 0..self.config.workers {
             match consuming.recv() {
                 Ok(Ok(())) => {}
@@ -313,11 +337,36 @@ impl Supervisor {
             );
         }
         // The first worker to end decides: a stop, or a loss that ends the whole connection.
+        // Meanwhile, a worker whose channel the broker closed gets a new one, and the broker's
+        // blocking of the connection is reported.
         let mut ended = 0;
-        let first = crossbeam_channel::select! {
-            recv(exits) -> end => end.ok(),
-            recv(self.stop) -> _ => None,
+        let mut requests = channel_requests.clone();
+        let first = loop {
+            crossbeam_channel::select! {
+                recv(exits) -> end => break end.ok(),
+                recv(self.stop) -> _ => break None,
+                recv(requests) -> request => match request {
+                    Ok(request) => {
+                        let alarm = Alarm::arm(
+                            deadline::from_now(self.config.connection.connect_timeout),
+                            &cutter,
+                        );
+                        let _ = request.send(admin::open_channel(&mut connection));
+                        drop(alarm);
+                    }
+                    // Every worker has ended; their exits tell how.
+                    Err(_) => requests = crossbeam_channel::never(),
+                },
+                recv(blocked) -> note => match note {
+                    Ok(note) => self.report_blocking(note),
+                    // The connection's I/O thread ended; the workers' exits tell why.
+                    Err(_) => blocked = crossbeam_channel::never(),
+                },
+            }
         };
+        // From here on no worker gets a new channel: one that asks ends.
+        drop((channel_requests, requests));
+        self.counters.set_blocked(None);
         // Whichever it is, not every worker consumes any more.
         self.counters.consuming.store(false, Ordering::Relaxed);
         match first {
@@ -394,6 +443,24 @@ impl Supervisor {
             (None, Err(error)) => log::warn!("closing the connection: {error}"),
         }
         Ok(SessionEnd::Stopped)
+    }
+}
+
+impl Supervisor {
+    fn report_blocking(&self, note: ConnectionBlockedNotification) {
+        match note {
+            ConnectionBlockedNotification::Blocked(reason) => {
+                log::warn!(
+                    "the broker blocks publishing on this connection ({reason}): replies wait \
+                     until its resource alarm clears"
+                );
+                self.counters.set_blocked(Some(reason));
+            }
+            ConnectionBlockedNotification::Unblocked => {
+                log::info!("the broker no longer blocks publishing: serving again");
+                self.counters.set_blocked(None);
+            }
+        }
     }
 }
 

@@ -10,11 +10,12 @@ use crate::pending::Pending;
 use crate::protocol;
 use crate::watchdog::{Alarm, Cutter};
 use amiquip::{
-    AmqpProperties, Channel, Confirm, Connection, ConsumerMessage, ConsumerOptions, Delivery,
-    Publish, QueueDeclareOptions, Return,
+    AmqpProperties, Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage,
+    ConsumerOptions, Delivery, Publish, QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
 
 /// How often a client that may wait for a server asks whether the request queue exists yet.
 const QUEUE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a closed request channel is asked why: its answer is already there, or never comes.
+const CHANNEL_REASON_WAIT: Duration = Duration::from_millis(200);
 
 /// How often replies are read while no caller waits for one, so strays never pile up.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
@@ -65,12 +69,23 @@ pub(crate) struct Session {
     pub returns: Receiver<Return>,
     /// Why the connection is gone, once it is.
     lost: Mutex<Option<String>>,
+    /// The broker's notices that it blocks (or no longer blocks) publishing on this connection.
+    pub blocking: Receiver<ConnectionBlockedNotification>,
+    /// Why the broker blocks publishing on this connection, while it does.
+    blocked: Mutex<Option<String>>,
+    /// The largest request body the broker takes, shared with the client: a refusal lowers it.
+    limit: Arc<AtomicUsize>,
 }
 
 impl Session {
     /// Connects (trying endpoint `first` first) and subscribes to replies, all before
     /// `deadline` (and within the connect timeout).
-    pub fn open(config: &ClientConfig, deadline: Instant, first: usize) -> Result<Arc<Session>> {
+    pub fn open(
+        config: &ClientConfig,
+        deadline: Instant,
+        first: usize,
+        limit: Arc<AtomicUsize>,
+    ) -> Result<Arc<Session>> {
         let Link {
             mut connection,
             cutter,
@@ -81,6 +96,9 @@ impl Session {
         let give_up = deadline.min(deadline::from_now(config.connection.connect_timeout));
         let alarm = Alarm::arm(give_up, &cutter);
         let this: Arc<OnceLock<Weak<Session>>> = Arc::new(OnceLock::new());
+        let blocking = connection
+            .listen_for_connection_blocked()
+            .map_err(|error| Error::broker("listening for connection.blocked", error))?;
         let setup = subscribe(&mut connection, config.reply_mode, &this);
         let (reply_queue, publisher, keeper, returns) = match setup {
             Ok(parts) => parts,
@@ -113,6 +131,9 @@ impl Session {
             pending: Pending::default(),
             returns,
             lost: Mutex::new(None),
+            blocking,
+            blocked: Mutex::new(None),
+            limit,
         });
         let _ = this.set(Arc::downgrade(&session));
         Ok(session)
@@ -279,11 +300,7 @@ impl Session {
                         reason: format!("no queue named {queue:?} exists"),
                     }
                 } else {
-                    Error::Broker {
-                        operation: format!("checking queue {queue:?}"),
-                        reason: format!("{code} {message}"),
-                        source: None,
-                    }
+                    Error::refused(format!("checking queue {queue:?}"), code, &message)
                 })
             }
             Err(error) => {
@@ -307,8 +324,89 @@ impl Session {
         Error::ConnectionLost(self.lost_reason().unwrap_or_else(|| fallback.to_owned()))
     }
 
+    /// Takes in the broker's blocking notices that have arrived.
+    pub fn note_blocking(&self) {
+        while let Ok(note) = self.blocking.try_recv() {
+            self.apply_blocking(note);
+        }
+    }
+
+    pub fn apply_blocking(&self, note: ConnectionBlockedNotification) {
+        let mut blocked = lock(&self.blocked);
+        match note {
+            ConnectionBlockedNotification::Blocked(reason) => {
+                log::debug!("the broker blocks publishing: {reason}");
+                *blocked = Some(reason);
+            }
+            ConnectionBlockedNotification::Unblocked => {
+                log::debug!("the broker no longer blocks publishing");
+                *blocked = None;
+            }
+        }
+    }
+
+    /// Why the broker blocks publishing on this connection, if it does.
+    pub fn blocked(&self) -> Option<String> {
+        lock(&self.blocked).clone()
+    }
+
+    /// Waits until the broker no longer blocks publishing, or until `deadline`; the reason it
+    /// still blocks, if it does then.
+    pub fn await_unblocked(&self, deadline: Instant) -> Option<String> {
+        loop {
+            self.note_blocking();
+            let reason = self.blocked()?;
+            // Short waits: another caller may take the notice that ends the block.
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(IDLE_DRAIN_INTERVAL);
+            if wait.is_zero() {
+                return Some(reason);
+            }
+            if let Ok(note) = self.blocking.recv_timeout(wait) {
+                self.apply_blocking(note);
+            }
+        }
+    }
+
+    /// The largest request body the broker takes, as far as this client knows.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// The request channel is gone: the broker closed it (a request over its size limit, say),
+    /// or the whole connection went. The channel itself tells which, and why: a channel the
+    /// broker closed answers any call at once with the broker's reason, while one whose
+    /// connection went may not answer at all, so it is asked only briefly.
+    pub fn publisher_gone(&self) {
+        // A connection the broker closed says so to the reply consumer too.
+        while let Ok(message) = self.replies.try_recv() {
+            self.dispatch(message);
+        }
+        if self.lost_reason().is_some() {
+            return;
+        }
+        let closed = self.publisher.as_ref().and_then(|channel| {
+            let deadline = deadline::from_now(CHANNEL_REASON_WAIT);
+            let alarm = Alarm::arm(deadline, &self.cutter);
+            let asked = lock(channel).qos(0, 0, false);
+            drop(alarm);
+            match asked {
+                Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => Some(format!(
+                    "the broker closed the request channel: {code} {message}"
+                )),
+                _ => None,
+            }
+        });
+        match closed {
+            Some(reason) => self.mark_lost(reason),
+            None => self.connection_gone(),
+        }
+    }
+
     /// Routes whatever has arrived, without blocking; notices a lost connection.
     pub fn dispatch_ready(&self) {
+        self.note_blocking();
         loop {
             match self.replies.try_recv() {
                 Ok(message) => self.dispatch(message),
@@ -324,7 +422,7 @@ impl Session {
                 Ok(returned) => self.route_return(returned),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    self.mark_lost("the request channel closed".to_owned());
+                    self.publisher_gone();
                     break;
                 }
             }
@@ -362,6 +460,9 @@ impl Session {
 
     /// Records the first reason the connection went down and fails every waiting call with it.
     pub fn mark_lost(&self, reason: String) {
+        if let Some(limit) = protocol::refused_size_limit(&reason) {
+            self.limit.fetch_min(limit, Ordering::Relaxed);
+        }
         let reason = {
             let mut lost = lock(&self.lost);
             if lost.is_none() {
@@ -372,12 +473,20 @@ impl Session {
         self.pending.fail_all(&reason);
     }
 
-    /// Closes the connection within the close timeout.
+    /// Closes the connection within the close timeout; at once if the broker blocks it, since
+    /// a blocked connection is not read until the block ends.
     pub fn close(&self) -> Result<()> {
         let taken = lock(&self.connection).take();
-        let closed = match taken {
-            Some(connection) => self.close_bounded(connection),
-            None => Ok(()),
+        self.note_blocking();
+        let closed = match (taken, self.blocked()) {
+            (Some(connection), Some(reason)) => {
+                log::debug!("dropping the connection the broker blocks ({reason})");
+                self.cutter.cut();
+                drop(connection.close());
+                Ok(())
+            }
+            (Some(connection), None) => self.close_bounded(connection),
+            (None, _) => Ok(()),
         };
         self.mark_lost("the client closed the connection".to_owned());
         closed.map_err(|error| Error::broker("closing the connection", error))
@@ -416,11 +525,11 @@ impl Session {
                 reason: format!("no queue named {:?} exists", returned.routing_key),
             }
         } else {
-            Error::Broker {
-                operation: format!("routing a request to {:?}", returned.routing_key),
-                reason: format!("{} {}", returned.reply_code, returned.reply_text),
-                source: None,
-            }
+            Error::refused(
+                format!("routing a request to {:?}", returned.routing_key),
+                returned.reply_code,
+                &returned.reply_text,
+            )
         };
         self.pending.resolve(&id, Err(error));
     }
@@ -553,6 +662,7 @@ impl Submitter {
                 Err(Error::Broker {
                     operation: format!("publishing to {queue:?}"),
                     reason: "the broker refused the message (nack)".to_owned(),
+                    code: None,
                     source: None,
                 })
             };

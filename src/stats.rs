@@ -36,12 +36,20 @@ pub struct ServerStats {
     /// Requests still in hand when a stop's drain timeout ran out: they went back to the queue
     /// for another server. Zero if the drain completed.
     pub left_in_hand: u64,
+    /// Redelivered copies of requests this server was computing or had just answered (the
+    /// broker requeued them when it closed a worker's channel): acked, not computed again.
+    pub duplicates: u64,
+    /// Worker channels the broker closed (a request held past its consumer timeout, a reply
+    /// over its size limit), each replaced by a new channel on the same connection.
+    pub channel_losses: u64,
+    /// While the broker blocks this server's connection (a memory or disk alarm), its reason.
+    pub blocked: Option<String>,
 }
 
 impl ServerStats {
     /// Every request taken off the queue and acked.
     pub fn total(&self) -> u64 {
-        self.answered + self.error_replies + self.expired + self.unanswerable
+        self.answered + self.error_replies + self.expired + self.unanswerable + self.duplicates
     }
 }
 
@@ -68,6 +76,9 @@ pub(crate) struct Counters {
     pub reconnects: AtomicU64,
     pub consuming: AtomicBool,
     pub left_in_hand: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub channel_losses: AtomicU64,
+    blocked: Mutex<Option<String>>,
     connected_at: Mutex<Option<Instant>>,
     durations: [AtomicU64; DURATION_BOUNDS.len() + 1],
     duration_nanos: AtomicU64,
@@ -84,6 +95,9 @@ impl Default for Counters {
             reconnects: AtomicU64::new(0),
             consuming: AtomicBool::new(false),
             left_in_hand: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            channel_losses: AtomicU64::new(0),
+            blocked: Mutex::new(None),
             connected_at: Mutex::new(None),
             durations: std::array::from_fn(|_| AtomicU64::new(0)),
             duration_nanos: AtomicU64::new(0),
@@ -112,7 +126,15 @@ impl Counters {
                 count,
             },
             left_in_hand: load(&self.left_in_hand),
+            duplicates: load(&self.duplicates),
+            channel_losses: load(&self.channel_losses),
+            blocked: lock(&self.blocked).clone(),
         }
+    }
+
+    /// The broker blocks the connection for `reason`, or (`None`) no longer does.
+    pub fn set_blocked(&self, reason: Option<String>) {
+        *lock(&self.blocked) = reason;
     }
 
     /// The workers consume on a fresh connection.
@@ -140,11 +162,15 @@ impl Counters {
     }
 
     fn connected_at_lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        // A plain value: a panic cannot leave it half-written.
-        self.connected_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.connected_at)
     }
+}
+
+/// Plain values: a panic cannot leave them half-written.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn count(counter: &AtomicU64) {

@@ -1,108 +1,277 @@
 //! One worker of a server: its own channel and prefetch, a request answered and then acked.
+//!
+//! When the broker closes the worker's channel (a delivery held past its consumer timeout, a
+//! reply over its size limit), the worker alone opens a new channel on the same connection,
+//! publishes there the reply the old channel could not carry, and consumes again; the other
+//! workers and the connection go on. The broker requeues what the old channel held, and the
+//! copy is acked without being computed again (see [`recent`](crate::recent)).
 
 use crate::deadline;
 use crate::error::{Error, HandlerError, Result};
+use crate::expiry::{Clocks, Taken, Verdict};
 use crate::handler::{refusal, Handler, Request};
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
+use crate::recent::{Key, Recent};
 use crate::server::SessionEnd;
 use crate::stats::{count, Counters};
 use crate::watchdog::{Alarm, Cutter};
-use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
-use crossbeam_channel::{Receiver, Sender};
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery,
+    FieldTable, Publish,
+};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// `reply_to` prefix of RabbitMQ's direct reply-to pseudo-queues.
 const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
+/// What every worker of a server shares, across reconnections.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub recent: Recent,
+    /// The largest reply the broker takes: the configured limit, lowered by a refusal.
+    pub limit: AtomicUsize,
+    pub clocks: Clocks,
+}
+
+/// Asks the supervisor for a new channel on the worker's connection.
+pub(crate) type ChannelRequest = Sender<Result<Channel>>;
+
 pub(crate) struct Worker {
+    pub index: usize,
     pub queue: String,
     pub prefetch: u16,
+    pub consumer_timeout: Option<Duration>,
     pub handler: Arc<dyn Handler>,
     pub stop: Receiver<()>,
     pub counters: Arc<Counters>,
     pub cutter: Arc<Cutter>,
     pub close_timeout: Duration,
+    pub shared: Arc<Shared>,
+    /// Which connection of the server this is: a copy counts as a duplicate only on it.
+    pub generation: u64,
+    pub channels: Sender<ChannelRequest>,
+}
+
+/// A reply, kept until the broker has certainly taken it.
+struct Reply {
+    to: String,
+    properties: AmqpProperties,
+    body: Vec<u8>,
+    key: Option<Key>,
+    /// An error reply, counted as one once sent.
+    error: bool,
+    /// Counted already: it was handed to the broker once.
+    counted: bool,
+}
+
+/// How one channel's service ended.
+enum ChannelEnd {
+    Stopped,
+    /// The connection is gone.
+    Lost(String),
+    /// The broker closed this channel (or cancelled its consumer); `unsent` is a reply it may
+    /// not have carried.
+    Closed {
+        reason: String,
+        unsent: Option<Box<Reply>>,
+    },
+}
+
+/// A channel and its consumer, with what the worker knows of them.
+struct Lane<'a> {
+    channel: &'a Channel,
+    consumer: Consumer<'a>,
+    /// Deliveries read while checking the channel before a publish.
+    backlog: VecDeque<ConsumerMessage>,
+    /// When the consumer's buffer was last seen empty.
+    last_empty: Instant,
+    /// The last reply published, until a later delivery shows the broker took it.
+    held: Option<Box<Reply>>,
 }
 
 impl Worker {
-    pub fn run(self, channel: Channel, consuming: Sender<Result<()>>) -> SessionEnd {
-        let consumer = match channel
-            .qos(0, self.prefetch, false)
-            .and_then(|()| channel.basic_consume(self.queue.as_str(), ConsumerOptions::default()))
-        {
-            Ok(consumer) => consumer,
-            Err(error) => {
-                let reason = error.to_string();
-                let _ = consuming.send(Err(Error::broker(
-                    format!("consuming {}", self.queue),
-                    error,
-                )));
-                return SessionEnd::Lost(reason);
-            }
-        };
-        let _ = consuming.send(Ok(()));
-        drop(consuming);
+    pub fn run(self, first: Channel, consuming: Sender<Result<()>>) -> SessionEnd {
+        let mut consuming = Some(consuming);
+        let mut channel = first;
         loop {
-            crossbeam_channel::select! {
-                recv(consumer.receiver()) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => {
-                        if let Err(error) = self.serve(&channel, delivery) {
-                            return SessionEnd::Lost(error.to_string());
-                        }
+            let consumer = match self.consume(&channel) {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    let reason = error.to_string();
+                    if let Some(consuming) = consuming.take() {
+                        let _ = consuming.send(Err(error));
                     }
-                    Ok(ConsumerMessage::ServerClosedConnection(error))
-                    | Ok(ConsumerMessage::ServerClosedChannel(error)) => {
-                        return SessionEnd::Lost(error.to_string())
-                    }
-                    Ok(ConsumerMessage::ServerCancelled) => {
-                        return SessionEnd::Lost(format!("the broker cancelled our consumer (queue {} deleted?)", self.queue))
-                    }
-                    Ok(_) | Err(_) => return SessionEnd::Lost("the connection was closed".into()),
-                },
-                recv(self.stop) -> _ => break,
+                    return SessionEnd::Lost(reason);
+                }
+            };
+            if let Some(consuming) = consuming.take() {
+                let _ = consuming.send(Ok(()));
+            }
+            let mut lane = Lane {
+                channel: &channel,
+                consumer,
+                backlog: VecDeque::new(),
+                last_empty: Instant::now(),
+                held: None,
+            };
+            let ended = self.serve_lane(&mut lane);
+            let held = lane.held.take();
+            drop(lane);
+            let (reason, unsent) = match ended {
+                ChannelEnd::Stopped => {
+                    self.settled(held);
+                    let _ = channel.close();
+                    return SessionEnd::Stopped;
+                }
+                ChannelEnd::Lost(reason) => {
+                    self.settled(held);
+                    return SessionEnd::Lost(reason);
+                }
+                ChannelEnd::Closed { reason, unsent } => (reason, unsent.or(held)),
+            };
+            count(&self.counters.channel_losses);
+            self.explain(&reason);
+            let _ = channel.close();
+            channel = match self.new_channel() {
+                Ok(channel) => channel,
+                Err(error) => {
+                    self.settled(unsent);
+                    return SessionEnd::Lost(format!("{reason}; then: {error}"));
+                }
+            };
+            if let Some(reply) = unsent {
+                if let Err(error) = self.resend(&channel, reply, &reason) {
+                    return SessionEnd::Lost(error.to_string());
+                }
             }
         }
-        // Stop: cancel, then serve whatever the broker sent before the cancel took effect, and
-        // leave only on the cancellation's own message, so nothing in hand goes unanswered.
-        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
-        let cancelled = consumer.cancel();
-        drop(alarm);
-        if let Err(error) = cancelled {
-            return SessionEnd::Lost(error.to_string());
+    }
+
+    fn consume<'a>(&self, channel: &'a Channel) -> Result<Consumer<'a>> {
+        let mut arguments = FieldTable::new();
+        if let Some(timeout) = self.consumer_timeout {
+            let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert(
+                "x-consumer-timeout".to_owned(),
+                AmqpValue::LongLongInt(millis),
+            );
         }
-        for message in consumer.receiver().iter() {
-            match message {
-                ConsumerMessage::Delivery(delivery) => {
-                    if let Err(error) = self.serve(&channel, delivery) {
-                        return SessionEnd::Lost(error.to_string());
+        let options = ConsumerOptions {
+            arguments,
+            ..ConsumerOptions::default()
+        };
+        channel
+            .qos(0, self.prefetch, false)
+            .and_then(|()| channel.basic_consume(self.queue.as_str(), options))
+            .map_err(|error| Error::broker(format!("consuming {}", self.queue), error))
+    }
+
+    /// Serves one channel until a stop, or until the broker or the network ends it.
+    fn serve_lane(&self, lane: &mut Lane<'_>) -> ChannelEnd {
+        loop {
+            let message = match lane.backlog.pop_front() {
+                Some(message) => Some((message, lane.buffered_for())),
+                None => {
+                    if lane.consumer.receiver().is_empty() {
+                        lane.last_empty = Instant::now();
+                    }
+                    crossbeam_channel::select! {
+                        recv(lane.consumer.receiver()) -> message => {
+                            let buffered = lane.buffered_for();
+                            Some((message.unwrap_or(ConsumerMessage::ClientClosedConnection), buffered))
+                        }
+                        recv(self.stop) -> _ => None,
                     }
                 }
+            };
+            let Some((message, buffered_for)) = message else {
+                return self.drain(lane);
+            };
+            if let Some(end) = self.take(lane, message, buffered_for) {
+                return end;
+            }
+        }
+    }
+
+    /// Handles one message of the consumer; `Some` if it ends the channel's service.
+    fn take(
+        &self,
+        lane: &mut Lane<'_>,
+        message: ConsumerMessage,
+        buffered_for: Duration,
+    ) -> Option<ChannelEnd> {
+        match message {
+            ConsumerMessage::Delivery(delivery) => {
+                // The broker delivered after taking the last ack: it took that reply too.
+                self.settled(lane.held.take());
+                self.counters.in_hand.fetch_add(1, Ordering::Relaxed);
+                let served = self.answer(lane, delivery, buffered_for);
+                self.counters.in_hand.fetch_sub(1, Ordering::Relaxed);
+                served.err()
+            }
+            ConsumerMessage::ServerClosedChannel(error) => Some(ChannelEnd::Closed {
+                reason: error.to_string(),
+                unsent: None,
+            }),
+            ConsumerMessage::ServerCancelled => Some(ChannelEnd::Closed {
+                reason: format!(
+                    "the broker cancelled our consumer of {} (its consumer timeout, or the \
+                     queue was deleted)",
+                    self.queue
+                ),
+                unsent: None,
+            }),
+            ConsumerMessage::ServerClosedConnection(error) => {
+                Some(ChannelEnd::Lost(error.to_string()))
+            }
+            _ => Some(ChannelEnd::Lost("the connection was closed".into())),
+        }
+    }
+
+    /// Stop: cancel, then serve whatever the broker sent before the cancel took effect, and
+    /// leave only on the cancellation's own message, so nothing in hand goes unanswered.
+    fn drain(&self, lane: &mut Lane<'_>) -> ChannelEnd {
+        for message in std::mem::take(&mut lane.backlog) {
+            if let Some(end) = self.take(lane, message, Duration::ZERO) {
+                return end;
+            }
+        }
+        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
+        let cancelled = lane.consumer.cancel();
+        drop(alarm);
+        if let Err(error) = cancelled {
+            return ChannelEnd::Lost(error.to_string());
+        }
+        while let Ok(message) = lane.consumer.receiver().recv() {
+            match message {
                 ConsumerMessage::ClientCancelled => break,
+                ConsumerMessage::Delivery(_) => {
+                    if let Some(end) = self.take(lane, message, Duration::ZERO) {
+                        return end;
+                    }
+                }
                 ConsumerMessage::ServerClosedConnection(error)
                 | ConsumerMessage::ServerClosedChannel(error) => {
-                    return SessionEnd::Lost(error.to_string())
+                    return ChannelEnd::Lost(error.to_string())
                 }
                 _ => break,
             }
         }
-        drop(consumer);
-        let _ = channel.close();
-        SessionEnd::Stopped
+        ChannelEnd::Stopped
     }
 
-    /// [`answer`](Self::answer), with the request counted in hand meanwhile.
-    fn serve(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
-        self.counters.in_hand.fetch_add(1, Ordering::Relaxed);
-        let served = self.answer(channel, delivery);
-        self.counters.in_hand.fetch_sub(1, Ordering::Relaxed);
-        served
-    }
-
-    /// Answers one request and acks it; an error here means the channel is gone.
-    fn answer(&self, channel: &Channel, delivery: Delivery) -> Result<(), amiquip::Error> {
+    /// Answers one request and acks it.
+    fn answer(
+        &self,
+        lane: &mut Lane<'_>,
+        delivery: Delivery,
+        buffered_for: Duration,
+    ) -> Result<(), ChannelEnd> {
         let counters = &self.counters;
         let properties = &delivery.properties;
         let Some(reply_to) = properties
@@ -115,17 +284,42 @@ impl Worker {
                 protocol::quote(&delivery.body)
             );
             count(&counters.unanswerable);
-            return delivery.ack(channel);
+            return lane.ack(delivery);
         };
-        if protocol::is_expired(properties, SystemTime::now()) {
+        let key = properties
+            .correlation_id()
+            .as_deref()
+            .map(|id| Key::new(&reply_to, id));
+        if let Some(key) = key.as_ref().filter(|_| delivery.redelivered) {
+            if self.shared.recent.holds(key, self.generation) {
+                log::info!(
+                    "request {} came back (the broker requeued it when it closed a channel) \
+                     while this server computes or has answered it: acked, not computed again",
+                    protocol::quote(&delivery.body)
+                );
+                count(&counters.duplicates);
+                return lane.ack(delivery);
+            }
+        }
+        let verdict = self.shared.clocks.judge(Taken {
+            deadline: protocol::header_deadline(properties),
+            timeout: protocol::expiration(properties),
+            now: SystemTime::now(),
+            buffered_for,
+        });
+        let Verdict::Serve { deadline } = verdict else {
             log::debug!(
                 "request {} expired before we took it: skipped",
                 protocol::quote(&delivery.body)
             );
             count(&counters.expired);
-            return delivery.ack(channel);
+            return lane.ack(delivery);
+        };
+        if let Some(key) = &key {
+            self.shared.recent.hold(key, self.generation);
         }
-        let request = Request::new(&delivery.body, properties, delivery.redelivered);
+        let request =
+            Request::new(&delivery.body, properties, delivery.redelivered).with_deadline(deadline);
         let outcome = match refusal(properties) {
             Some(refused) => Err(refused),
             None => {
@@ -136,13 +330,69 @@ impl Worker {
                 outcome
             }
         };
-        let mut reply_properties = AmqpProperties::default();
-        if let Some(id) = properties.correlation_id() {
-            reply_properties = reply_properties.with_correlation_id(id.clone());
+        let reply = Box::new(self.reply(&delivery, reply_to, key, outcome));
+        // The broker may have closed the channel while the handler ran (its consumer timeout):
+        // then the reply goes out on a new one, and the request's copy is not computed again.
+        if let Some(reason) = lane.closed_meanwhile() {
+            return Err(ChannelEnd::Closed {
+                reason,
+                unsent: Some(reply),
+            });
         }
-        if let Some(mode) = properties.delivery_mode() {
-            reply_properties = reply_properties.with_delivery_mode(*mode);
+        let sent = if reply.to.starts_with(DIRECT_REPLY_TO_PREFIX) {
+            // A malformed direct reply-to address makes RabbitMQ close the whole connection
+            // (541 INTERNAL_ERROR) on publish. Ack first, so such a request cannot come back
+            // and take the server down again; a direct reply-to caller is bound to its live
+            // channel anyway, so a redelivered answer could not reach a restarted caller.
+            delivery
+                .ack(lane.channel)
+                .and_then(|()| publish(lane.channel, &reply))
+        } else {
+            publish(lane.channel, &reply).and_then(|()| delivery.ack(lane.channel))
+        };
+        match sent {
+            Ok(()) => {
+                let mut reply = reply;
+                self.count_sent(&mut reply);
+                lane.held = Some(reply);
+                Ok(())
+            }
+            Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+                Err(ChannelEnd::Closed {
+                    reason: format!("{code} {message}"),
+                    unsent: Some(reply),
+                })
+            }
+            Err(error) => {
+                self.settled(Some(reply));
+                Err(ChannelEnd::Lost(error.to_string()))
+            }
         }
+    }
+
+    /// The reply to a request: the handler's answer, or an error reply; one the broker would
+    /// refuse for its size is an error reply saying so.
+    fn reply(
+        &self,
+        delivery: &Delivery,
+        to: String,
+        key: Option<Key>,
+        outcome: std::result::Result<Vec<u8>, HandlerError>,
+    ) -> Reply {
+        let request = &delivery.properties;
+        let mut properties = AmqpProperties::default();
+        if let Some(id) = request.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        if let Some(mode) = request.delivery_mode() {
+            properties = properties.with_delivery_mode(*mode);
+        }
+        let limit = self.shared.limit.load(Ordering::Relaxed);
+        let outcome = outcome.and_then(|body| match body.len() > limit {
+            true => Err(HandlerError::new(too_large(body.len(), limit))),
+            false => Ok(body),
+        });
+        let error = outcome.is_err();
         let body = match outcome {
             Ok(body) => {
                 log::debug!(
@@ -150,33 +400,160 @@ impl Worker {
                     protocol::quote(&delivery.body),
                     body.len()
                 );
-                count(&counters.answered);
-                reply_properties =
-                    reply_properties.with_content_type(self.handler.content_type().to_owned());
+                properties = properties.with_content_type(self.handler.content_type().to_owned());
                 body
             }
             Err(error) => {
                 log::debug!("{} -> error: {error}", protocol::quote(&delivery.body));
-                count(&counters.error_replies);
-                reply_properties = reply_properties
+                properties = properties
                     .with_content_type(CONTENT_TYPE.to_owned())
                     .with_type_(ERROR_TYPE.to_owned());
                 error.message().as_bytes().to_vec()
             }
         };
-        let reply = Publish::with_properties(&body, reply_to.as_str(), reply_properties);
-        if reply_to.starts_with(DIRECT_REPLY_TO_PREFIX) {
-            // A malformed direct reply-to address makes RabbitMQ close the whole connection
-            // (541 INTERNAL_ERROR) on publish. Ack first, so such a request cannot come back
-            // and take the server down again; a direct reply-to caller is bound to its live
-            // channel anyway, so a redelivered answer could not reach a restarted caller.
-            delivery.ack(channel)?;
-            channel.basic_publish("", reply)
-        } else {
-            channel.basic_publish("", reply)?;
-            delivery.ack(channel)
+        Reply {
+            to,
+            properties,
+            body,
+            key,
+            error,
+            counted: false,
         }
     }
+
+    /// Counts a reply the broker has been handed, by its kind, once.
+    fn count_sent(&self, reply: &mut Reply) {
+        if std::mem::replace(&mut reply.counted, true) {
+            return;
+        }
+        match reply.error {
+            true => count(&self.counters.error_replies),
+            false => count(&self.counters.answered),
+        }
+    }
+
+    /// After the broker closed the channel: publish on the new one what the old one may not
+    /// have carried (as an error reply if its size was the reason), and remember it, so that
+    /// the request's requeued copy is acked unanswered.
+    fn resend(&self, channel: &Channel, mut reply: Box<Reply>, reason: &str) -> Result<()> {
+        if let Some(limit) = protocol::refused_size_limit(reason) {
+            self.shared.limit.fetch_min(limit, Ordering::Relaxed);
+            if reply.body.len() > limit {
+                log::warn!(
+                    "the broker refused a reply of {} bytes ({reason}): the caller gets an error \
+                     reply instead",
+                    reply.body.len()
+                );
+                let message = format!(
+                    "{}: the broker said {reason}",
+                    too_large(reply.body.len(), limit)
+                );
+                reply.body = message.into_bytes();
+                reply.properties = reply
+                    .properties
+                    .with_content_type(CONTENT_TYPE.to_owned())
+                    .with_type_(ERROR_TYPE.to_owned());
+                reply.error = true;
+            }
+        }
+        if let Some(key) = &reply.key {
+            self.shared
+                .recent
+                .retain(key, self.generation, Instant::now());
+        }
+        publish(channel, &reply)
+            .map_err(|error| Error::broker("publishing a reply on a new channel", error))?;
+        self.count_sent(&mut reply);
+        Ok(())
+    }
+
+    /// Asks the supervisor for a new channel on this connection.
+    fn new_channel(&self) -> Result<Channel> {
+        let (sender, answer) = crossbeam_channel::bounded(1);
+        let lost = || Error::ConnectionLost("the server is stopping or reconnecting".into());
+        self.channels.send(sender).map_err(|_| lost())?;
+        answer.recv().map_err(|_| lost())?
+    }
+
+    /// The reply has reached the broker, or its request will be computed again: nothing to
+    /// remember of it.
+    fn settled(&self, reply: Option<Box<Reply>>) {
+        if let Some(key) = reply.and_then(|reply| reply.key) {
+            self.shared.recent.forget(&key);
+        }
+    }
+
+    /// Says what the broker did to this worker's channel, and what to do about it.
+    fn explain(&self, reason: &str) {
+        let worker = self.index;
+        if protocol::is_consumer_timeout(reason) {
+            log::warn!(
+                "worker {worker}: the broker closed its channel because a request stayed \
+                 unacknowledged past the broker's consumer timeout ({reason}): the handler ran \
+                 longer than that. The reply goes out on a new channel and the requeued copy is \
+                 not computed again. Raise RabbitMQ's consumer_timeout (rabbitmq.conf), or set \
+                 ServerConfig::consumer_timeout / fib-server --consumer-timeout on brokers that \
+                 take the x-consumer-timeout consumer argument (RabbitMQ 3.12 and later)"
+            );
+        } else if protocol::refused_size_limit(reason).is_some() {
+            log::warn!("worker {worker}: the broker closed its channel: {reason}");
+        } else {
+            log::warn!(
+                "worker {worker}: the broker closed its channel ({reason}); opening another"
+            );
+        }
+    }
+}
+
+impl Lane<'_> {
+    fn ack(&self, delivery: Delivery) -> Result<(), ChannelEnd> {
+        delivery.ack(self.channel).map_err(|error| match error {
+            amiquip::Error::ServerClosedChannel { code, message, .. } => ChannelEnd::Closed {
+                reason: format!("{code} {message}"),
+                unsent: None,
+            },
+            other => ChannelEnd::Lost(other.to_string()),
+        })
+    }
+
+    /// The longest a message just taken can have waited in the consumer's buffer.
+    fn buffered_for(&self) -> Duration {
+        self.last_empty.elapsed()
+    }
+
+    /// Why the channel is gone, if the broker closed it (or cancelled the consumer) since the
+    /// last look; deliveries read meanwhile wait in the backlog.
+    fn closed_meanwhile(&mut self) -> Option<String> {
+        loop {
+            match self.consumer.receiver().try_recv() {
+                Ok(ConsumerMessage::Delivery(delivery)) => {
+                    self.backlog.push_back(ConsumerMessage::Delivery(delivery))
+                }
+                Ok(ConsumerMessage::ServerClosedChannel(error)) => return Some(error.to_string()),
+                Ok(ConsumerMessage::ServerCancelled) => {
+                    return Some("the broker cancelled our consumer".to_owned())
+                }
+                Ok(other) => {
+                    self.backlog.push_back(other);
+                    return None;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
+            }
+        }
+    }
+}
+
+fn publish(channel: &Channel, reply: &Reply) -> Result<(), amiquip::Error> {
+    channel.basic_publish(
+        "",
+        Publish::with_properties(&reply.body, reply.to.as_str(), reply.properties.clone()),
+    )
+}
+
+fn too_large(size: usize, limit: usize) -> String {
+    format!(
+        "the reply is {size} bytes, over the broker's limit of {limit} bytes (max_message_size)"
+    )
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -1,6 +1,6 @@
 //! Exit codes a script can branch on (sysexits.h where one fits).
 
-use fib_rpc::Error;
+use fib_rpc::{Error, ErrorKind};
 
 /// Everything worked.
 pub const OK: u8 = 0;
@@ -14,23 +14,25 @@ pub const DATA: u8 = 65;
 pub const UNAVAILABLE: u8 = 69;
 /// EX_IOERR: writing the output failed.
 pub const IO: u8 = 74;
-/// EX_TEMPFAIL: no answer in time.
+/// EX_TEMPFAIL: no answer in time (the broker blocking publishing included).
 pub const TIMEOUT: u8 = 75;
+/// EX_NOPERM: the broker refused the credentials or the user's permissions.
+pub const NO_PERMISSION: u8 = 77;
+/// EX_SOFTWARE: a failure inside fib-rpc (a thread that could not start, a panic).
+pub const SOFTWARE: u8 = 70;
 /// EX_CONFIG: a setting is unusable (a bad URL, zero workers, an unknown service).
 pub const CONFIG: u8 = 78;
 
 /// The exit code for an error.
 pub fn code(error: &Error) -> u8 {
-    if error.is_config() {
-        CONFIG
-    } else if error.is_timeout() {
-        TIMEOUT
-    } else if error.is_remote() {
-        REMOTE
-    } else if error.is_protocol() {
-        DATA
-    } else {
-        UNAVAILABLE
+    match error.kind() {
+        ErrorKind::Config => CONFIG,
+        ErrorKind::Timeout | ErrorKind::Blocked => TIMEOUT,
+        ErrorKind::Remote => REMOTE,
+        ErrorKind::Protocol | ErrorKind::TooLarge => DATA,
+        ErrorKind::AccessRefused => NO_PERMISSION,
+        ErrorKind::Internal => SOFTWARE,
+        _ => UNAVAILABLE,
     }
 }
 
@@ -43,8 +45,10 @@ pub fn worst(a: u8, b: u8) -> u8 {
         TIMEOUT => 2,
         DATA => 3,
         UNAVAILABLE => 4,
-        IO => 5,
-        _ => 6,
+        NO_PERMISSION => 5,
+        IO => 6,
+        SOFTWARE => 7,
+        _ => 8,
     };
     if rank(b) > rank(a) {
         b
@@ -70,6 +74,19 @@ mod tests {
             stage: fib_rpc::Stage::Reply,
         };
         assert_eq!(code(&timeout), TIMEOUT);
+        let blocked = Error::Blocked {
+            queue: "q".into(),
+            timeout: Duration::from_secs(1),
+            reason: "low on memory".into(),
+        };
+        assert_eq!(code(&blocked), TIMEOUT);
+        let large = Error::TooLarge {
+            what: "the request".into(),
+            size: 2,
+            limit: 1,
+        };
+        assert_eq!(code(&large), DATA);
+        assert_eq!(code(&Error::Internal("panic".into())), SOFTWARE);
     }
 
     #[test]

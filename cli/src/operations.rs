@@ -71,13 +71,17 @@ fn answer(
             if draining.load(Ordering::Relaxed) {
                 return (503, TEXT, "draining\n".into());
             }
-            match watched
-                .iter()
-                .find(|(_, monitor)| !monitor.stats().consuming)
-            {
-                None => (200, TEXT, "ready\n".into()),
-                Some((queue, _)) => (503, TEXT, format!("not consuming {queue}\n")),
+            for (queue, monitor) in watched.iter() {
+                let stats = monitor.stats();
+                if !stats.consuming {
+                    return (503, TEXT, format!("not consuming {queue}\n"));
+                }
+                if let Some(reason) = stats.blocked {
+                    let text = format!("the broker blocks the server of {queue}: {reason}\n");
+                    return (503, TEXT, text);
+                }
             }
+            (200, TEXT, "ready\n".into())
         }
         _ => (404, TEXT, "try /metrics, /healthz or /readyz\n".into()),
     }
@@ -110,6 +114,7 @@ impl Collector for Metrics {
                 ("error_reply", stats.error_replies),
                 ("expired", stats.expired),
                 ("unanswerable", stats.unanswerable),
+                ("duplicate", stats.duplicates),
             ] {
                 let labels = [("queue", *queue), ("outcome", outcome)];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
@@ -140,6 +145,23 @@ impl Collector for Metrics {
             "Requests taken off the queue and not yet acked.",
             &snapshots,
             |stats| stats.in_hand as f64,
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "fib_rpc_channel_losses",
+            "Worker channels the broker closed (consumer timeout, message size), each replaced.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (queue, stats) in &snapshots {
+            ConstCounter::new(stats.channel_losses)
+                .encode(family.encode_family(&[("queue", *queue)])?)?;
+        }
+        gauge_per_queue(
+            &mut encoder,
+            "fib_rpc_blocked",
+            "1 while the broker blocks publishing on the connection (a resource alarm), else 0.",
+            &snapshots,
+            |stats| f64::from(u8::from(stats.blocked.is_some())),
         )?;
         let mut family = encoder.encode_descriptor(
             "fib_rpc_reconnects",

@@ -288,7 +288,7 @@ fn wrong_credentials_are_told_apart_from_an_unreachable_broker() {
         .args(["--amqp-url", &wrong, "5"])
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(69));
+    assert_eq!(refused.status.code(), Some(77), "EX_NOPERM");
     assert!(
         stderr(&refused).contains("refused the credentials"),
         "{}",
@@ -409,6 +409,8 @@ fn every_server_setting_can_come_from_the_environment() {
         "FIB_RPC_QUEUE_TYPE",
         "FIB_RPC_DRAIN_TIMEOUT",
         "FIB_RPC_CLOSE_TIMEOUT",
+        "FIB_RPC_MAX_MESSAGE_SIZE",
+        "FIB_RPC_CONSUMER_TIMEOUT",
         "AMQP_URL",
     ] {
         assert!(stdout(&help).contains(variable), "--help lists {variable}");

@@ -1,6 +1,6 @@
 //! The Addition service of the callback-queue case study: `x,y` in, the exact sum out.
 
-use crate::error::HandlerError;
+use crate::error::{Error, HandlerError, Result};
 use crate::protocol::quote;
 use num_bigint::BigInt;
 
@@ -9,7 +9,9 @@ pub const DEFAULT_MAX_DIGITS: usize = 100_000;
 
 /// The Addition service: body = `x,y`, two decimal integers (an optional `-`, then ASCII
 /// digits, no spaces), reply = x + y, exact; each operand at most `max_digits` digits.
-pub fn addition_handler(max_digits: usize) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
+pub fn addition_handler(
+    max_digits: usize,
+) -> impl Fn(&[u8]) -> std::result::Result<Vec<u8>, HandlerError> {
     move |body| {
         let malformed = || {
             HandlerError::new(format!(
@@ -21,7 +23,7 @@ pub fn addition_handler(max_digits: usize) -> impl Fn(&[u8]) -> Result<Vec<u8>, 
         let (Some(x), Some(y), None) = (operands.next(), operands.next(), operands.next()) else {
             return Err(malformed());
         };
-        let parse = |operand: &[u8]| -> Result<BigInt, HandlerError> {
+        let parse = |operand: &[u8]| -> std::result::Result<BigInt, HandlerError> {
             let digits = operand.strip_prefix(b"-").unwrap_or(operand);
             if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
                 return Err(malformed());
@@ -39,9 +41,32 @@ pub fn addition_handler(max_digits: usize) -> impl Fn(&[u8]) -> Result<Vec<u8>, 
     }
 }
 
+/// Parses an Addition reply body: a decimal integer, with an optional `-`. An empty or
+/// non-decimal body (a foreign server's) is [`Error::Protocol`].
+pub fn parse_bigint(body: &[u8]) -> Result<BigInt> {
+    let digits = body.strip_prefix(b"-").unwrap_or(body);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(Error::Protocol(format!(
+            "expected a decimal integer, got {}",
+            quote(body)
+        )));
+    }
+    BigInt::parse_bytes(body, 10)
+        .ok_or_else(|| Error::Protocol(format!("unparsable integer {}", quote(body))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_are_signed_decimal_integers_and_nothing_else() {
+        assert_eq!(parse_bigint(b"-12").unwrap(), BigInt::from(-12));
+        assert_eq!(parse_bigint(b"8").unwrap(), BigInt::from(8));
+        for malformed in [&b""[..], b"-", b"abc", b"1.5", b" 3", b"--1"] {
+            assert!(parse_bigint(malformed).unwrap_err().is_protocol());
+        }
+    }
 
     #[test]
     fn addition_is_exact_for_big_and_negative_operands() {

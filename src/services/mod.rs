@@ -8,7 +8,7 @@
 mod addition;
 mod fibonacci;
 
-pub use addition::{addition_handler, DEFAULT_MAX_DIGITS};
+pub use addition::{addition_handler, parse_bigint, DEFAULT_MAX_DIGITS};
 pub use fibonacci::{
     fibonacci, fibonacci_handler, parse_biguint, parse_bounded_u64, FibonacciRpcClient,
     DEFAULT_MAX_N,

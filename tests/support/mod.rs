@@ -1,6 +1,7 @@
 //! Shared test support: the real broker, unique queue names that clean up after themselves,
 //! in-process and out-of-process servers, and a raw AMQP peer for sending arbitrary requests.
 #![allow(dead_code)] // each test crate uses its own part of this module
+pub mod logs;
 pub mod nodes;
 pub mod proxy;
 pub mod wire;
@@ -81,6 +82,29 @@ pub fn rabbitmqctl(node: Option<&str>, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// (messages ready, messages delivered and not yet acked) of `queue`, as the shared broker
+/// (`node` None) or a private node lists them; `None` if it lists no such queue.
+pub fn ready_and_unacked(node: Option<&str>, queue: &str) -> Option<(u32, u32)> {
+    let listing = rabbitmqctl(
+        node,
+        &[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+    );
+    listing.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields[..] {
+            [name, ready, unacked] if name == queue => {
+                Some((ready.parse().ok()?, unacked.parse().ok()?))
+            }
+            _ => None,
+        }
+    })
 }
 
 /// The second field of the listing line whose first field is `name`.

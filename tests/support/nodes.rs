@@ -28,23 +28,7 @@ pub fn private_nodes(n: usize) -> Vec<PrivateNode> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     if *started < n {
-        // The workspace's scripts/, from the library's tests or the tools' (cli/tests).
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .map(|dir| dir.join("scripts/nodes.sh"))
-            .find(|script| script.exists())
-            .expect("scripts/nodes.sh in the workspace");
-        let output = Command::new(&script)
-            .args(["start", &n.to_string()])
-            .output()
-            .unwrap_or_else(|error| panic!("cannot run {}: {error}", script.display()));
-        assert!(
-            output.status.success(),
-            "`scripts/nodes.sh start {n}` failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_nodes_script(&["start", &n.to_string()]);
         *started = n;
     }
     (1..=n)
@@ -55,9 +39,59 @@ pub fn private_nodes(n: usize) -> Vec<PrivateNode> {
         .collect()
 }
 
+/// The private node configured as production brokers are (scripts/nodes.sh limits): a
+/// consumer timeout of 3 s, a max_message_size of 1 MiB, and the user `limited` (password
+/// `limited`) without configure permission. Started unless it runs; never clustered.
+pub fn limits_node() -> PrivateNode {
+    static STARTED: Mutex<bool> = Mutex::new(false);
+    let mut started = STARTED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*started {
+        run_nodes_script(&["limits"]);
+        *started = true;
+    }
+    PrivateNode {
+        name: "fibrpc4@localhost".to_owned(),
+        port: 5684,
+    }
+}
+
+/// Runs scripts/nodes.sh with `args`; panics with its output if it fails.
+fn run_nodes_script(args: &[&str]) {
+    // The workspace's scripts/, from the library's tests or the tools' (cli/tests).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("scripts/nodes.sh"))
+        .find(|script| script.exists())
+        .expect("scripts/nodes.sh in the workspace");
+    let output = Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {}: {error}", script.display()));
+    assert!(
+        output.status.success(),
+        "`scripts/nodes.sh {}` failed ({}):\n{}{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 impl PrivateNode {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's URL for another user.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("amqp://{user}:{password}@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `rabbitmqctl -q -n NODE ARGS` on this node; its output.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        super::rabbitmqctl(Some(&self.name), args)
     }
 
     /// Stops the RabbitMQ application on this node (the Erlang VM stays up), which closes every

@@ -11,13 +11,15 @@ use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, ValueEnum};
 use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
 use fib_rpc::{
-    ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueType, ReplyMode, RpcClient, RpcServer,
-    ServerConfig,
+    ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueAdmin, QueueType, ReplyMode,
+    RpcClient, RpcServer, ServerConfig,
 };
+use fib_rpc_cli::exit;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use percent_encoding::percent_decode_str;
 use std::collections::{HashMap, VecDeque};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -580,16 +582,38 @@ fn peak_rss_kb() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args = Args::parse();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, the whole chain; the library's error, wherever it is in the chain,
+            // picks the exit code as for every tool (EX_SOFTWARE for what is not the library's).
+            eprintln!("fib-bench: {error:#}");
+            let code = error
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<fib_rpc::Error>())
+                .map_or(exit::SOFTWARE, exit::code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     if args.docs.emit(Args::command())? {
         return Ok(());
     }
     if args.threads == 0 || args.in_flight == 0 || args.workers == 0 || args.prefetch == 0 {
-        bail!("--threads, --in-flight, --workers and --prefetch must be at least 1");
+        return Err(fib_rpc::Error::Config(
+            "--threads, --in-flight, --workers and --prefetch must be at least 1".to_owned(),
+        )
+        .into());
     }
     let connection = ConnectionConfig::with_urls(&args.amqp_url);
+    // The broker is reached through fib-rpc first, so that refused credentials, a missing vhost
+    // or an unreachable broker get fib-rpc's one-line reason and exit code, not the raw
+    // baseline's driver error.
+    QueueAdmin::connect(&connection)?.close()?;
     let mut raws = Vec::new();
     let mut rpcs = Vec::new();
     for _ in 0..args.rounds {

@@ -2,7 +2,7 @@
 //! codes a script can branch on.
 
 use clap::{CommandFactory, Parser, ValueEnum};
-use fib_rpc::services::parse_biguint;
+use fib_rpc::services::{parse_bigint, parse_biguint};
 use fib_rpc::{ClientConfig, ConnectionConfig, Error, PendingReply, QueueAdmin, RpcClient};
 use fib_rpc_cli::docs::DocsArgs;
 use fib_rpc_cli::{exit, json_line};
@@ -18,8 +18,10 @@ use std::time::Duration;
 /// memory.
 ///
 /// Exit codes: 0 ok, 1 a request was refused (error reply), 2 usage, 65 a reply the protocol
-/// does not allow, 69 broker unavailable (or wrong credentials), no server or no such queue,
-/// 74 stdout failed, 75 timeout, 78 bad configuration (URL). With --keep-going, the worst seen.
+/// does not allow (or a request over the broker's size limit), 69 broker unavailable, no server
+/// or no such queue, 74 stdout failed, 75 timeout (or the broker blocks publishing), 77 the
+/// broker refused the credentials or permissions, 78 bad configuration (URL). With
+/// --keep-going, the worst seen.
 #[derive(Parser, Debug)]
 #[command(name = "fib-client", version)]
 struct Args {
@@ -179,7 +181,10 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<u8, Error> {
         Some(results) => submit(&client, &queue, results, inputs(args))?,
         None => answer(args, &client, &queue, inputs(args)),
     };
-    client.close()?;
+    // The calls' outcome is the exit code; a close that fails after them changes none of it.
+    if let Err(error) = client.close() {
+        log::warn!("closing the connection: {error}");
+    }
     Ok(code)
 }
 
@@ -216,7 +221,7 @@ fn answer(
     let printer = Printer {
         json: args.json,
         keep_going: args.keep_going,
-        check_fib: args.service == Service::Fib,
+        service: args.service,
     };
     std::thread::scope(|scope| {
         let printing = scope.spawn(|| printer.print_all(sent));
@@ -235,7 +240,18 @@ fn answer(
 struct Printer {
     json: bool,
     keep_going: bool,
-    check_fib: bool,
+    service: Service,
+}
+
+/// How much of an input an error message on stderr quotes.
+const QUOTED_INPUT: usize = 60;
+
+/// `input` as an error line shows it: whole if short, else its start and its length.
+fn shortened(input: &str) -> String {
+    match input.char_indices().nth(QUOTED_INPUT) {
+        None => input.to_owned(),
+        Some((end, _)) => format!("{}... ({} bytes)", &input[..end], input.len()),
+    }
 }
 
 impl Printer {
@@ -248,8 +264,9 @@ impl Printer {
         let mut code = exit::OK;
         for (input, pending) in sent {
             let outcome = pending.and_then(PendingReply::wait).and_then(|reply| {
-                if self.check_fib {
-                    parse_biguint(&reply)?;
+                match self.service {
+                    Service::Fib => parse_biguint(&reply).map(drop)?,
+                    Service::Add => parse_bigint(&reply).map(drop)?,
                 }
                 Ok(String::from_utf8_lossy(&reply).into_owned())
             });
@@ -266,7 +283,7 @@ impl Printer {
                     json_line(&[("input", json!(input)), ("error", json!(error.to_string()))])
                 ),
                 (Err(error), false) => {
-                    eprintln!("fib-client: {input}: {error}");
+                    eprintln!("fib-client: {}: {error}", shortened(&input));
                     Ok(())
                 }
             }
@@ -318,4 +335,20 @@ fn purge(args: &Args, connection: &ConnectionConfig) -> Result<u8, Error> {
     }
     admin.close()?;
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_inputs_are_quoted_short() {
+        assert_eq!(shortened("12"), "12");
+        let long = "7".repeat(1_200_000);
+        let shown = shortened(&long);
+        assert!(shown.len() < 90, "{shown}");
+        assert!(shown.ends_with("(1200000 bytes)"), "{shown}");
+        let wide = "é".repeat(100);
+        assert!(shortened(&wide).starts_with(&"é".repeat(QUOTED_INPUT)));
+    }
 }

@@ -15,9 +15,9 @@ use std::time::Duration;
 /// Serve fib(n) (and other bundled services) over RabbitMQ, tutorial-6 protocol, until Ctrl-C
 /// or SIGTERM. Every setting can also come from the environment (FIB_RPC_*, AMQP_URL).
 ///
-/// Exit codes: 0 stopped cleanly, 69 broker unavailable (or wrong credentials), 75 the drain
-/// timed out (requests went back to the queue), 78 bad configuration (zero workers, an unknown
-/// service, a bad URL), 130 a second signal.
+/// Exit codes: 0 stopped cleanly, 69 broker unavailable, 75 the drain timed out (requests went
+/// back to the queue), 77 the broker refused the credentials or permissions, 78 bad
+/// configuration (zero workers, an unknown service, a bad URL), 130 a second signal.
 #[derive(Parser, Debug)]
 #[command(name = "fib-server", version)]
 struct Args {
@@ -56,6 +56,15 @@ struct Args {
     /// during a network cut); the connection is dropped then.
     #[arg(long, env = "FIB_RPC_CLOSE_TIMEOUT", value_name = "SECONDS", default_value_t = 5.0, value_parser = fib_rpc_cli::seconds)]
     close_timeout: f64,
+    /// Largest reply body the broker takes, in bytes (its max_message_size); a larger reply
+    /// becomes an error reply that says so.
+    #[arg(long, env = "FIB_RPC_MAX_MESSAGE_SIZE", value_name = "BYTES", default_value_t = fib_rpc::DEFAULT_MAX_MESSAGE_SIZE)]
+    max_message_size: usize,
+    /// Seconds a request may stay unacknowledged before the broker requeues it, for handlers
+    /// longer than the broker's consumer_timeout (sent as x-consumer-timeout, which RabbitMQ
+    /// 3.12 and later apply). Default: the broker's.
+    #[arg(long, env = "FIB_RPC_CONSUMER_TIMEOUT", value_name = "SECONDS", value_parser = fib_rpc_cli::seconds)]
+    consumer_timeout: Option<f64>,
     /// Serve Prometheus metrics (/metrics), liveness (/healthz) and readiness (/readyz) over
     /// HTTP on this address, e.g. 127.0.0.1:9464. Off by default.
     #[arg(long, env = "FIB_RPC_METRICS_ADDR", value_name = "ADDR")]
@@ -130,6 +139,8 @@ fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
 fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
     let mut config = ServerConfig::new(args.amqp_url.join(","), queue);
     config.connection.close_timeout = Duration::from_secs_f64(args.close_timeout);
+    config.connection.max_message_size = args.max_message_size;
+    config.consumer_timeout = args.consumer_timeout.map(Duration::from_secs_f64);
     config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
     config.queue_type = args.queue_type;
     config.workers = args.workers.unwrap_or(config.workers);

@@ -2,7 +2,8 @@
 #![allow(dead_code)] // each test crate uses its own part of this module
 
 use crate::support::amqp_url;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,7 +39,22 @@ impl ServerProcess {
     /// Starts the real binary with exactly these arguments and environment (which may name
     /// the broker and the queue), against the test broker unless `env` says otherwise.
     pub fn start_configured(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fib-server"))
+        ServerProcess::start_under(&[], args, env)
+    }
+
+    /// [`ServerProcess::start_configured`], run by `wrapper` (a command and its arguments,
+    /// e.g. `faketime -f +20s`), or directly if `wrapper` is empty.
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let binary = env!("CARGO_BIN_EXE_fib-server");
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, wrapper_args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(wrapper_args).arg(binary);
+                command
+            }
+        };
+        let mut child = command
             .args(args)
             .env("AMQP_URL", amqp_url())
             .envs(env.iter().copied())
@@ -115,4 +131,46 @@ impl Drop for ServerProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Starts fib-server with metrics on a port of its choosing; returns it with that address.
+pub fn server_with_metrics(url: &str, queue: &str, extra: &[&str]) -> (ServerProcess, String) {
+    let mut args = vec!["--queue", queue, "--metrics-addr", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let server = ServerProcess::start_configured(&args, &[("AMQP_URL", url)]);
+    let line = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|line| line.contains("metrics and health on http://"))
+        .cloned()
+        .expect("fib-server says where its metrics are");
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    (server, address)
+}
+
+/// A GET over a fresh connection: (status, body).
+pub fn get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the metrics port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
 }
