@@ -150,19 +150,126 @@ fn a_queue_without_consumers_fails_fast_with_no_server() {
     server.shutdown().unwrap();
 }
 
+/// How long a client trusts a no-server check that found a consumer (the library's one
+/// second).
+const CONSUMER_TRUST: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_no_server_again() {
+    let queue = TestQueue::new("trust");
+    queue.declare_classic(false);
+    // A consumer of our own, which takes (and acks by taking) whatever reaches it.
+    let mut consumer_connection = support::raw_connection();
+    let channel = consumer_connection.open_channel(None).unwrap();
+    let consumer = channel
+        .basic_consume(
+            queue.name.as_str(),
+            amiquip::ConsumerOptions {
+                no_ack: true,
+                ..amiquip::ConsumerOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(queue.counts(), (0, 1));
+    let client = support::client();
+    // This send asks the broker, finds the consumer, and trusts that until a second after.
+    let checked_from = Instant::now();
+    drop(client.send(&queue.name, b"1", TIMEOUT).unwrap());
+    let checked_by = Instant::now();
+    assert!(
+        matches!(
+            consumer.receiver().recv_timeout(TIMEOUT),
+            Ok(amiquip::ConsumerMessage::Delivery(_))
+        ),
+        "the first request reached the consumer"
+    );
+    consumer.cancel().unwrap();
+    assert_eq!(queue.counts(), (0, 0), "no consumer any more");
+    // Within the second the client does not ask again: its requests go out, and are queued.
+    let sent_at = Instant::now();
+    for _ in 0..10 {
+        drop(client.send(&queue.name, b"2", TIMEOUT).unwrap());
+    }
+    let sent_by = Instant::now();
+    assert!(
+        sent_by < checked_from + CONSUMER_TRUST,
+        "too slow to send within the trusted second: {:?}",
+        sent_by - checked_from
+    );
+    support::wait_until("10 requests queued", TIMEOUT, || queue.counts() == (10, 0));
+    // Once the second is over, the client asks again, and reports that no server is there.
+    let mut published_after_trust = Vec::new();
+    let no_server_at = loop {
+        let attempt = Instant::now();
+        match client.send(&queue.name, b"3", TIMEOUT) {
+            Err(error) => {
+                assert!(error.is_no_server(), "{error}");
+                break Instant::now();
+            }
+            Ok(pending) => {
+                drop(pending);
+                published_after_trust.push(attempt - checked_by);
+            }
+        }
+        assert!(
+            attempt < checked_by + 2 * CONSUMER_TRUST,
+            "still trusted {:?} after the check",
+            attempt - checked_from
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        no_server_at >= checked_from + CONSUMER_TRUST,
+        "asked again {:?} after the check, within the trusted second",
+        no_server_at - checked_from
+    );
+    assert!(
+        no_server_at < checked_by + CONSUMER_TRUST + Duration::from_millis(500),
+        "no server reported only {:?} after the check",
+        no_server_at - checked_by
+    );
+    // Every send that published started before the trust ran out.
+    for after in &published_after_trust {
+        assert!(
+            *after < CONSUMER_TRUST,
+            "published {after:?} after the check"
+        );
+    }
+    assert!(client
+        .send(&queue.name, b"4", TIMEOUT)
+        .unwrap_err()
+        .is_no_server());
+    eprintln!(
+        "consumer trust: sends {:?}..{:?} after the check published; no server reported {:?} after it",
+        sent_at - checked_from,
+        sent_by - checked_from,
+        no_server_at - checked_from
+    );
+    drop(consumer);
+    drop(channel);
+    consumer_connection.close().unwrap();
+}
+
 #[test]
 fn without_a_server_a_patient_call_times_out_on_time_and_the_request_expires() {
     let queue = TestQueue::new("patient");
     queue.declare_quorum();
     let client = support::patient_client();
-    let timeout = Duration::from_millis(700);
+    // Long enough to see the request in the queue before it expires.
+    let timeout = Duration::from_secs(3);
     let started = Instant::now();
-    let error = client.call(&queue.name, b"5", timeout).unwrap_err();
+    let pending = client.send(&queue.name, b"5", timeout).unwrap();
+    support::wait_until("the request is queued", timeout, || {
+        queue.counts() == (1, 0)
+    });
+    let queued_after = started.elapsed();
+    assert!(queued_after < timeout, "seen only after {queued_after:?}");
+    let error = pending.wait().unwrap_err();
     let waited = started.elapsed();
     assert!(error.is_timeout(), "{error}");
     assert!(waited >= timeout, "gave up early: {waited:?}");
     assert!(
-        waited < timeout + Duration::from_secs(2),
+        waited < timeout + Duration::from_millis(500),
         "gave up late: {waited:?}"
     );
     assert_eq!(
@@ -171,11 +278,20 @@ fn without_a_server_a_patient_call_times_out_on_time_and_the_request_expires() {
         "a timed-out call left its entry behind"
     );
     // The request carried expiration = timeout, so the broker drops it instead of keeping it
-    // for a server that would answer a caller who has gone.
+    // for a server that would answer a caller who has gone; no consumer took it meanwhile.
     support::wait_until(
         "the stale request is dropped",
         Duration::from_secs(5),
-        || queue.counts().0 == 0,
+        || queue.counts() == (0, 0),
+    );
+    let dropped_after = started.elapsed();
+    assert!(
+        dropped_after >= timeout,
+        "dropped before it expired: {dropped_after:?}"
+    );
+    eprintln!(
+        "expiration: queued after {queued_after:?}, call timed out after {waited:?}, \
+         dropped by the broker by {dropped_after:?}"
     );
 }
 

@@ -182,3 +182,89 @@ fn a_connection_closed_by_the_broker_over_tls_fails_the_call_and_the_next_reconn
     );
     server.shutdown().unwrap();
 }
+
+/// A proxy in front of private node 1's TLS port, to cut the network silently under TLS.
+fn tls_proxy() -> support::proxy::Proxy {
+    support::proxy::Proxy::start("127.0.0.1:5691")
+}
+
+/// How far past its timeout a call may return on a busy 2-core machine.
+const SLACK: Duration = Duration::from_millis(500);
+
+#[test]
+fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
+    let _nodes = nodes();
+    let url = amqps(1, &with_ca());
+    let checked = format!("test-tls-cut-checked-{}", uuid::Uuid::new_v4());
+    let unchecked = format!("test-tls-cut-unchecked-{}", uuid::Uuid::new_v4());
+    let start = |queue: &str| {
+        RpcServer::new(
+            ServerConfig::new(url.as_str(), queue),
+            fibonacci_handler(DEFAULT_MAX_N),
+        )
+        .start()
+        .unwrap()
+    };
+    let (first, second) = (start(&checked), start(&unchecked));
+    let proxy = tls_proxy();
+    let mut config = fib_rpc::ClientConfig::new(proxy.url(&url));
+    config.connection.close_timeout = Duration::from_secs(1);
+    let client = RpcClient::with_config(config).unwrap();
+    let timeout = Duration::from_secs(1);
+    assert_eq!(client.call(&checked, b"10", timeout).unwrap(), b"55");
+    proxy.freeze();
+    // The no-server check of a queue not seen yet asks the broker, which never answers; then
+    // the connection is dropped, and a reconnect through the cut cannot finish its handshake.
+    for (what, queue) in [
+        ("the no-server check", &unchecked),
+        ("a reconnect", &checked),
+    ] {
+        let started = Instant::now();
+        let error = client.call(queue, b"10", timeout).unwrap_err();
+        let took = started.elapsed();
+        eprintln!("TLS call needing {what} in a cut: {took:?} ({error})");
+        assert!(error.is_timeout(), "{what}: {error}");
+        assert!(took < timeout + SLACK, "{what} took {took:?}");
+    }
+    proxy.resume();
+    assert_eq!(
+        client
+            .call(&checked, b"11", Duration::from_secs(10))
+            .unwrap(),
+        b"89",
+        "served again once the network is back"
+    );
+    first.shutdown().unwrap();
+    second.shutdown().unwrap();
+}
+
+#[test]
+fn a_silent_cut_under_tls_is_reported_as_missed_heartbeats() {
+    let _nodes = nodes();
+    let queue = format!("test-tls-heartbeat-{}", uuid::Uuid::new_v4());
+    let url = amqps(1, &with_ca());
+    let (server, gate) = support::start_gated_echo_server_at(&url, &queue, 1);
+    let proxy = tls_proxy();
+    let client = RpcClient::connect(&format!("{}&heartbeat=1", proxy.url(&url))).unwrap();
+    let pending = client
+        .send(&queue, b"slow", Duration::from_secs(60))
+        .unwrap();
+    gate.started.recv_timeout(Duration::from_secs(10)).unwrap();
+    let cut_at = Instant::now();
+    proxy.freeze();
+    let error = pending.wait().unwrap_err();
+    let noticed_after = cut_at.elapsed();
+    gate.release();
+    eprintln!("TLS cut noticed after {noticed_after:?}: {error}");
+    assert!(matches!(error, Error::ConnectionLost(_)), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("missed heartbeats"), "{text}");
+    assert!(text.contains("1s"), "the interval is named: {text}");
+    // Two missed beats of 1 s, then the driver's check.
+    assert!(
+        noticed_after < Duration::from_secs(4),
+        "noticed only after {noticed_after:?}"
+    );
+    proxy.resume();
+    server.shutdown().unwrap();
+}

@@ -6,54 +6,12 @@ mod processes;
 mod support;
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use processes::ServerProcess;
+use processes::{get, server_with_metrics};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::proxy::Proxy;
 use support::{RawPeer, TestQueue};
-
-/// Starts fib-server with metrics on a port of its choosing; returns it with that address.
-fn server_with_metrics(url: &str, queue: &str, extra: &[&str]) -> (ServerProcess, String) {
-    let mut args = vec!["--queue", queue, "--metrics-addr", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    let server = ServerProcess::start_configured(&args, &[("AMQP_URL", url)]);
-    let line = server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|line| line.contains("metrics and health on http://"))
-        .cloned()
-        .expect("fib-server says where its metrics are");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
-    (server, address)
-}
-
-/// A GET over a fresh connection: (status, body).
-fn get(address: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).expect("connect to the metrics port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, body)| body.to_owned());
-    (status, body)
-}
 
 /// The first line of a response, read byte by byte up to its end.
 fn status_line(stream: &mut TcpStream) -> String {
@@ -288,4 +246,90 @@ fn bad_http_does_not_disturb_serving() {
         Duration::from_secs(30),
         || get(&address, "/readyz").0 == 200,
     );
+}
+
+#[test]
+fn ctrl_c_drains_the_request_in_hand_and_exits_0_as_sigterm_does() {
+    let queue = TestQueue::new("ops-sigint");
+    let (mut server, address) = server_with_metrics(
+        &support::amqp_url(),
+        &queue.name,
+        &["--workers", "1", "--max-n", "100000000"],
+    );
+    let client = support::client();
+    // fib(2000000) takes seconds: still in hand when the signal comes, and after it.
+    let slow = client
+        .send(&queue.name, b"2000000", Duration::from_secs(120))
+        .unwrap();
+    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
+    support::wait_until("the request is in hand", Duration::from_secs(10), || {
+        sample(&get(&address, "/metrics").1, &in_hand) == 1.0
+    });
+    server.signal("INT");
+    support::wait_until("draining", Duration::from_secs(10), || {
+        get(&address, "/readyz").0 == 503
+    });
+    assert_eq!(
+        sample(&get(&address, "/metrics").1, &in_hand),
+        1.0,
+        "the request is still in hand while the server drains"
+    );
+    assert_eq!(server.log_lines_with("finishing requests in hand"), 1);
+    assert_eq!(server.wait_exit(Duration::from_secs(60)), Some(0));
+    assert_eq!(
+        slow.wait().expect("answered before the server exited"),
+        fib_rpc::services::fibonacci(2_000_000)
+            .to_string()
+            .into_bytes()
+    );
+    assert_eq!(queue.counts(), (0, 0), "answered and acked, nothing left");
+}
+
+#[test]
+fn a_request_in_hand_when_the_connection_is_lost_goes_back_to_the_queue_and_is_answered() {
+    let queue = TestQueue::new("ops-lost-in-hand");
+    let (server, address) = server_with_metrics(
+        &support::amqp_url(),
+        &queue.name,
+        &["--workers", "1", "--max-n", "100000000"],
+    );
+    let client = support::client();
+    // fib(3000000) takes seconds: still in hand when the connection goes.
+    let slow = client
+        .send(&queue.name, b"3000000", Duration::from_secs(120))
+        .unwrap();
+    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
+    support::wait_until("the request is in hand", Duration::from_secs(10), || {
+        sample(&get(&address, "/metrics").1, &in_hand) == 1.0
+    });
+    assert_eq!(
+        support::close_broker_connections(&format!("fib-rpc server on {}", queue.name)),
+        1
+    );
+    // Still being computed: the connection that could have acked it is gone.
+    assert_eq!(
+        sample(&get(&address, "/metrics").1, &in_hand),
+        1.0,
+        "the request was in hand, unanswered, when the connection went"
+    );
+    // The broker has it again, ready for whoever consumes next (this server, once its
+    // handler is done and it has reconnected).
+    support::wait_until(
+        "the request is back in the queue",
+        Duration::from_secs(10),
+        || queue.counts() == (1, 0),
+    );
+    let reconnects = format!("fib_rpc_reconnects_total{{queue=\"{}\"}}", queue.name);
+    support::wait_until("reconnected", Duration::from_secs(60), || {
+        sample(&get(&address, "/metrics").1, &reconnects) == 1.0
+    });
+    let reply = slow.wait().expect("answered after the reconnect");
+    assert_eq!(
+        reply,
+        fib_rpc::services::fibonacci(3_000_000)
+            .to_string()
+            .into_bytes()
+    );
+    assert_eq!(server.log_lines_with("connection lost"), 1);
+    assert_eq!(queue.counts(), (0, 1), "acked at last; the server consumes");
 }
