@@ -19,8 +19,8 @@ use std::time::Duration;
 /// A result is acknowledged only after its line was written and flushed: when stdout closes
 /// (`fib-results R | head -1`) or fails, the result in hand stays in the queue.
 ///
-/// Exit codes: 0 ok (also when the reader of stdout went away), 69 broker unavailable (or wrong
-/// credentials), 74 stdout failed, 78 bad configuration (URL).
+/// Exit codes: 0 ok (also when the reader of stdout went away), 69 broker unavailable, 74 stdout
+/// failed, 77 the broker refused the credentials or permissions, 78 bad configuration (URL).
 #[derive(Parser, Debug)]
 #[command(name = "fib-results", version)]
 struct Args {
