@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # What building and testing the workspace needs beyond Rust: OpenSSL's headers and pkg-config,
-# for fib-bench's raw TLS baseline (amiquip's native-tls), and faketime, for the tests that run
-# a server whose clock is ahead of or behind its callers'. Installs Debian's packages when root
+# for fib-bench's raw TLS baseline (amiquip's native-tls), faketime, for the tests that run a
+# server whose clock is ahead of or behind its callers', and man, for the package test. Installs Debian's packages when root
 # and they are missing; otherwise says exactly what to install.
 set -euo pipefail
 
 missing=()
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
 command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
 ((${#missing[@]} == 0)) && exit 0
 if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     printf 'deps.sh: installing %s\n' "${missing[*]}" >&2

@@ -48,3 +48,56 @@ fn without_default_features_there_are_no_big_integers() {
     let tree = library_dependencies(&["--no-default-features"]);
     assert!(!tree.contains("num-bigint"), "{tree}");
 }
+
+/// Every Rust source file of the library and the tools, with its path.
+fn product_sources() -> Vec<(std::path::PathBuf, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pending = vec![root.join("src"), root.join("cli/src")];
+    let mut sources = Vec::new();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                sources.push((path, text));
+            }
+        }
+    }
+    assert!(sources.len() > 20, "found the sources");
+    sources
+}
+
+/// RUSTSEC-2024-0421 (idna 0.1.5, under url 1.7 under amq-protocol 1.4 under amiquip) is
+/// recorded in deny.toml as unreachable: fib-rpc parses URLs with url 2 and hands amiquip an
+/// open socket. This fails if the library or a tool ever lets amiquip or amq-protocol parse a
+/// URL.
+#[test]
+fn amiquip_never_parses_a_url() {
+    let url_parsers = [
+        "Connection::insecure_open(",
+        "Connection::open(",
+        "Connection::open_tuned(",
+        "Connection::insecure_open_tuned(",
+        "AMQPUri",
+        "amq_protocol",
+    ];
+    let mut stream_opens = 0;
+    for (path, text) in product_sources() {
+        for parser in url_parsers {
+            assert!(
+                !text.contains(parser),
+                "{} calls {parser}: amiquip would parse a URL with url 1.7 (idna 0.1.5, \
+                 RUSTSEC-2024-0421); parse it with url 2 and open the socket ourselves",
+                path.display()
+            );
+        }
+        stream_opens +=
+            text.matches("_open_stream(").count() + text.matches("open_tls_stream(").count();
+    }
+    assert!(
+        stream_opens >= 2,
+        "the library and fib-bench open their own sockets"
+    );
+}
