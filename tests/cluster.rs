@@ -564,25 +564,38 @@ fn a_rolling_restart_under_load_keeps_the_service_up() {
         // Those on the stopped node went to the node after it, first and once; the others
         // kept their connections.
         let next = (index + 1) % nodes.len();
+        let server_log = server_log_text(stopped_at, until);
         for (program, node_of) in programs.iter().zip(on.iter_mut()) {
             let attempts = attempts_of(program, stopped_at, until);
             assert_each_attempt_goes_to_the_next_node(&nodes, program, &attempts);
-            let expected = match *node_of == index {
-                true => vec![Attempt {
-                    address: address(&nodes[next]),
-                    connected: true,
-                }],
-                false => Vec::new(),
-            };
-            assert_eq!(
-                attempts,
-                expected,
-                "{program} when {} stopped; the server's log:{}",
-                node.name,
-                server_log_text(stopped_at, until)
+            let expected_first = (*node_of == index).then(|| Attempt {
+                address: address(&nodes[next]),
+                connected: true,
+            });
+            let context = format!(
+                "{program} when {} stopped: {attempts:?}; the server's log:{server_log}",
+                node.name
             );
-            if *node_of == index {
-                *node_of = next;
+            assert_eq!(attempts.first(), expected_first.as_ref(), "{context}");
+            assert!(
+                attempts.iter().all(|attempt| attempt.connected),
+                "{context}"
+            );
+            // RabbitMQ 3.10 can answer a consume on a quorum queue whose leader is being
+            // elected with two consume-oks of one tag; amiquip then drops the connection, and
+            // the server goes on, at once, to the node after (seen in about one run in eight).
+            // Only that may cost a second attempt.
+            if attempts.len() > 1 {
+                assert!(server_log.contains("duplicate consumer tag"), "{context}");
+                eprintln!(
+                    "step {index}: the broker's duplicate consume-ok cost {program} a reconnection"
+                );
+            }
+            if let Some(last) = attempts.last() {
+                *node_of = nodes
+                    .iter()
+                    .position(|node| address(node) == last.address)
+                    .expect("one of the nodes");
             }
         }
         steps.push((node.name.clone(), stopped_at, until));

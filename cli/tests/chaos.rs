@@ -632,15 +632,21 @@ fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
 #[test]
 fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_the_queue() {
     let queue = TestQueue::new("chaos-second-signal");
-    let mut server = ServerProcess::start(&queue.name, &["--workers", "1", "--max-n", "100000000"]);
+    let (mut server, address) = processes::server_with_metrics(
+        &support::amqp_url(),
+        &queue.name,
+        &["--workers", "1", "--max-n", "100000000"],
+    );
     let client = support::client();
     // fib(3000000) takes seconds: the request is certainly still in hand when the signals come.
     let slow = client
         .send(&queue.name, b"3000000", Duration::from_secs(60))
         .unwrap();
-    // Delivered and not acked: the server holds it.
-    support::wait_until("the request is in hand", Duration::from_secs(10), || {
-        support::ready_and_unacked(None, &queue.name) == Some((0, 1))
+    // The server's own count says it holds it (a queue count of 0 ready is also true before
+    // the request arrives).
+    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
+    support::wait_until("the request is in hand", Duration::from_secs(30), || {
+        processes::sample(&processes::get(&address, "/metrics").1, &in_hand) == 1.0
     });
     server.signal("TERM");
     support::wait_until("the server begins to stop", Duration::from_secs(10), || {

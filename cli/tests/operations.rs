@@ -6,7 +6,7 @@ mod processes;
 mod support;
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use processes::{get, server_with_metrics};
+use processes::{get, sample, server_with_metrics};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -24,14 +24,6 @@ fn status_line(stream: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&line).into_owned()
-}
-
-/// The value of the sample that starts with `series` (name and labels, as written).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
 }
 
 #[test]

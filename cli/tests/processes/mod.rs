@@ -174,3 +174,11 @@ pub fn get(address: &str, path: &str) -> (u16, String) {
         .map_or(String::new(), |(_, body)| body.to_owned());
     (status, body)
 }
+
+/// The value of the sample that starts with `series` (name and labels, as written).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
