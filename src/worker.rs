@@ -136,7 +136,11 @@ impl Worker {
             };
             count(&self.counters.channel_losses);
             self.explain(&reason);
+            // A channel whose consumer the broker cancelled is still open: close it, but no
+            // longer than a close may take.
+            let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
             let _ = channel.close();
+            drop(alarm);
             channel = match self.new_channel() {
                 Ok(channel) => channel,
                 Err(error) => {
