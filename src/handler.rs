@@ -15,7 +15,8 @@ pub struct Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    /// A request whose deadline is the one its header states.
+    /// A request whose deadline is the one its header states (the server judges it first).
+    #[cfg(test)]
     pub(crate) fn new(body: &'a [u8], properties: &'a AmqpProperties, redelivered: bool) -> Self {
         Request {
             body,
@@ -25,9 +26,19 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The same request, with its caller's deadline as this host's clock sees it.
-    pub(crate) fn with_deadline(self, deadline: Option<SystemTime>) -> Self {
-        Request { deadline, ..self }
+    /// A request whose caller's deadline, on this host's clock, is `deadline`.
+    pub(crate) fn due(
+        body: &'a [u8],
+        properties: &'a AmqpProperties,
+        redelivered: bool,
+        deadline: Option<SystemTime>,
+    ) -> Self {
+        Request {
+            body,
+            properties,
+            redelivered,
+            deadline,
+        }
     }
 
     /// The request body.

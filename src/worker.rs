@@ -322,8 +322,7 @@ impl Worker {
         if let Some(key) = &key {
             self.shared.recent.hold(key, self.generation);
         }
-        let request =
-            Request::new(&delivery.body, properties, delivery.redelivered).with_deadline(deadline);
+        let request = Request::due(&delivery.body, properties, delivery.redelivered, deadline);
         let outcome = match refusal(properties) {
             Some(refused) => Err(refused),
             None => {
