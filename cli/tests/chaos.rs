@@ -644,9 +644,8 @@ fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_th
         .unwrap();
     // The server's own count says it holds it (a queue count of 0 ready is also true before
     // the request arrives).
-    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
     support::wait_until("the request is in hand", Duration::from_secs(30), || {
-        processes::sample(&processes::get(&address, "/metrics").1, &in_hand) == 1.0
+        processes::requests_in_hand(&address, &queue.name) == 1.0
     });
     server.signal("TERM");
     support::wait_until("the server begins to stop", Duration::from_secs(10), || {

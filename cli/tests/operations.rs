@@ -6,7 +6,7 @@ mod processes;
 mod support;
 
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use processes::{get, sample, server_with_metrics};
+use processes::{get, requests_in_hand, sample, server_with_metrics};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -164,9 +164,8 @@ fn a_drain_is_not_ready_and_its_timeout_sets_the_exit_code() {
     let slow = client
         .send(&queue.name, b"3000000", Duration::from_secs(60))
         .unwrap();
-    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
     support::wait_until("the request is in hand", Duration::from_secs(10), || {
-        sample(&get(&address, "/metrics").1, &in_hand) == 1.0
+        requests_in_hand(&address, &queue.name) == 1.0
     });
     server.signal("TERM");
     support::wait_until("not ready while draining", Duration::from_secs(10), || {
@@ -253,21 +252,24 @@ fn ctrl_c_drains_the_request_in_hand_and_exits_0_as_sigterm_does() {
     let slow = client
         .send(&queue.name, b"2000000", Duration::from_secs(120))
         .unwrap();
-    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
     support::wait_until("the request is in hand", Duration::from_secs(10), || {
-        sample(&get(&address, "/metrics").1, &in_hand) == 1.0
+        requests_in_hand(&address, &queue.name) == 1.0
     });
     server.signal("INT");
     support::wait_until("draining", Duration::from_secs(10), || {
         get(&address, "/readyz").0 == 503
     });
     assert_eq!(
-        sample(&get(&address, "/metrics").1, &in_hand),
+        requests_in_hand(&address, &queue.name),
         1.0,
         "the request is still in hand while the server drains"
     );
-    assert_eq!(server.log_lines_with("finishing requests in hand"), 1);
+    // /readyz turns 503 before the drain begins and logs it; the log is read by a thread.
+    support::wait_until("the drain is logged", Duration::from_secs(10), || {
+        server.log_lines_with("finishing requests in hand") == 1
+    });
     assert_eq!(server.wait_exit(Duration::from_secs(60)), Some(0));
+    assert_eq!(server.log_lines_with("finishing requests in hand"), 1);
     assert_eq!(
         slow.wait().expect("answered before the server exited"),
         fib_rpc::services::fibonacci(2_000_000)
@@ -290,9 +292,8 @@ fn a_request_in_hand_when_the_connection_is_lost_goes_back_to_the_queue_and_is_a
     let slow = client
         .send(&queue.name, b"3000000", Duration::from_secs(120))
         .unwrap();
-    let in_hand = format!("fib_rpc_requests_in_hand{{queue=\"{}\"}}", queue.name);
     support::wait_until("the request is in hand", Duration::from_secs(10), || {
-        sample(&get(&address, "/metrics").1, &in_hand) == 1.0
+        requests_in_hand(&address, &queue.name) == 1.0
     });
     assert_eq!(
         support::close_broker_connections(&format!("fib-rpc server on {}", queue.name)),
@@ -300,7 +301,7 @@ fn a_request_in_hand_when_the_connection_is_lost_goes_back_to_the_queue_and_is_a
     );
     // Still being computed: the connection that could have acked it is gone.
     assert_eq!(
-        sample(&get(&address, "/metrics").1, &in_hand),
+        requests_in_hand(&address, &queue.name),
         1.0,
         "the request was in hand, unanswered, when the connection went"
     );

@@ -182,3 +182,9 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
 }
+
+/// The server's `fib_rpc_requests_in_hand` for `queue`, read from its metrics at `address`.
+pub fn requests_in_hand(address: &str, queue: &str) -> f64 {
+    let series = format!("fib_rpc_requests_in_hand{{queue=\"{queue}\"}}");
+    sample(&get(address, "/metrics").1, &series)
+}
