@@ -28,6 +28,14 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// How long a queue seen with consumers is trusted to still have them.
 const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
 
+/// How long a queue that had a consumer when last asked is given for one to come back before a
+/// call reports [`Error::NoServer`]: a server failing over to another node, or reconnecting
+/// after its connection was closed, consumes again within tens of milliseconds.
+const SERVER_RETURN_GRACE: Duration = Duration::from_millis(500);
+
+/// How often the consumer count is asked for within [`SERVER_RETURN_GRACE`].
+const SERVER_RETURN_POLL: Duration = Duration::from_millis(25);
+
 /// How often a client that may wait for a server asks whether the request queue exists yet.
 const QUEUE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -220,7 +228,8 @@ impl Session {
     }
 
     /// Fails with [`Error::NoServer`] if `queue` is missing or has no consumer; asks the
-    /// broker (before `deadline`) only when the last answer is too old.
+    /// broker (before `deadline`) only when the last answer is too old, and if the last answer
+    /// found a consumer, keeps asking for [`SERVER_RETURN_GRACE`] before giving up.
     pub fn ensure_consumer(&self, queue: &str, deadline: Instant) -> Result<()> {
         let now = Instant::now();
         if lock(&self.served_until)
@@ -229,17 +238,26 @@ impl Session {
         {
             return Ok(());
         }
-        let consumers = self.bounded(deadline, "the no-server check", || {
-            self.consumer_count(queue)
-        })?;
-        if consumers == 0 {
-            return Err(Error::NoServer {
-                queue: queue.to_owned(),
-                reason: "the queue exists but no server is consuming it".to_owned(),
-            });
+        let was_served = lock(&self.served_until).contains_key(queue);
+        let grace_until = deadline.min(now + SERVER_RETURN_GRACE);
+        loop {
+            let consumers = self.bounded(deadline, "the no-server check", || {
+                self.consumer_count(queue)
+            })?;
+            let asked_at = Instant::now();
+            if consumers > 0 {
+                lock(&self.served_until).insert(queue.to_owned(), asked_at + CONSUMER_CHECK_TTL);
+                return Ok(());
+            }
+            if !was_served || asked_at >= grace_until {
+                lock(&self.served_until).remove(queue);
+                return Err(Error::NoServer {
+                    queue: queue.to_owned(),
+                    reason: "the queue exists but no server is consuming it".to_owned(),
+                });
+            }
+            std::thread::sleep(SERVER_RETURN_POLL.min(grace_until - asked_at));
         }
-        lock(&self.served_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
-        Ok(())
     }
 
     /// Waits until `queue` exists (a server declares it), asking the broker every

@@ -321,6 +321,13 @@ fn stopping_the_servers_node_under_load_fails_over_to_the_next() {
     capture_logs();
     let nodes = cluster();
     let queue = format!("test-cluster-failover-{}", uuid::Uuid::new_v4());
+    // The queue's leader is on a node that stays up: this test is about the server's failover,
+    // the leader's election is the next test's.
+    support::declare_at(&nodes[2].url(), &queue, QueueType::Quorum, true);
+    assert_eq!(
+        nodes[2].queue_leader(&queue).as_deref(),
+        Some(nodes[2].name.as_str())
+    );
     let began = Instant::now();
     let server = fib_server(&urls(&nodes, 0), &queue, 2);
     let names = client_names(&queue);
@@ -357,17 +364,12 @@ fn stopping_the_servers_node_under_load_fails_over_to_the_next() {
     );
     load.wait_answered(Instant::now(), 200, Duration::from_secs(60));
     let until = Instant::now();
-    assert!(
-        node_lists_connection(&nodes[1], &server_name),
-        "node 2 does not list the server's connection"
-    );
-    drop(stopped);
-    let outcomes = load.finish();
-    let failed = check_errors(&outcomes);
-    let window = failover_window(&outcomes, stopped_at, until);
+    let server_log = logged(stopped_at, until, |record| record.thread == SERVER_THREAD);
 
     // The server went to the node after the stopped one, first and at once: it tried no
-    // other node, waited no backoff, and stayed there.
+    // other node, waited no backoff, and stayed there. (With the leader's node stopped,
+    // RabbitMQ 3.10 can answer a consume during the election with two consume-oks of one tag,
+    // which costs another reconnection: the rolling restart below meets that.)
     assert_eq!(
         attempts_of(&server_name, stopped_at, until),
         [Attempt {
@@ -377,7 +379,14 @@ fn stopping_the_servers_node_under_load_fails_over_to_the_next() {
         "the server's log:{}",
         server_log_text(stopped_at, until)
     );
-    let server_log = logged(stopped_at, until, |record| record.thread == SERVER_THREAD);
+    assert!(
+        node_lists_connection(&nodes[1], &server_name),
+        "node 2 does not list the server's connection"
+    );
+    drop(stopped);
+    let outcomes = load.finish();
+    let failed = check_errors(&outcomes);
+    let window = failover_window(&outcomes, stopped_at, until);
     assert!(
         server_log
             .iter()

@@ -154,8 +154,12 @@ fn a_queue_without_consumers_fails_fast_with_no_server() {
 /// second).
 const CONSUMER_TRUST: Duration = Duration::from_secs(1);
 
+/// How long a client waits for a consumer to come back to a queue that had one when last
+/// asked (the library's half second).
+const SERVER_RETURN_GRACE: Duration = Duration::from_millis(500);
+
 #[test]
-fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_no_server_again() {
+fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_given_half_a_second_to_return() {
     let queue = TestQueue::new("trust");
     queue.declare_classic(false);
     // A consumer of our own, which takes (and acks by taking) whatever reaches it.
@@ -198,13 +202,14 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_no_server_again()
     );
     support::wait_until("10 requests queued", TIMEOUT, || queue.counts() == (10, 0));
     // Once the second is over, the client asks again, and reports that no server is there.
+    // The last answer had found a consumer, so that call gives one half a second to return.
     let mut published_after_trust = Vec::new();
-    let no_server_at = loop {
+    let (no_server_at, waited) = loop {
         let attempt = Instant::now();
         match client.send(&queue.name, b"3", TIMEOUT) {
             Err(error) => {
                 assert!(error.is_no_server(), "{error}");
-                break Instant::now();
+                break (Instant::now(), attempt.elapsed());
             }
             Ok(pending) => {
                 drop(pending);
@@ -224,7 +229,12 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_no_server_again()
         no_server_at - checked_from
     );
     assert!(
-        no_server_at < checked_by + CONSUMER_TRUST + Duration::from_millis(500),
+        waited >= SERVER_RETURN_GRACE,
+        "no server reported after {waited:?}, without waiting for the server to return"
+    );
+    assert!(
+        no_server_at
+            < checked_by + CONSUMER_TRUST + SERVER_RETURN_GRACE + Duration::from_millis(500),
         "no server reported only {:?} after the check",
         no_server_at - checked_by
     );
@@ -235,10 +245,17 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_no_server_again()
             "published {after:?} after the check"
         );
     }
+    // Now the last answer found none, so the next call reports it at once.
+    let asked_at = Instant::now();
     assert!(client
         .send(&queue.name, b"4", TIMEOUT)
         .unwrap_err()
         .is_no_server());
+    assert!(
+        asked_at.elapsed() < SERVER_RETURN_GRACE,
+        "no server reported only after {:?} the second time",
+        asked_at.elapsed()
+    );
     eprintln!(
         "consumer trust: sends {:?}..{:?} after the check published; no server reported {:?} after it",
         sent_at - checked_from,
