@@ -1,19 +1,14 @@
 //! Queue administration: declaring durable queues, status and purge, without `rabbitmqctl`.
 
-use crate::amqp::{self, Link};
-use crate::config::{ConnectionConfig, QueueType};
+use crate::config::ConnectionConfig;
 use crate::deadline;
+use crate::driver::amqp::{self, Link};
+use crate::driver::queue::{open_channel, NOT_FOUND};
+use crate::driver::watchdog::{Alarm, Cutter};
 use crate::error::{Error, Result};
-use crate::watchdog::{Alarm, Cutter};
-use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
+use amiquip::Connection;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// AMQP reply code for a declaration that conflicts with an existing queue.
-const PRECONDITION_FAILED: u16 = 406;
-
-/// AMQP reply code for a queue that does not exist.
-pub(crate) const NOT_FOUND: u16 = 404;
 
 /// A queue as the broker reports it: `rabbitmqctl list_queues name messages consumers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,53 +118,5 @@ fn not_found_or(queue: &str, error: amiquip::Error, operation: &str) -> Error {
             Error::QueueNotFound(queue.to_owned())
         }
         other => Error::broker(format!("{operation} queue {queue:?}"), other),
-    }
-}
-
-pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
-    connection
-        .open_channel(None)
-        .map_err(|e| Error::broker("opening a channel", e))
-}
-
-/// Declares a durable queue of this type; if it exists with other arguments (a tutorial server
-/// declared it differently, say), uses it as it is.
-pub(crate) fn declare_durable(
-    connection: &mut Connection,
-    queue: &str,
-    queue_type: QueueType,
-) -> Result<()> {
-    let mut arguments = FieldTable::new();
-    if queue_type == QueueType::Quorum {
-        arguments.insert(
-            "x-queue-type".to_owned(),
-            AmqpValue::LongString("quorum".to_owned()),
-        );
-    }
-    let options = QueueDeclareOptions {
-        durable: true,
-        arguments,
-        ..QueueDeclareOptions::default()
-    };
-    let channel = open_channel(connection)?;
-    match channel.queue_declare(queue, options) {
-        Ok(_) => {
-            let _ = channel.close();
-            Ok(())
-        }
-        Err(amiquip::Error::ServerClosedChannel { code, message, .. })
-            if code == PRECONDITION_FAILED =>
-        {
-            log::warn!(
-                "queue {queue} exists with other settings than ours ({message}); using it as it is"
-            );
-            let channel = open_channel(connection)?;
-            channel
-                .queue_declare_passive(queue)
-                .map_err(|e| Error::broker(format!("using queue {queue}"), e))?;
-            let _ = channel.close();
-            Ok(())
-        }
-        Err(error) => Err(Error::broker(format!("declaring queue {queue}"), error)),
     }
 }

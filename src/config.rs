@@ -101,17 +101,6 @@ impl ConnectionConfig {
     }
 }
 
-impl std::str::FromStr for ConnectionConfig {
-    type Err = Error;
-
-    /// Defaults, with this URL, which must be one fib-rpc can use.
-    fn from_str(url: &str) -> Result<Self> {
-        let config = ConnectionConfig::new(url);
-        crate::endpoint::parse_all(&config)?;
-        Ok(config)
-    }
-}
-
 impl std::fmt::Debug for ConnectionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionConfig")

@@ -107,34 +107,22 @@
 //! * The library logs through `log` and installs no logger.
 
 mod admin;
-mod amqp;
 mod client;
 mod config;
 mod deadline;
-mod endpoint;
+mod driver;
 mod error;
-mod expiry;
-mod frames;
-mod guard;
 pub mod handler;
-mod handshake;
 #[cfg(feature = "json")]
 pub mod json;
-mod keeper;
-mod pending;
 pub mod protocol;
-mod recent;
-mod results;
 mod server;
 #[cfg(feature = "fibonacci")]
 pub mod services;
-mod session;
-mod stats;
-mod tls;
-mod watchdog;
-mod worker;
+mod util;
 
 pub use admin::{QueueAdmin, QueueStatus};
+pub use client::results::{ResultConsumer, ResultMessage};
 pub use client::{PendingReply, RpcClient};
 pub use config::{
     ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, TlsOptions,
@@ -144,11 +132,10 @@ pub use error::{Error, ErrorKind, HandlerError, Result, Stage};
 pub use handler::{Handler, HeaderValue, Request};
 #[cfg(feature = "fibonacci")]
 pub use num_bigint::BigUint;
-pub use results::{ResultConsumer, ResultMessage};
+pub use server::stats::{Durations, ServerStats};
 pub use server::{RpcServer, ServerHandle, ServerMonitor, ShutdownTrigger};
 #[cfg(feature = "fibonacci")]
 pub use services::FibonacciRpcClient;
-pub use stats::{Durations, ServerStats};
 
 /// The README's Rust example is compiled as a doc test, so it cannot drift from the API.
 #[cfg(doctest)]

@@ -15,8 +15,8 @@
 //!   and is answered with an error reply; a `correlation_id` that is not UTF-8 is echoed in the
 //!   reply byte for byte.
 
+pub use crate::driver::frames::REJECTED_HEADER;
 use crate::error::{Error, Result};
-pub use crate::frames::REJECTED_HEADER;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

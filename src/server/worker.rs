@@ -4,17 +4,16 @@
 //! reply over its size limit), the worker alone opens a new channel on the same connection,
 //! publishes there the reply the old channel could not carry, and consumes again; the other
 //! workers and the connection go on. The broker requeues what the old channel held, and the
-//! copy is acked without being computed again (see [`recent`](crate::recent)).
+//! copy is acked without being computed again (see [`recent`](crate::server::recent)).
 
 use crate::deadline;
+use crate::driver::watchdog::{Alarm, Cutter};
 use crate::error::{Error, HandlerError, Result};
-use crate::expiry::{Clocks, Taken, Verdict};
 use crate::handler::{refusal, Handler, Request};
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
-use crate::recent::{Key, Recent};
-use crate::server::SessionEnd;
-use crate::stats::{count, Counters};
-use crate::watchdog::{Alarm, Cutter};
+use crate::server::expiry::{Clocks, Taken, Verdict};
+use crate::server::recent::{Key, Recent};
+use crate::server::stats::{count, Counters};
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery,
     FieldTable, Publish,
@@ -36,6 +35,12 @@ pub(crate) struct Shared {
     /// The largest reply the broker takes: the configured limit, lowered by a refusal.
     pub limit: AtomicUsize,
     pub clocks: Clocks,
+}
+
+/// How one connection's life ended.
+pub(crate) enum SessionEnd {
+    Stopped,
+    Lost(String),
 }
 
 /// Asks the supervisor for a new channel on the worker's connection.

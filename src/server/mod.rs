@@ -1,23 +1,28 @@
 //! The server: a pool of worker threads serving one request queue with a handler.
 
-use crate::admin;
-use crate::amqp::{self, Link};
+mod expiry;
+mod recent;
+pub(crate) mod stats;
+mod worker;
+
 use crate::config::ServerConfig;
 use crate::deadline;
+use crate::driver::amqp::{self, Link};
+use crate::driver::queue;
+use crate::driver::watchdog::Alarm;
 use crate::error::{Error, Result};
-use crate::expiry::Clocks;
 use crate::handler::Handler;
-use crate::recent::Recent;
-use crate::stats::{Counters, ServerStats};
-use crate::watchdog::Alarm;
-use crate::worker::{ChannelRequest, Shared, Worker};
 use amiquip::ConnectionBlockedNotification;
 use crossbeam_channel::{Receiver, Sender};
+use expiry::Clocks;
+use recent::Recent;
+use stats::{Counters, ServerStats};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use worker::{ChannelRequest, SessionEnd, Shared, Worker};
 
 /// Serves one request queue with a handler on a pool of worker threads.
 ///
@@ -208,12 +213,6 @@ impl ShutdownTrigger {
     }
 }
 
-/// How one connection's life ended.
-pub(crate) enum SessionEnd {
-    Stopped,
-    Lost(String),
-}
-
 struct Supervisor {
     config: ServerConfig,
     handler: Arc<dyn Handler>,
@@ -284,7 +283,7 @@ impl Supervisor {
             deadline::from_now(self.config.connection.connect_timeout),
             &cutter,
         );
-        admin::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
+        queue::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
         let mut blocked = connection
             .listen_for_connection_blocked()
             .map_err(|error| Error::broker("listening for connection.blocked", error))?;
@@ -293,7 +292,7 @@ impl Supervisor {
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
         let (channel_sender, channel_requests) = crossbeam_channel::unbounded::<ChannelRequest>();
         for index in 0..self.config.workers {
-            let channel = admin::open_channel(&mut connection)?;
+            let channel = queue::open_channel(&mut connection)?;
             let worker = Worker {
                 index,
                 queue: self.config.queue.clone(),
@@ -351,7 +350,7 @@ impl Supervisor {
                             deadline::from_now(self.config.connection.connect_timeout),
                             &cutter,
                         );
-                        let _ = request.send(admin::open_channel(&mut connection));
+                        let _ = request.send(queue::open_channel(&mut connection));
                         drop(alarm);
                     }
                     // Every worker has ended; their exits tell how.

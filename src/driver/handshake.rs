@@ -9,7 +9,7 @@
 //! expect that frame there and fails with a parse error, so the guard keeps the broker's code and
 //! text for the error we report.
 
-use crate::frames::{self, read_u32};
+use crate::driver::frames::{self, read_u32};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 

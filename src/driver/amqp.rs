@@ -3,17 +3,17 @@
 //!
 //! We open the socket ourselves because amiquip never sets `TCP_NODELAY` (with Nagle's
 //! algorithm on, every small publish waits for the peer's delayed ACK, ~40 ms), because every
-//! byte amiquip parses must first pass our [`guard`](crate::guard), and because a clone of the
-//! socket lets the [`watchdog`](crate::watchdog) end a connection whose broker stopped answering.
+//! byte amiquip parses must first pass our [`guard`](crate::driver::guard), and because a clone of the
+//! socket lets the [`watchdog`](crate::driver::watchdog) end a connection whose broker stopped answering.
 
 use crate::config::ConnectionConfig;
 use crate::deadline;
-use crate::endpoint::{self, Endpoint};
+use crate::driver::endpoint::{self, Endpoint};
+use crate::driver::guard::{GuardedStream, Transport};
+use crate::driver::handshake::Witness;
+use crate::driver::tls;
+use crate::driver::watchdog::{Alarm, Cutter};
 use crate::error::{Error, Result, ACCESS_REFUSED};
-use crate::guard::{GuardedStream, Transport};
-use crate::handshake::Witness;
-use crate::tls;
-use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;

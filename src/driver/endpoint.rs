@@ -41,6 +41,19 @@ impl Endpoint {
     }
 }
 
+// Here rather than in config.rs: checking a URL is the driver's job, and the settings need nothing
+// of the driver.
+impl std::str::FromStr for ConnectionConfig {
+    type Err = Error;
+
+    /// Defaults, with this URL, which must be one fib-rpc can use.
+    fn from_str(url: &str) -> Result<Self> {
+        let config = ConnectionConfig::new(url);
+        parse_all(&config)?;
+        Ok(config)
+    }
+}
+
 /// Every endpoint of `config`, in the order given; at least one.
 pub(crate) fn parse_all(config: &ConnectionConfig) -> Result<Vec<Endpoint>> {
     if config.urls.is_empty() {

@@ -1,14 +1,15 @@
 //! One connection's worth of client state, replaced wholesale after a connection loss.
 
-use crate::admin::{self, NOT_FOUND};
-use crate::amqp::{self, Link};
+use crate::client::pending::Pending;
 use crate::config::{ClientConfig, QueueType, ReplyMode};
 use crate::deadline;
+use crate::driver::amqp::{self, Link};
+use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
+use crate::driver::queue::{self, NOT_FOUND};
+use crate::driver::watchdog::{Alarm, Cutter};
 use crate::error::{Error, Result, Stage};
-use crate::keeper::{Keeper, OwnedPublish, Tick};
-use crate::pending::Pending;
 use crate::protocol;
-use crate::watchdog::{Alarm, Cutter};
+use crate::util::lock;
 use amiquip::{
     AmqpProperties, Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage,
     ConsumerOptions, Delivery, Publish, QueueDeclareOptions, Return,
@@ -16,7 +17,7 @@ use amiquip::{
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// AMQP reply code of a mandatory message the broker could not route to any queue.
@@ -196,7 +197,7 @@ impl Session {
             return Ok(());
         }
         self.with_connection(|connection| {
-            admin::declare_durable(connection, queue, QueueType::Classic)
+            queue::declare_durable(connection, queue, QueueType::Classic)
         })?;
         declared.insert(queue.to_owned());
         Ok(())
@@ -562,7 +563,7 @@ fn subscribe(
     reply_mode: ReplyMode,
     this: &Arc<OnceLock<Weak<Session>>>,
 ) -> Result<Subscription> {
-    let reply_channel = admin::open_channel(connection)?;
+    let reply_channel = queue::open_channel(connection)?;
     let (reply_queue, publisher) = match reply_mode {
         ReplyMode::CallbackQueue => {
             let options = QueueDeclareOptions {
@@ -574,7 +575,7 @@ fn subscribe(
                 .map_err(|e| Error::broker("declaring the callback queue", e))?
                 .name()
                 .to_owned();
-            (name, Some(admin::open_channel(connection)?))
+            (name, Some(queue::open_channel(connection)?))
         }
         ReplyMode::DirectReplyTo => (DIRECT_REPLY_TO.to_owned(), None),
     };
@@ -622,7 +623,7 @@ struct Submitter {
 
 impl Submitter {
     fn open(connection: &mut Connection) -> Result<Submitter> {
-        let channel = admin::open_channel(connection)?;
+        let channel = queue::open_channel(connection)?;
         let confirms = channel
             .listen_for_publisher_confirms()
             .map_err(|e| Error::broker("listening for confirms", e))?;
@@ -694,10 +695,4 @@ pub(crate) fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpPr
         .with_reply_to(reply_to.to_owned())
         .with_correlation_id(correlation_id.to_owned())
         .with_content_type(protocol::CONTENT_TYPE.to_owned())
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

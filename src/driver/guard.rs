@@ -1,13 +1,13 @@
 //! The stream amiquip reads from and writes to: our socket, with every content header frame
-//! passed through [`frames`](crate::frames) on the way in and out.
+//! passed through [`frames`](crate::driver::frames) on the way in and out.
 //!
 //! amiquip parses only the bytes this stream hands it, so a message it could not survive never
 //! reaches it. Frames other than content headers are passed through as they are, without
 //! being buffered whole.
 
-use crate::frames::{self, RawIds, HEADER_FRAME};
-use crate::handshake::{self, Witness, MAX_CONNECTION_FRAME};
-use crate::tls::TlsTransport;
+use crate::driver::frames::{self, RawIds, HEADER_FRAME};
+use crate::driver::handshake::{self, Witness, MAX_CONNECTION_FRAME};
+use crate::driver::tls::TlsTransport;
 use mio::{Evented, Poll, PollOpt, Ready, Token};
 use std::io::{self, Read, Write};
 use std::sync::Arc;

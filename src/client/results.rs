@@ -4,14 +4,14 @@
 //! durable result queue and returns at once; servers reply there as to anyone; any number of
 //! [`ResultConsumer`]s read that queue, each result going to exactly one of them.
 
-use crate::admin::{self, open_channel};
-use crate::amqp::{self, Link};
 use crate::config::{ConnectionConfig, QueueType};
 use crate::deadline;
+use crate::driver::amqp::{self, Link};
+use crate::driver::keeper::Keeper;
+use crate::driver::queue::{self, open_channel};
+use crate::driver::watchdog::{Alarm, Cutter};
 use crate::error::{Error, Result};
-use crate::keeper::Keeper;
 use crate::protocol;
-use crate::watchdog::{Alarm, Cutter};
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
 use crossbeam_channel::RecvTimeoutError;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ impl ResultConsumer {
             ..
         } = amqp::open(config, "fib-rpc results", None, 0)?;
         let alarm = Alarm::arm(deadline::from_now(config.connect_timeout), &cutter);
-        admin::declare_durable(&mut connection, queue, QueueType::Classic)?;
+        queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
         let channel = open_channel(&mut connection)?;
         // One unacked result at a time: consumers sharing the queue split the results fairly.
         channel

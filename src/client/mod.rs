@@ -1,14 +1,19 @@
 //! The blocking client: one connection, one callback queue, many calls.
 
+mod pending;
+pub(crate) mod results;
+mod session;
+
 use crate::config::{ClientConfig, ConnectionConfig};
 use crate::deadline;
+use crate::driver::keeper::OwnedPublish;
 use crate::error::{Error, Result, Stage};
-use crate::keeper::OwnedPublish;
-use crate::pending::Outcome;
 use crate::protocol::{self, CONTENT_TYPE};
-use crate::session::{lock, request_properties, Session};
+use crate::util::lock;
 use amiquip::Publish;
 use crossbeam_channel::Receiver;
+use pending::Outcome;
+use session::{request_properties, Session};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};

@@ -1,6 +1,7 @@
 //! What a server did and is doing, for its owner to read or export (`fib-server` serves them
 //! as Prometheus metrics).
 
+use crate::util::lock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -164,13 +165,6 @@ impl Counters {
     fn connected_at_lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         lock(&self.connected_at)
     }
-}
-
-/// Plain values: a panic cannot leave them half-written.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn count(counter: &AtomicU64) {

@@ -1,0 +1,59 @@
+//! Channels and queue declarations every part of the crate needs.
+
+use crate::config::QueueType;
+use crate::error::{Error, Result};
+use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
+
+/// AMQP reply code for a declaration that conflicts with an existing queue.
+const PRECONDITION_FAILED: u16 = 406;
+
+/// AMQP reply code for a queue that does not exist.
+pub(crate) const NOT_FOUND: u16 = 404;
+
+pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
+    connection
+        .open_channel(None)
+        .map_err(|e| Error::broker("opening a channel", e))
+}
+
+/// Declares a durable queue of this type; if it exists with other arguments (a tutorial server
+/// declared it differently, say), uses it as it is.
+pub(crate) fn declare_durable(
+    connection: &mut Connection,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<()> {
+    let mut arguments = FieldTable::new();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".to_owned(),
+            AmqpValue::LongString("quorum".to_owned()),
+        );
+    }
+    let options = QueueDeclareOptions {
+        durable: true,
+        arguments,
+        ..QueueDeclareOptions::default()
+    };
+    let channel = open_channel(connection)?;
+    match channel.queue_declare(queue, options) {
+        Ok(_) => {
+            let _ = channel.close();
+            Ok(())
+        }
+        Err(amiquip::Error::ServerClosedChannel { code, message, .. })
+            if code == PRECONDITION_FAILED =>
+        {
+            log::warn!(
+                "queue {queue} exists with other settings than ours ({message}); using it as it is"
+            );
+            let channel = open_channel(connection)?;
+            channel
+                .queue_declare_passive(queue)
+                .map_err(|e| Error::broker(format!("using queue {queue}"), e))?;
+            let _ = channel.close();
+            Ok(())
+        }
+        Err(error) => Err(Error::broker(format!("declaring queue {queue}"), error)),
+    }
+}
