@@ -4,7 +4,7 @@ use crate::config::ConnectionConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::queue::{open_channel, NOT_FOUND};
-use crate::driver::watchdog::{Alarm, Cutter};
+use crate::driver::watchdog::{Bounded, Cutter};
 use crate::error::{Error, Result};
 use amiquip::Connection;
 use std::sync::Arc;
@@ -52,64 +52,63 @@ impl QueueAdmin {
 
     /// Messages ready and consumers attached; [`Error::QueueNotFound`] if there is no such queue.
     pub fn status(&mut self, queue: &str) -> Result<QueueStatus> {
-        let alarm = Alarm::arm(deadline::from_now(self.timeout), &self.cutter);
-        let status = self.ask_status(queue);
-        self.unanswered(alarm, status)
+        let status = self.cutter.bounded(deadline::from_now(self.timeout), || {
+            ask_status(&mut self.connection, queue)
+        });
+        self.unanswered(status)
     }
 
     /// Deletes every ready message of `queue`; returns how many there were.
     pub fn purge(&mut self, queue: &str) -> Result<u32> {
-        let alarm = Alarm::arm(deadline::from_now(self.timeout), &self.cutter);
-        let purged = self.ask_purge(queue);
-        self.unanswered(alarm, purged)
+        let purged = self.cutter.bounded(deadline::from_now(self.timeout), || {
+            ask_purge(&mut self.connection, queue)
+        });
+        self.unanswered(purged)
     }
 
     /// Closes the connection.
     pub fn close(self) -> Result<()> {
-        let alarm = Alarm::arm(deadline::from_now(self.timeout), &self.cutter);
-        let closed = self
-            .connection
-            .close()
-            .map_err(|e| Error::broker("closing the connection", e));
-        drop(alarm);
-        closed
+        self.cutter
+            .close_within(self.timeout, self.connection)
+            .outcome
+            .map_err(|e| Error::broker("closing the connection", e))
     }
 
-    /// The broker's answer, or a connection error if it gave none before the alarm.
-    fn unanswered<T>(&self, alarm: Alarm, answer: Result<T>) -> Result<T> {
-        if alarm.fired() {
+    /// The broker's answer, or a connection error if it gave none in time.
+    fn unanswered<T>(&self, answer: Bounded<Result<T>>) -> Result<T> {
+        if answer.cut {
             return Err(Error::ConnectionLost(format!(
                 "the broker did not answer within {:?}",
                 self.timeout
             )));
         }
-        answer
+        answer.outcome
     }
+}
 
-    fn ask_status(&mut self, queue: &str) -> Result<QueueStatus> {
-        // A passive declaration of a missing queue closes its channel: one channel per question.
-        let channel = open_channel(&mut self.connection)?;
-        let status = channel
-            .queue_declare_passive(queue)
-            .map(|declared| QueueStatus {
-                name: queue.to_owned(),
-                messages: declared.declared_message_count().unwrap_or(0),
-                consumers: declared.declared_consumer_count().unwrap_or(0),
-            })
-            .map_err(|error| not_found_or(queue, error, "inspecting"))?;
-        let _ = channel.close();
-        Ok(status)
-    }
+fn ask_status(connection: &mut Connection, queue: &str) -> Result<QueueStatus> {
+    // A passive declaration of a missing queue closes its channel: one channel per question.
+    let channel = open_channel(connection)?;
+    let status = channel
+        .queue_declare_passive(queue)
+        .map(|declared| QueueStatus {
+            name: queue.to_owned(),
+            messages: declared.declared_message_count().unwrap_or(0),
+            consumers: declared.declared_consumer_count().unwrap_or(0),
+        })
+        .map_err(|error| not_found_or(queue, error, "inspecting"))?;
+    let _ = channel.close();
+    Ok(status)
+}
 
-    fn ask_purge(&mut self, queue: &str) -> Result<u32> {
-        self.ask_status(queue)?;
-        let channel = open_channel(&mut self.connection)?;
-        let purged = channel
-            .queue_purge(queue)
-            .map_err(|error| not_found_or(queue, error, "purging"))?;
-        let _ = channel.close();
-        Ok(purged)
-    }
+fn ask_purge(connection: &mut Connection, queue: &str) -> Result<u32> {
+    ask_status(connection, queue)?;
+    let channel = open_channel(connection)?;
+    let purged = channel
+        .queue_purge(queue)
+        .map_err(|error| not_found_or(queue, error, "purging"))?;
+    let _ = channel.close();
+    Ok(purged)
 }
 
 fn not_found_or(queue: &str, error: amiquip::Error, operation: &str) -> Error {

@@ -9,7 +9,7 @@ use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::Keeper;
 use crate::driver::queue::{self, open_channel};
-use crate::driver::watchdog::{Alarm, Cutter};
+use crate::driver::watchdog::Cutter;
 use crate::error::{Error, Result};
 use crate::protocol;
 use amiquip::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
@@ -62,22 +62,25 @@ impl ResultConsumer {
             cutter,
             ..
         } = amqp::open(config, "fib-rpc results", None, 0)?;
-        let alarm = Alarm::arm(deadline::from_now(config.connect_timeout), &cutter);
-        queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
-        let channel = open_channel(&mut connection)?;
-        // One unacked result at a time: consumers sharing the queue split the results fairly.
-        channel
-            .qos(0, 1, false)
-            .map_err(|e| Error::broker("setting prefetch", e))?;
-        let keeper = Keeper::start(
-            channel,
-            queue.to_owned(),
-            ConsumerOptions::default(),
-            KEEPER_IDLE,
-            Box::new(|| true),
-            Box::new(|_| {}),
-        )?;
-        drop(alarm);
+        let keeper = cutter
+            .bounded(deadline::from_now(config.connect_timeout), || {
+                queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
+                let channel = open_channel(&mut connection)?;
+                // One unacked result at a time: consumers sharing the queue split the results
+                // fairly.
+                channel
+                    .qos(0, 1, false)
+                    .map_err(|e| Error::broker("setting prefetch", e))?;
+                Keeper::start(
+                    channel,
+                    queue.to_owned(),
+                    ConsumerOptions::default(),
+                    KEEPER_IDLE,
+                    Box::new(|| true),
+                    Box::new(|_| {}),
+                )
+            })
+            .outcome?;
         Ok(ResultConsumer {
             connection: Some(connection),
             cutter,
@@ -128,10 +131,10 @@ impl ResultConsumer {
     }
 
     fn close_bounded(&self, connection: Connection) -> Result<()> {
-        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
-        let closed = connection.close();
-        drop(alarm);
-        closed.map_err(|e| Error::broker("closing the connection", e))
+        self.cutter
+            .close_within(self.close_timeout, connection)
+            .outcome
+            .map_err(|e| Error::broker("closing the connection", e))
     }
 
     fn ack_taken(&mut self) -> Result<()> {

@@ -6,7 +6,7 @@ use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
 use crate::driver::queue::{self, NOT_FOUND};
-use crate::driver::watchdog::{Alarm, Cutter};
+use crate::driver::watchdog::{Bounded, Cutter};
 use crate::error::{Error, Result, Stage};
 use crate::protocol;
 use crate::util::lock;
@@ -103,15 +103,23 @@ impl Session {
             address,
         } = amqp::open(&config.connection, "fib-rpc client", Some(deadline), first)?;
         let give_up = deadline.min(deadline::from_now(config.connection.connect_timeout));
-        let alarm = Alarm::arm(give_up, &cutter);
         let this: Arc<OnceLock<Weak<Session>>> = Arc::new(OnceLock::new());
-        let blocking = connection
-            .listen_for_connection_blocked()
-            .map_err(|error| Error::broker("listening for connection.blocked", error))?;
-        let setup = subscribe(&mut connection, config.reply_mode, &this);
+        let Bounded { outcome, cut } = cutter.bounded(give_up, || {
+            let blocking = connection
+                .listen_for_connection_blocked()
+                .map_err(|error| Error::broker("listening for connection.blocked", error));
+            blocking.map(|blocking| {
+                (
+                    blocking,
+                    subscribe(&mut connection, config.reply_mode, &this),
+                )
+            })
+        });
+        // A failed listen is told as it is; only a failed subscription is blamed on the deadline.
+        let (blocking, setup) = outcome?;
         let (reply_queue, publisher, keeper, returns) = match setup {
             Ok(parts) => parts,
-            Err(_) if alarm.fired() => {
+            Err(_) if cut => {
                 return Err(Error::connect(
                     "the broker",
                     "no answer while subscribing to replies",
@@ -120,7 +128,6 @@ impl Session {
             }
             Err(error) => return Err(error),
         };
-        drop(alarm);
         log::debug!("client ready on {address}, replies to {reply_queue}");
         let session = Arc::new(Session {
             connection: Mutex::new(Some(connection)),
@@ -156,9 +163,8 @@ impl Session {
         what: &str,
         operation: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        let alarm = Alarm::arm(deadline, &self.cutter);
-        let outcome = operation();
-        if alarm.fired() {
+        let Bounded { outcome, cut } = self.cutter.bounded(deadline, operation);
+        if cut {
             self.mark_lost(format!(
                 "the broker did not answer {what} in time (a network cut or a stalled broker); \
                  the connection was dropped"
@@ -406,10 +412,12 @@ impl Session {
             return;
         }
         let closed = self.publisher.as_ref().and_then(|channel| {
-            let deadline = deadline::from_now(CHANNEL_REASON_WAIT);
-            let alarm = Alarm::arm(deadline, &self.cutter);
-            let asked = lock(channel).qos(0, 0, false);
-            drop(alarm);
+            let asked = self
+                .cutter
+                .bounded(deadline::from_now(CHANNEL_REASON_WAIT), || {
+                    lock(channel).qos(0, 0, false)
+                })
+                .outcome;
             match asked {
                 Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => Some(format!(
                     "the broker closed the request channel: {code} {message}"
@@ -512,15 +520,14 @@ impl Session {
     }
 
     fn close_bounded(&self, connection: Connection) -> Result<(), amiquip::Error> {
-        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
-        let closed = connection.close();
-        if alarm.fired() {
+        let closed = self.cutter.close_within(self.close_timeout, connection);
+        if closed.cut {
             log::warn!(
                 "the broker did not confirm the close within {:?}; the connection was dropped",
                 self.close_timeout
             );
         }
-        closed
+        closed.outcome
     }
 
     fn route_reply(&self, delivery: Delivery) {

@@ -12,7 +12,7 @@ use crate::driver::endpoint::{self, Endpoint};
 use crate::driver::guard::{GuardedStream, Transport};
 use crate::driver::handshake::Witness;
 use crate::driver::tls;
-use crate::driver::watchdog::{Alarm, Cutter};
+use crate::driver::watchdog::{Bounded, Cutter};
 use crate::error::{Error, Result, ACCESS_REFUSED};
 use amiquip::{Auth, Connection, ConnectionOptions, ConnectionTuning};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -120,15 +120,16 @@ fn open_one(
         .heartbeat(heartbeat)
         .connection_timeout(Some(give_up.saturating_duration_since(Instant::now())))
         .information(Some(name.to_owned()));
-    let alarm = Alarm::arm(give_up, &cutter);
-    let opened = Connection::insecure_open_stream(
-        GuardedStream::new(transport, Arc::clone(&witness)),
-        options,
-        ConnectionTuning::default(),
-    );
-    let connection = match opened {
+    let Bounded { outcome, cut } = cutter.bounded(give_up, || {
+        Connection::insecure_open_stream(
+            GuardedStream::new(transport, Arc::clone(&witness)),
+            options,
+            ConnectionTuning::default(),
+        )
+    });
+    let connection = match outcome {
         Ok(connection) => connection,
-        Err(_) if alarm.fired() => {
+        Err(_) if cut => {
             let reason = format!(
                 "no answer to the AMQP handshake within {:?}",
                 give_up - started

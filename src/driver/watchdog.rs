@@ -1,17 +1,19 @@
 //! Deadlines for driver calls that have none of their own.
 //!
 //! amiquip's calls (declare, publish when its buffers are full, close) block until the broker
-//! answers, however long a silent network cut lasts. Before such a call we arm an [`Alarm`];
-//! if the call is still running at the deadline, one process-wide watchdog thread shuts the
+//! answers, however long a silent network cut lasts. Such a call runs through
+//! [`Cutter::bounded`], which arms an [`Alarm`]; if the call is still running at the deadline, one process-wide watchdog thread shuts the
 //! connection's socket down, which fails every blocked call on that connection at once. Arming
 //! and disarming take a lock and a map update; the thread is woken only when a new deadline is
 //! earlier than the one it sleeps towards.
 
+use crate::deadline;
+use amiquip::Connection;
 use std::collections::BTreeMap;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A handle on a connection's socket that can end the connection from any thread.
 #[derive(Debug)]
@@ -26,18 +28,50 @@ impl Cutter {
     pub fn cut(&self) {
         let _ = self.0.shutdown(Shutdown::Both);
     }
+
+    /// Runs `operation`, cutting the connection if it is still running at `deadline`.
+    pub fn bounded<T>(
+        self: &Arc<Self>,
+        deadline: Instant,
+        operation: impl FnOnce() -> T,
+    ) -> Bounded<T> {
+        let alarm = Alarm::arm(deadline, self);
+        let outcome = operation();
+        Bounded {
+            outcome,
+            cut: alarm.fired(),
+        }
+    }
+
+    /// Closes `connection`, cutting it if the broker has not confirmed the close within
+    /// `timeout`: during a network cut it never would.
+    pub fn close_within(
+        self: &Arc<Self>,
+        timeout: Duration,
+        connection: Connection,
+    ) -> Bounded<Result<(), amiquip::Error>> {
+        self.bounded(deadline::from_now(timeout), || connection.close())
+    }
+}
+
+/// What a call run by [`Cutter::bounded`] returned, and whether its deadline came first.
+pub(crate) struct Bounded<T> {
+    pub outcome: T,
+    /// The deadline passed while the call ran and the connection was cut: the outcome is the
+    /// cut's, not the broker's answer.
+    pub cut: bool,
 }
 
 /// Armed until dropped; past its deadline it cuts the connection.
 #[must_use = "an alarm is disarmed when dropped"]
-pub(crate) struct Alarm {
+struct Alarm {
     key: (Instant, u64),
     fired: Arc<AtomicBool>,
 }
 
 impl Alarm {
     /// Cuts `cutter`'s connection at `deadline` unless dropped before.
-    pub fn arm(deadline: Instant, cutter: &Arc<Cutter>) -> Alarm {
+    fn arm(deadline: Instant, cutter: &Arc<Cutter>) -> Alarm {
         let watchdog = watchdog();
         let fired = Arc::new(AtomicBool::new(false));
         let mut state = watchdog.lock();
@@ -57,7 +91,7 @@ impl Alarm {
     }
 
     /// True once the deadline passed and the connection was cut.
-    pub fn fired(&self) -> bool {
+    fn fired(&self) -> bool {
         self.fired.load(Ordering::Acquire)
     }
 }

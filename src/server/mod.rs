@@ -9,10 +9,10 @@ use crate::config::ServerConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::queue;
-use crate::driver::watchdog::Alarm;
+use crate::driver::watchdog::Cutter;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
-use amiquip::ConnectionBlockedNotification;
+use amiquip::{Connection, ConnectionBlockedNotification};
 use crossbeam_channel::{Receiver, Sender};
 use expiry::Clocks;
 use recent::Recent;
@@ -213,6 +213,16 @@ impl ShutdownTrigger {
     }
 }
 
+/// A connection's running workers, as the supervisor watches them.
+struct Workers {
+    /// How each worker ended.
+    exits: Receiver<SessionEnd>,
+    /// Workers asking for a new channel.
+    channel_requests: Receiver<ChannelRequest>,
+    /// The broker's notices that it blocks (or no longer blocks) the connection.
+    blocked: Receiver<ConnectionBlockedNotification>,
+}
+
 struct Supervisor {
     config: ServerConfig,
     handler: Arc<dyn Handler>,
@@ -279,52 +289,16 @@ impl Supervisor {
         )?;
         // Whatever ends this connection, the next attempt starts with the endpoint after it.
         self.next_endpoint.set(endpoint + 1);
-        let setup = Alarm::arm(
-            deadline::from_now(self.config.connection.connect_timeout),
-            &cutter,
-        );
-        queue::declare_durable(&mut connection, &self.config.queue, self.config.queue_type)?;
-        let mut blocked = connection
-            .listen_for_connection_blocked()
-            .map_err(|error| Error::broker("listening for connection.blocked", error))?;
-        self.generation.set(self.generation.get() + 1);
-        let (exit_sender, exits) = crossbeam_channel::unbounded();
-        let (consuming_sender, consuming) = crossbeam_channel::unbounded();
-        let (channel_sender, channel_requests) = crossbeam_channel::unbounded::<ChannelRequest>();
-        for index in 0..self.config.workers {
-            let channel = queue::open_channel(&mut connection)?;
-            let worker = Worker {
-                index,
-                queue: self.config.queue.clone(),
-                prefetch: self.config.prefetch,
-                consumer_timeout: self.config.consumer_timeout,
-                handler: Arc::clone(&self.handler),
-                stop: self.stop.clone(),
-                counters: Arc::clone(&self.counters),
-                cutter: Arc::clone(&cutter),
-                close_timeout: self.config.connection.close_timeout,
-                shared: Arc::clone(&self.shared),
-                generation: self.generation.get(),
-                channels: channel_sender.clone(),
-            };
-            let (exit_sender, consuming_sender) = (exit_sender.clone(), consuming_sender.clone());
-            std::thread::Builder::new()
-                .name(format!("fib-rpc-worker-{index}"))
-                .spawn(move || {
-                    let end = worker.run(channel, consuming_sender);
-                    let _ = exit_sender.send(end);
-                })
-                .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?;
-        }
-        drop((exit_sender, consuming_sender, channel_sender));
-        for _ in 0..self.config.workers {
-            match consuming.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(error),
-                Err(_) => break,
-            }
-        }
-        drop(setup);
+        let Workers {
+            exits,
+            channel_requests,
+            mut blocked,
+        } = cutter
+            .bounded(
+                deadline::from_now(self.config.connection.connect_timeout),
+                || self.start_workers(&mut connection, &cutter),
+            )
+            .outcome?;
         let again = ready.is_none();
         self.counters.connected(again);
         if let Some(ready) = ready.take() {
@@ -346,12 +320,11 @@ impl Supervisor {
                 recv(self.stop) -> _ => break None,
                 recv(requests) -> request => match request {
                     Ok(request) => {
-                        let alarm = Alarm::arm(
+                        let channel = cutter.bounded(
                             deadline::from_now(self.config.connection.connect_timeout),
-                            &cutter,
+                            || queue::open_channel(&mut connection),
                         );
-                        let _ = request.send(queue::open_channel(&mut connection));
-                        drop(alarm);
+                        let _ = request.send(channel.outcome);
                     }
                     // Every worker has ended; their exits tell how.
                     Err(_) => requests = crossbeam_channel::never(),
@@ -375,15 +348,11 @@ impl Supervisor {
         if let Some(SessionEnd::Lost(reason)) = first {
             // Closing the connection ends the other workers too; their unacked requests go back
             // to the queue. Its close result is the driver's own account of what happened.
-            let alarm = Alarm::arm(
-                deadline::from_now(self.config.connection.close_timeout),
-                &cutter,
-            );
-            let reason = match connection.close() {
-                Err(error) if !alarm.fired() => amqp::loss_reason(&error, heartbeat),
+            let closed = cutter.close_within(self.config.connection.close_timeout, connection);
+            let reason = match closed.outcome {
+                Err(error) if !closed.cut => amqp::loss_reason(&error, heartbeat),
                 _ => reason,
             };
-            drop(alarm);
             // The other workers end with the connection, but one busy in a handler ends only
             // when the handler returns: wait no longer than a drain, and not past a stop.
             let waited_out = deadline::from_now(self.config.drain_timeout);
@@ -425,18 +394,14 @@ impl Supervisor {
                 }
             }
         }
-        let alarm = Alarm::arm(
-            deadline::from_now(self.config.connection.close_timeout),
-            &cutter,
-        );
-        let closed = connection.close();
-        if alarm.fired() {
+        let closed = cutter.close_within(self.config.connection.close_timeout, connection);
+        if closed.cut {
             log::warn!(
                 "the broker did not confirm the close within {:?}",
                 self.config.connection.close_timeout
             );
         }
-        match (lost, closed) {
+        match (lost, closed.outcome) {
             (None, Ok(())) => {}
             (Some(reason), _) => log::warn!("a worker lost its channel while stopping: {reason}"),
             (None, Err(error)) => log::warn!("closing the connection: {error}"),
@@ -446,6 +411,57 @@ impl Supervisor {
 }
 
 impl Supervisor {
+    /// Declares the request queue and starts the workers on `connection`; returns once every
+    /// worker consumes.
+    fn start_workers(&self, connection: &mut Connection, cutter: &Arc<Cutter>) -> Result<Workers> {
+        queue::declare_durable(connection, &self.config.queue, self.config.queue_type)?;
+        let blocked = connection
+            .listen_for_connection_blocked()
+            .map_err(|error| Error::broker("listening for connection.blocked", error))?;
+        self.generation.set(self.generation.get() + 1);
+        let (exit_sender, exits) = crossbeam_channel::unbounded();
+        let (consuming_sender, consuming) = crossbeam_channel::unbounded();
+        let (channel_sender, channel_requests) = crossbeam_channel::unbounded::<ChannelRequest>();
+        for index in 0..self.config.workers {
+            let channel = queue::open_channel(connection)?;
+            let worker = Worker {
+                index,
+                queue: self.config.queue.clone(),
+                prefetch: self.config.prefetch,
+                consumer_timeout: self.config.consumer_timeout,
+                handler: Arc::clone(&self.handler),
+                stop: self.stop.clone(),
+                counters: Arc::clone(&self.counters),
+                cutter: Arc::clone(cutter),
+                close_timeout: self.config.connection.close_timeout,
+                shared: Arc::clone(&self.shared),
+                generation: self.generation.get(),
+                channels: channel_sender.clone(),
+            };
+            let (exit_sender, consuming_sender) = (exit_sender.clone(), consuming_sender.clone());
+            std::thread::Builder::new()
+                .name(format!("fib-rpc-worker-{index}"))
+                .spawn(move || {
+                    let end = worker.run(channel, consuming_sender);
+                    let _ = exit_sender.send(end);
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a worker thread: {e}")))?;
+        }
+        drop((exit_sender, consuming_sender, channel_sender));
+        for _ in 0..self.config.workers {
+            match consuming.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(error),
+                Err(_) => break,
+            }
+        }
+        Ok(Workers {
+            exits,
+            channel_requests,
+            blocked,
+        })
+    }
+
     fn report_blocking(&self, note: ConnectionBlockedNotification) {
         match note {
             ConnectionBlockedNotification::Blocked(reason) => {

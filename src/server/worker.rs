@@ -7,7 +7,7 @@
 //! copy is acked without being computed again (see [`recent`](crate::server::recent)).
 
 use crate::deadline;
-use crate::driver::watchdog::{Alarm, Cutter};
+use crate::driver::watchdog::Cutter;
 use crate::error::{Error, HandlerError, Result};
 use crate::handler::{refusal, Handler, Request};
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
@@ -143,9 +143,9 @@ impl Worker {
             self.explain(&reason);
             // A channel whose consumer the broker cancelled is still open: close it, but no
             // longer than a close may take.
-            let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
-            let _ = channel.close();
-            drop(alarm);
+            let _ = self
+                .cutter
+                .bounded(deadline::from_now(self.close_timeout), || channel.close());
             channel = match self.new_channel() {
                 Ok(channel) => channel,
                 Err(error) => {
@@ -250,9 +250,12 @@ impl Worker {
                 return end;
             }
         }
-        let alarm = Alarm::arm(deadline::from_now(self.close_timeout), &self.cutter);
-        let cancelled = lane.consumer.cancel();
-        drop(alarm);
+        let cancelled = self
+            .cutter
+            .bounded(deadline::from_now(self.close_timeout), || {
+                lane.consumer.cancel()
+            })
+            .outcome;
         if let Err(error) = cancelled {
             return ChannelEnd::Lost(error.to_string());
         }
