@@ -2,7 +2,9 @@
 
 mod pending;
 pub(crate) mod results;
+mod router;
 mod session;
+mod submit;
 
 use crate::config::{ClientConfig, ConnectionConfig};
 use crate::deadline;
@@ -404,7 +406,7 @@ impl PendingReply {
                     Err(_) => session.connection_gone(),
                 },
                 recv(session.returns) -> returned => match returned {
-                    Ok(returned) => session.route_return(returned),
+                    Ok(returned) => router::returned(&session.pending, &returned),
                     Err(_) => session.publisher_gone(),
                 },
                 recv(session.blocking) -> note => match note {

@@ -1,27 +1,26 @@
 //! One connection's worth of client state, replaced wholesale after a connection loss.
 
-use crate::client::pending::Pending;
+use super::pending::Pending;
+use super::router;
+use super::submit::Submitter;
 use crate::config::{ClientConfig, QueueType, ReplyMode};
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
 use crate::driver::queue::{self, NOT_FOUND};
 use crate::driver::watchdog::{Bounded, Cutter};
-use crate::error::{Error, Result, Stage};
+use crate::error::{Error, Result};
 use crate::protocol;
 use crate::util::lock;
 use amiquip::{
-    AmqpProperties, Channel, Confirm, Connection, ConnectionBlockedNotification, ConsumerMessage,
-    ConsumerOptions, Delivery, Publish, QueueDeclareOptions, Return,
+    AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
+    ConsumerOptions, Publish, QueueDeclareOptions, Return,
 };
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-
-/// AMQP reply code of a mandatory message the broker could not route to any queue.
-const NO_ROUTE: u16 = 312;
 
 /// The pseudo-queue of RabbitMQ's direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -446,7 +445,7 @@ impl Session {
         }
         loop {
             match self.returns.try_recv() {
-                Ok(returned) => self.route_return(returned),
+                Ok(returned) => router::returned(&self.pending, &returned),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     self.publisher_gone();
@@ -457,14 +456,9 @@ impl Session {
     }
 
     pub fn dispatch(&self, message: ConsumerMessage) {
-        match message {
-            ConsumerMessage::Delivery(delivery) => self.route_reply(delivery),
-            ConsumerMessage::ServerClosedConnection(error)
-            | ConsumerMessage::ServerClosedChannel(error) => self.mark_lost(error.to_string()),
-            ConsumerMessage::ServerCancelled => self.mark_lost(
-                "the broker cancelled the reply consumer (callback queue deleted?)".to_owned(),
-            ),
-            _ => self.mark_lost("the client closed the connection".to_owned()),
+        match router::delivery(message) {
+            Ok(delivery) => router::reply(&self.pending, &delivery.properties, delivery.body),
+            Err(reason) => self.mark_lost(reason),
         }
     }
 
@@ -529,36 +523,6 @@ impl Session {
         }
         closed.outcome
     }
-
-    fn route_reply(&self, delivery: Delivery) {
-        let Some(id) = delivery.properties.correlation_id().clone() else {
-            log::debug!("discarding a reply without correlation_id");
-            return;
-        };
-        let outcome = protocol::decode_reply(&delivery.properties, delivery.body);
-        if !self.pending.resolve(&id, outcome) {
-            log::debug!("discarding a reply nobody waits for (late, duplicate or foreign): {id}");
-        }
-    }
-
-    pub fn route_return(&self, returned: Return) {
-        let Some(id) = returned.properties.correlation_id().clone() else {
-            return;
-        };
-        let error = if returned.reply_code == NO_ROUTE {
-            Error::NoServer {
-                queue: returned.routing_key.clone(),
-                reason: format!("no queue named {:?} exists", returned.routing_key),
-            }
-        } else {
-            Error::refused(
-                format!("routing a request to {:?}", returned.routing_key),
-                returned.reply_code,
-                &returned.reply_text,
-            )
-        };
-        self.pending.resolve(&id, Err(error));
-    }
 }
 
 type Subscription = (String, Option<Channel>, Keeper, Receiver<Return>);
@@ -618,82 +582,6 @@ fn subscribe(
         on_publish_error,
     )?;
     Ok((reply_queue, publisher, keeper, returns))
-}
-
-/// A channel in publisher-confirm mode: a publish counts once the broker has taken it.
-struct Submitter {
-    channel: Channel,
-    confirms: Receiver<Confirm>,
-    returns: Receiver<Return>,
-    published: u64,
-}
-
-impl Submitter {
-    fn open(connection: &mut Connection) -> Result<Submitter> {
-        let channel = queue::open_channel(connection)?;
-        let confirms = channel
-            .listen_for_publisher_confirms()
-            .map_err(|e| Error::broker("listening for confirms", e))?;
-        let returns = channel
-            .listen_for_returns()
-            .map_err(|e| Error::broker("listening for returned messages", e))?;
-        channel
-            .enable_publisher_confirms()
-            .map_err(|e| Error::broker("enabling publisher confirms", e))?;
-        Ok(Submitter {
-            channel,
-            confirms,
-            returns,
-            published: 0,
-        })
-    }
-
-    fn publish(&mut self, publish: Publish, deadline: Instant, timeout: Duration) -> Result<()> {
-        let queue = publish.routing_key.clone();
-        // A return for an earlier request whose confirm wait gave up must not be taken for
-        // this one's.
-        while self.returns.try_recv().is_ok() {}
-        self.channel
-            .basic_publish("", publish)
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        self.published += 1;
-        loop {
-            let confirm = self
-                .confirms
-                .recv_deadline(deadline)
-                .map_err(|_| Error::Timeout {
-                    queue: queue.clone(),
-                    timeout,
-                    stage: Stage::Confirm,
-                })?;
-            let (payload, acked) = match confirm {
-                Confirm::Ack(payload) => (payload, true),
-                Confirm::Nack(payload) => (payload, false),
-            };
-            let covers_ours = payload.delivery_tag == self.published
-                || (payload.multiple && payload.delivery_tag >= self.published);
-            if !covers_ours {
-                continue;
-            }
-            // The broker sends a mandatory message's return before its confirm.
-            if let Ok(returned) = self.returns.try_recv() {
-                return Err(Error::NoServer {
-                    queue,
-                    reason: format!("{} {}", returned.reply_code, returned.reply_text),
-                });
-            }
-            return if acked {
-                Ok(())
-            } else {
-                Err(Error::Broker {
-                    operation: format!("publishing to {queue:?}"),
-                    reason: "the broker refused the message (nack)".to_owned(),
-                    code: None,
-                    source: None,
-                })
-            };
-        }
-    }
 }
 
 /// Properties every request carries.
