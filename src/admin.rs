@@ -3,9 +3,10 @@
 use crate::config::ConnectionConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
-use crate::driver::queue::{open_channel, NOT_FOUND};
+use crate::driver::queue::open_channel;
 use crate::driver::watchdog::{Bounded, Cutter};
 use crate::error::{Error, Result};
+use crate::protocol::NOT_FOUND;
 use amiquip::Connection;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,11 +2,8 @@
 
 use super::pending::Pending;
 use crate::error::Error;
-use crate::protocol;
+use crate::protocol::{self, NO_ROUTE};
 use amiquip::{AmqpProperties, ConsumerMessage, Delivery, Return};
-
-/// AMQP reply code of a mandatory message the broker could not route to any queue.
-const NO_ROUTE: u16 = 312;
 
 /// The reply in a message of the reply consumer, or why the consumer, and with it the
 /// connection, is gone.

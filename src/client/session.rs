@@ -7,10 +7,10 @@ use crate::config::{ClientConfig, QueueType, ReplyMode};
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
-use crate::driver::queue::{self, NOT_FOUND};
+use crate::driver::queue;
 use crate::driver::watchdog::{Bounded, Cutter};
 use crate::error::{Error, Result};
-use crate::protocol;
+use crate::protocol::{self, DIRECT_REPLY_TO, NOT_FOUND};
 use crate::util::lock;
 use amiquip::{
     AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
@@ -21,9 +21,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-
-/// The pseudo-queue of RabbitMQ's direct reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// How long a queue seen with consumers is trusted to still have them.
 const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);

@@ -2,13 +2,8 @@
 
 use crate::config::QueueType;
 use crate::error::{Error, Result};
+use crate::protocol::{PRECONDITION_FAILED, QUEUE_TYPE_ARGUMENT};
 use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
-
-/// AMQP reply code for a declaration that conflicts with an existing queue.
-const PRECONDITION_FAILED: u16 = 406;
-
-/// AMQP reply code for a queue that does not exist.
-pub(crate) const NOT_FOUND: u16 = 404;
 
 pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
     connection
@@ -26,7 +21,7 @@ pub(crate) fn declare_durable(
     let mut arguments = FieldTable::new();
     if queue_type == QueueType::Quorum {
         arguments.insert(
-            "x-queue-type".to_owned(),
+            QUEUE_TYPE_ARGUMENT.to_owned(),
             AmqpValue::LongString("quorum".to_owned()),
         );
     }

@@ -10,7 +10,9 @@ use crate::deadline;
 use crate::driver::watchdog::Cutter;
 use crate::error::{Error, HandlerError, Result};
 use crate::handler::{refusal, Handler, Request};
-use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
+use crate::protocol::{
+    self, CONSUMER_TIMEOUT_ARGUMENT, CONTENT_TYPE, DIRECT_REPLY_TO_PREFIX, ERROR_TYPE,
+};
 use crate::server::expiry::{Clocks, Taken, Verdict};
 use crate::server::recent::{Key, Recent};
 use crate::server::stats::{count, Counters};
@@ -24,9 +26,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-/// `reply_to` prefix of RabbitMQ's direct reply-to pseudo-queues.
-const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
 
 /// What every worker of a server shares, across reconnections.
 #[derive(Debug)]
@@ -166,7 +165,7 @@ impl Worker {
         if let Some(timeout) = self.consumer_timeout {
             let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
             arguments.insert(
-                "x-consumer-timeout".to_owned(),
+                CONSUMER_TIMEOUT_ARGUMENT.to_owned(),
                 AmqpValue::LongLongInt(millis),
             );
         }
