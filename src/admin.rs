@@ -1,4 +1,4 @@
-//! Queue administration: declaring durable queues, status and purge, without `rabbitmqctl`.
+//! Queue administration: status and purge, without `rabbitmqctl`.
 
 use crate::config::ConnectionConfig;
 use crate::deadline;

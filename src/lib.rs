@@ -70,6 +70,22 @@
 //!   when a driver call outlives its deadline, so every call keeps its timeout during a silent
 //!   network cut.
 //!
+//! Source layout, each layer importing only from those listed before it:
+//!
+//! * `error`, `config`, `deadline` (timeout arithmetic), `util`, and [`protocol`]: the one wire
+//!   module (properties, header names, reply codes, the deadline header's reader).
+//! * `driver/`: everything that opens and guards a connection. `amqp` opens one on a socket of
+//!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
+//!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
+//!   (`Cutter::bounded`, `Cutter::close_within`); `keeper` owns a consuming channel; `queue`
+//!   opens channels and declares queues.
+//! * [`handler`]; `client/`: [`RpcClient`] (`mod.rs`), `session` (one connection's state),
+//!   `pending` (who waits for which reply), `router` (replies and returns to their calls),
+//!   `submit` (publisher confirms), `results` ([`ResultConsumer`]); `server/`: the handles
+//!   (`mod.rs`), `supervisor` (connects, watches, reconnects), `worker`, `expiry` (whose clock
+//!   a deadline is on), `recent` (redelivered copies), `stats`. Neither imports the other.
+//! * `admin` ([`QueueAdmin`]), `json`, `services`.
+//!
 //! # Threading
 //!
 //! [`RpcClient`] and [`FibonacciRpcClient`] are `Send + Sync`: share one behind an `Arc` and
