@@ -5,9 +5,9 @@ use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::queue::open_channel;
 use crate::driver::watchdog::{Bounded, Cutter};
+use crate::driver::{Connection, DriverError};
 use crate::error::{Error, Result};
 use crate::protocol::NOT_FOUND;
-use amiquip::Connection;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,9 +112,9 @@ fn ask_purge(connection: &mut Connection, queue: &str) -> Result<u32> {
     Ok(purged)
 }
 
-fn not_found_or(queue: &str, error: amiquip::Error, operation: &str) -> Error {
+fn not_found_or(queue: &str, error: DriverError, operation: &str) -> Error {
     match error {
-        amiquip::Error::ServerClosedChannel { code, .. } if code == NOT_FOUND => {
+        DriverError::ServerClosedChannel { code, .. } if code == NOT_FOUND => {
             Error::QueueNotFound(queue.to_owned())
         }
         other => Error::broker(format!("{operation} queue {queue:?}"), other),

@@ -282,20 +282,6 @@ impl Error {
         }
     }
 
-    pub(crate) fn broker(operation: impl Into<String>, source: amiquip::Error) -> Error {
-        let code = match &source {
-            amiquip::Error::ServerClosedChannel { code, .. }
-            | amiquip::Error::ServerClosedConnection { code, .. } => Some(*code),
-            _ => None,
-        };
-        Error::Broker {
-            operation: operation.into(),
-            reason: source.to_string(),
-            code,
-            source: Some(Box::new(source)),
-        }
-    }
-
     /// The broker refused `operation` with reply `code` and `text`.
     pub(crate) fn refused(operation: impl Into<String>, code: u16, text: &str) -> Error {
         Error::Broker {
@@ -360,25 +346,10 @@ impl From<&str> for HandlerError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::error::Error as _;
-
-    #[test]
-    fn driver_errors_are_kept_as_the_source() {
-        let error = Error::broker("declaring queue q", amiquip::Error::EventLoopDropped);
-        assert!(error.source().is_some());
-        assert!(error.to_string().contains("declaring queue q"));
-    }
 
     #[test]
     fn kinds_come_from_reply_codes_not_from_message_text() {
-        let refused = Error::broker(
-            "declaring queue q",
-            amiquip::Error::ServerClosedChannel {
-                channel_id: 1,
-                code: 403,
-                message: "no configure permission".into(),
-            },
-        );
+        let refused = Error::refused("declaring queue q", 403, "no configure permission");
         assert_eq!(refused.kind(), ErrorKind::AccessRefused);
         assert!(refused.is_access_refused() && !refused.is_retryable());
         let worded_like_it = Error::connect("h:1", "ACCESS_REFUSED credentials", None);

@@ -1,8 +1,8 @@
 //! What a server does with a request: the [`Handler`] trait and the [`Request`] it sees.
 
+use crate::driver::{AmqpProperties, AmqpValue};
 use crate::error::HandlerError;
 use crate::protocol::{self, CONTENT_TYPE};
-use amiquip::{AmqpProperties, AmqpValue};
 use std::time::SystemTime;
 
 /// A request as a handler sees it: the body, and what the caller said about it.
@@ -172,8 +172,8 @@ pub(crate) fn refusal(properties: &AmqpProperties) -> Option<HandlerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::FieldTable;
     use crate::protocol::DEADLINE_HEADER;
-    use amiquip::FieldTable;
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

@@ -98,7 +98,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use amiquip::AmqpProperties;
+    use crate::driver::AmqpProperties;
 
     #[derive(serde::Deserialize)]
     struct Pair {

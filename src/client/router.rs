@@ -1,9 +1,9 @@
 //! Hands each reply, and each request the broker returned, to the call waiting for it.
 
 use super::pending::Pending;
+use crate::driver::{AmqpProperties, ConsumerMessage, Delivery, Return};
 use crate::error::Error;
 use crate::protocol::{self, NO_ROUTE};
-use amiquip::{AmqpProperties, ConsumerMessage, Delivery, Return};
 
 /// The reply in a message of the reply consumer, or why the consumer, and with it the
 /// connection, is gone.

@@ -9,13 +9,13 @@ use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
 use crate::driver::queue;
 use crate::driver::watchdog::{Bounded, Cutter};
+use crate::driver::{
+    AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
+    ConsumerOptions, DriverError, Publish, QueueDeclareOptions, Return,
+};
 use crate::error::{Error, Result};
 use crate::protocol::{self, DIRECT_REPLY_TO, NOT_FOUND};
 use crate::util::lock;
-use amiquip::{
-    AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
-    ConsumerOptions, Publish, QueueDeclareOptions, Return,
-};
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -151,8 +151,9 @@ impl Session {
         Ok(session)
     }
 
-    /// Runs `operation`, cutting the connection if it is still running at `deadline`: amiquip's
-    /// calls wait for the broker however long a silent network cut lasts.
+    /// Runs `operation`, cutting the connection if it is still running at `deadline`: the
+    /// driver's calls wait for the broker however long a silent network cut lasts. A cut
+    /// marks the session lost.
     pub fn bounded<T>(
         &self,
         deadline: Instant,
@@ -312,7 +313,7 @@ impl Session {
         let channel = inspector.as_ref().expect("opened above");
         match channel.queue_declare_passive(queue) {
             Ok(declared) => Ok(declared.declared_consumer_count().unwrap_or(0)),
-            Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+            Err(DriverError::ServerClosedChannel { code, message, .. }) => {
                 // The broker closed the channel; the next check opens a fresh one.
                 *inspector = None;
                 Err(if code == NOT_FOUND {
@@ -335,9 +336,9 @@ impl Session {
         lock(&self.lost).clone()
     }
 
-    /// amiquip reports every failure after the first as a bare `EventLoopDropped`; prefer the
+    /// The driver reports every failure after the first as a bare `EventLoopDropped`; prefer the
     /// reason recorded when the connection went down.
-    pub fn connection_error(&self, error: amiquip::Error) -> Error {
+    pub fn connection_error(&self, error: DriverError) -> Error {
         self.lost_error(&error.to_string())
     }
 
@@ -415,7 +416,7 @@ impl Session {
                 })
                 .outcome;
             match asked {
-                Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => Some(format!(
+                Err(DriverError::ServerClosedChannel { code, message, .. }) => Some(format!(
                     "the broker closed the request channel: {code} {message}"
                 )),
                 _ => None,
@@ -510,7 +511,7 @@ impl Session {
         closed.map_err(|error| Error::broker("closing the connection", error))
     }
 
-    fn close_bounded(&self, connection: Connection) -> Result<(), amiquip::Error> {
+    fn close_bounded(&self, connection: Connection) -> Result<(), DriverError> {
         let closed = self.cutter.close_within(self.close_timeout, connection);
         if closed.cut {
             log::warn!(

@@ -1,8 +1,8 @@
 //! Publishing with publisher confirms, for requests whose results outlive the sender.
 
 use crate::driver::queue;
+use crate::driver::{Channel, Confirm, Connection, Publish, Return};
 use crate::error::{Error, Result, Stage};
-use amiquip::{Channel, Confirm, Connection, Publish, Return};
 use crossbeam_channel::Receiver;
 use std::time::{Duration, Instant};
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod amqp;
 pub(crate) mod endpoint;
+mod failure;
 pub(crate) mod frames;
 pub(crate) mod guard;
 pub(crate) mod handshake;
@@ -10,3 +11,12 @@ pub(crate) mod keeper;
 pub(crate) mod queue;
 pub(crate) mod tls;
 pub(crate) mod watchdog;
+
+// The driver's own types that the layers above handle, named once here: above the driver,
+// only protocol.rs, the wire module the driver itself builds on, names amiquip.
+pub(crate) use amiquip::Error as DriverError;
+pub(crate) use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Confirm, Connection, ConnectionBlockedNotification,
+    Consumer, ConsumerMessage, ConsumerOptions, Delivery, FieldTable, Publish, QueueDeclareOptions,
+    Return,
+};

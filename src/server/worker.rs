@@ -8,6 +8,10 @@
 
 use crate::deadline;
 use crate::driver::watchdog::Cutter;
+use crate::driver::{
+    AmqpProperties, AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery,
+    DriverError, FieldTable, Publish,
+};
 use crate::error::{Error, HandlerError, Result};
 use crate::handler::{refusal, Handler, Request};
 use crate::protocol::{
@@ -16,10 +20,6 @@ use crate::protocol::{
 use crate::server::expiry::{Clocks, Taken, Verdict};
 use crate::server::recent::{Key, Recent};
 use crate::server::stats::{count, Counters};
-use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery,
-    FieldTable, Publish,
-};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -367,7 +367,7 @@ impl Worker {
                 lane.held = Some(reply);
                 Ok(())
             }
-            Err(amiquip::Error::ServerClosedChannel { code, message, .. }) => {
+            Err(DriverError::ServerClosedChannel { code, message, .. }) => {
                 Err(ChannelEnd::Closed {
                     reason: format!("{code} {message}"),
                     unsent: Some(reply),
@@ -518,7 +518,7 @@ impl Worker {
 impl Lane<'_> {
     fn ack(&self, delivery: Delivery) -> Result<(), ChannelEnd> {
         delivery.ack(self.channel).map_err(|error| match error {
-            amiquip::Error::ServerClosedChannel { code, message, .. } => ChannelEnd::Closed {
+            DriverError::ServerClosedChannel { code, message, .. } => ChannelEnd::Closed {
                 reason: format!("{code} {message}"),
                 unsent: None,
             },
@@ -553,7 +553,7 @@ impl Lane<'_> {
     }
 }
 
-fn publish(channel: &Channel, reply: &Reply) -> Result<(), amiquip::Error> {
+fn publish(channel: &Channel, reply: &Reply) -> Result<(), DriverError> {
     channel.basic_publish(
         "",
         Publish::with_properties(&reply.body, reply.to.as_str(), reply.properties.clone()),
