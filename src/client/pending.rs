@@ -1,6 +1,7 @@
 //! Correlation bookkeeping: which caller waits for which `correlation_id`.
 
 use crate::error::{Error, Result};
+use crate::util::lock;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -73,9 +74,7 @@ impl Pending {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
         // A panic while holding this lock cannot leave the map inconsistent (single inserts and
         // removes), so a poisoned lock is still usable.
-        self.waiting
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.waiting)
     }
 }
 

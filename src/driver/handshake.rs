@@ -10,6 +10,7 @@
 //! text for the error we report.
 
 use crate::driver::frames::{self, read_u32};
+use crate::util::lock;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
@@ -58,9 +59,7 @@ impl Witness {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(u16, String)>> {
-        self.refusal
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.refusal)
     }
 }
 

@@ -8,6 +8,7 @@
 //! earlier than the one it sleeps towards.
 
 use crate::deadline;
+use crate::util::lock;
 use amiquip::Connection;
 use std::collections::BTreeMap;
 use std::net::{Shutdown, TcpStream};
@@ -123,9 +124,7 @@ struct Watchdog {
 impl Watchdog {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every update is a single map operation: a panic cannot leave the state half-done.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     fn run(&self) {

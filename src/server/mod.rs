@@ -9,6 +9,7 @@ mod worker;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::util::lock;
 use crossbeam_channel::Sender;
 use expiry::Clocks;
 use recent::Recent;
@@ -202,9 +203,6 @@ pub struct ShutdownTrigger(Arc<Mutex<Option<Sender<()>>>>);
 impl ShutdownTrigger {
     /// Asks the server to stop: every worker sees the stop channel disconnect.
     pub fn trigger(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        lock(&self.0).take();
     }
 }

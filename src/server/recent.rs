@@ -5,6 +5,7 @@
 //! loss the reply may never have left, so the request is computed again, as at-least-once
 //! delivery demands.
 
+use crate::util::lock;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -81,9 +82,7 @@ impl Recent {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Plain inserts and removals: a panic cannot leave it half-written.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner)
     }
 }
 
