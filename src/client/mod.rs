@@ -1,6 +1,7 @@
 //! The blocking client: one connection, one callback queue, many calls.
 
 mod pending;
+mod presence;
 pub(crate) mod results;
 mod router;
 mod session;

@@ -1,6 +1,7 @@
 //! One connection's worth of client state, replaced wholesale after a connection loss.
 
 use super::pending::Pending;
+use super::presence::Presence;
 use super::router;
 use super::submit::Submitter;
 use crate::config::{ClientConfig, QueueType, ReplyMode};
@@ -17,24 +18,10 @@ use crate::error::{Error, Result};
 use crate::protocol::{self, DIRECT_REPLY_TO, NOT_FOUND};
 use crate::util::lock;
 use crossbeam_channel::{Receiver, TryRecvError};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-
-/// How long a queue seen with consumers is trusted to still have them.
-const CONSUMER_CHECK_TTL: Duration = Duration::from_secs(1);
-
-/// How long a queue that had a consumer when last asked is given for one to come back before a
-/// call reports [`Error::NoServer`]: a server failing over to another node, or reconnecting
-/// after its connection was closed, consumes again within tens of milliseconds.
-const SERVER_RETURN_GRACE: Duration = Duration::from_millis(500);
-
-/// How often the consumer count is asked for within [`SERVER_RETURN_GRACE`].
-const SERVER_RETURN_POLL: Duration = Duration::from_millis(25);
-
-/// How often a client that may wait for a server asks whether the request queue exists yet.
-const QUEUE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How long a closed request channel is asked why: its answer is already there, or never comes.
 const CHANNEL_REASON_WAIT: Duration = Duration::from_millis(200);
@@ -56,10 +43,8 @@ pub(crate) struct Session {
     /// For passive declarations, which close their channel when the queue is missing; opened
     /// on first use so that a failed check never disturbs publishing.
     inspector: Mutex<Option<Channel>>,
-    /// Queues seen with consumers, until when that answer is trusted.
-    served_until: Mutex<HashMap<String, Instant>>,
-    /// Queues seen to exist, until when that answer is trusted.
-    declared_until: Mutex<HashMap<String, Instant>>,
+    /// What the broker last said of the request queues.
+    presence: Presence,
     /// For [`RpcClient::submit`](crate::RpcClient::submit): a channel in confirm mode.
     submitter: Mutex<Option<Submitter>>,
     /// Result queues declared on this connection.
@@ -134,8 +119,7 @@ impl Session {
             replies: keeper.deliveries().clone(),
             keeper,
             inspector: Mutex::new(None),
-            served_until: Mutex::new(HashMap::new()),
-            declared_until: Mutex::new(HashMap::new()),
+            presence: Presence::default(),
             submitter: Mutex::new(None),
             result_queues: Mutex::new(HashSet::new()),
             reply_queue,
@@ -231,73 +215,23 @@ impl Session {
         })
     }
 
-    /// Fails with [`Error::NoServer`] if `queue` is missing or has no consumer; asks the
-    /// broker (before `deadline`) only when the last answer is too old, and if the last answer
-    /// found a consumer, keeps asking for [`SERVER_RETURN_GRACE`] before giving up.
+    /// Fails with [`Error::NoServer`] if `queue` is missing or has no consumer (see
+    /// [`Presence::ensure_consumer`]).
     pub fn ensure_consumer(&self, queue: &str, deadline: Instant) -> Result<()> {
-        let now = Instant::now();
-        if lock(&self.served_until)
-            .get(queue)
-            .is_some_and(|until| *until > now)
-        {
-            return Ok(());
-        }
-        let was_served = lock(&self.served_until).contains_key(queue);
-        let grace_until = deadline.min(now + SERVER_RETURN_GRACE);
-        loop {
-            let consumers = self.bounded(deadline, "the no-server check", || {
+        self.presence.ensure_consumer(queue, deadline, || {
+            self.bounded(deadline, "the no-server check", || {
                 self.consumer_count(queue)
-            })?;
-            let asked_at = Instant::now();
-            if consumers > 0 {
-                lock(&self.served_until).insert(queue.to_owned(), asked_at + CONSUMER_CHECK_TTL);
-                return Ok(());
-            }
-            if !was_served || asked_at >= grace_until {
-                lock(&self.served_until).remove(queue);
-                return Err(Error::NoServer {
-                    queue: queue.to_owned(),
-                    reason: "the queue exists but no server is consuming it".to_owned(),
-                });
-            }
-            std::thread::sleep(SERVER_RETURN_POLL.min(grace_until - asked_at));
-        }
+            })
+        })
     }
 
-    /// Waits until `queue` exists (a server declares it), asking the broker every
-    /// [`QUEUE_POLL_INTERVAL`]; false if it still does not exist at `deadline`. The client never
-    /// declares a request queue itself: its settings are the server's to choose.
+    /// Waits until `queue` exists (see [`Presence::await_queue`]).
     pub fn await_queue(&self, queue: &str, deadline: Instant) -> Result<bool> {
-        let mut announced = false;
-        loop {
-            let now = Instant::now();
-            if lock(&self.declared_until)
-                .get(queue)
-                .is_some_and(|until| *until > now)
-            {
-                return Ok(true);
-            }
-            match self.bounded(deadline, "the check for the request queue", || {
+        self.presence.await_queue(queue, deadline, || {
+            self.bounded(deadline, "the check for the request queue", || {
                 self.consumer_count(queue)
-            }) {
-                Ok(_) => {
-                    lock(&self.declared_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
-                    return Ok(true);
-                }
-                Err(error) if error.is_no_server() => {
-                    if !announced {
-                        log::info!("waiting for a server to declare queue {queue}");
-                        announced = true;
-                    }
-                    let next = Instant::now() + QUEUE_POLL_INTERVAL;
-                    if next >= deadline {
-                        return Ok(false);
-                    }
-                    std::thread::sleep(QUEUE_POLL_INTERVAL);
-                }
-                Err(error) => return Err(error),
-            }
-        }
+            })
+        })
     }
 
     pub fn consumer_count(&self, queue: &str) -> Result<u32> {
