@@ -2,6 +2,7 @@
 
 mod expiry;
 mod recent;
+mod reply;
 pub(crate) mod stats;
 mod supervisor;
 mod worker;

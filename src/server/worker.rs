@@ -6,17 +6,16 @@
 //! workers and the connection go on. The broker requeues what the old channel held, and the
 //! copy is acked without being computed again (see [`recent`](crate::server::recent)).
 
+use super::reply::Reply;
 use crate::deadline;
 use crate::driver::watchdog::Cutter;
 use crate::driver::{
-    AmqpProperties, AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery,
-    DriverError, FieldTable, Publish,
+    AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery, DriverError,
+    FieldTable,
 };
 use crate::error::{Error, HandlerError, Result};
 use crate::handler::{refusal, Handler, Request};
-use crate::protocol::{
-    self, CONSUMER_TIMEOUT_ARGUMENT, CONTENT_TYPE, DIRECT_REPLY_TO_PREFIX, ERROR_TYPE,
-};
+use crate::protocol::{self, CONSUMER_TIMEOUT_ARGUMENT, DIRECT_REPLY_TO_PREFIX};
 use crate::server::expiry::{Clocks, Taken, Verdict};
 use crate::server::recent::{Key, Recent};
 use crate::server::stats::{count, Counters};
@@ -59,18 +58,6 @@ pub(crate) struct Worker {
     /// Which connection of the server this is: a copy counts as a duplicate only on it.
     pub generation: u64,
     pub channels: Sender<ChannelRequest>,
-}
-
-/// A reply, kept until the broker has certainly taken it.
-struct Reply {
-    to: String,
-    properties: AmqpProperties,
-    body: Vec<u8>,
-    key: Option<Key>,
-    /// An error reply, counted as one once sent.
-    error: bool,
-    /// Counted already: it was handed to the broker once.
-    counted: bool,
 }
 
 /// How one channel's service ended.
@@ -340,7 +327,14 @@ impl Worker {
                 outcome
             }
         };
-        let reply = Box::new(self.reply(&delivery, reply_to, key, outcome));
+        let reply = Box::new(Reply::new(
+            &delivery,
+            reply_to,
+            key,
+            outcome,
+            self.shared.limit.load(Ordering::Relaxed),
+            self.handler.content_type(),
+        ));
         // The broker may have closed the channel while the handler ran (its consumer timeout):
         // then the reply goes out on a new one, and the request's copy is not computed again.
         if let Some(reason) = lane.closed_meanwhile() {
@@ -356,9 +350,11 @@ impl Worker {
             // channel anyway, so a redelivered answer could not reach a restarted caller.
             delivery
                 .ack(lane.channel)
-                .and_then(|()| publish(lane.channel, &reply))
+                .and_then(|()| reply.publish(lane.channel))
         } else {
-            publish(lane.channel, &reply).and_then(|()| delivery.ack(lane.channel))
+            reply
+                .publish(lane.channel)
+                .and_then(|()| delivery.ack(lane.channel))
         };
         match sent {
             Ok(()) => {
@@ -377,57 +373,6 @@ impl Worker {
                 self.settled(Some(reply));
                 Err(ChannelEnd::Lost(error.to_string()))
             }
-        }
-    }
-
-    /// The reply to a request: the handler's answer, or an error reply; one the broker would
-    /// refuse for its size is an error reply saying so.
-    fn reply(
-        &self,
-        delivery: &Delivery,
-        to: String,
-        key: Option<Key>,
-        outcome: std::result::Result<Vec<u8>, HandlerError>,
-    ) -> Reply {
-        let request = &delivery.properties;
-        let mut properties = AmqpProperties::default();
-        if let Some(id) = request.correlation_id() {
-            properties = properties.with_correlation_id(id.clone());
-        }
-        if let Some(mode) = request.delivery_mode() {
-            properties = properties.with_delivery_mode(*mode);
-        }
-        let limit = self.shared.limit.load(Ordering::Relaxed);
-        let outcome = outcome.and_then(|body| match body.len() > limit {
-            true => Err(HandlerError::new(too_large(body.len(), limit))),
-            false => Ok(body),
-        });
-        let error = outcome.is_err();
-        let body = match outcome {
-            Ok(body) => {
-                log::debug!(
-                    "{} -> {} bytes",
-                    protocol::quote(&delivery.body),
-                    body.len()
-                );
-                properties = properties.with_content_type(self.handler.content_type().to_owned());
-                body
-            }
-            Err(error) => {
-                log::debug!("{} -> error: {error}", protocol::quote(&delivery.body));
-                properties = properties
-                    .with_content_type(CONTENT_TYPE.to_owned())
-                    .with_type_(ERROR_TYPE.to_owned());
-                error.message().as_bytes().to_vec()
-            }
-        };
-        Reply {
-            to,
-            properties,
-            body,
-            key,
-            error,
-            counted: false,
         }
     }
 
@@ -454,16 +399,7 @@ impl Worker {
                      reply instead",
                     reply.body.len()
                 );
-                let message = format!(
-                    "{}: the broker said {reason}",
-                    too_large(reply.body.len(), limit)
-                );
-                reply.body = message.into_bytes();
-                reply.properties = reply
-                    .properties
-                    .with_content_type(CONTENT_TYPE.to_owned())
-                    .with_type_(ERROR_TYPE.to_owned());
-                reply.error = true;
+                reply.refused_for_size(limit, reason);
             }
         }
         if let Some(key) = &reply.key {
@@ -471,7 +407,8 @@ impl Worker {
                 .recent
                 .retain(key, self.generation, Instant::now());
         }
-        publish(channel, &reply)
+        reply
+            .publish(channel)
             .map_err(|error| Error::broker("publishing a reply on a new channel", error))?;
         self.count_sent(&mut reply);
         Ok(())
@@ -551,19 +488,6 @@ impl Lane<'_> {
             }
         }
     }
-}
-
-fn publish(channel: &Channel, reply: &Reply) -> Result<(), DriverError> {
-    channel.basic_publish(
-        "",
-        Publish::with_properties(&reply.body, reply.to.as_str(), reply.properties.clone()),
-    )
-}
-
-fn too_large(size: usize, limit: usize) -> String {
-    format!(
-        "the reply is {size} bytes, over the broker's limit of {limit} bytes (max_message_size)"
-    )
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
