@@ -78,12 +78,14 @@
 //!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
 //!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
 //!   (`Cutter::bounded`, `Cutter::close_within`); `keeper` owns a consuming channel; `queue`
-//!   opens channels and declares queues.
+//!   opens channels and declares queues; `failure` reads the driver's errors. The layers above
+//!   name amiquip's types through `driver`.
 //! * [`handler`]; `client/`: [`RpcClient`] (`mod.rs`), `session` (one connection's state),
 //!   `pending` (who waits for which reply), `router` (replies and returns to their calls),
-//!   `submit` (publisher confirms), `results` ([`ResultConsumer`]); `server/`: the handles
-//!   (`mod.rs`), `supervisor` (connects, watches, reconnects), `worker`, `expiry` (whose clock
-//!   a deadline is on), `recent` (redelivered copies), `stats`. Neither imports the other.
+//!   `presence` (whether a request queue exists and is served), `submit` (publisher
+//!   confirms), `results` ([`ResultConsumer`]); `server/`: the handles (`mod.rs`),
+//!   `supervisor` (connects, watches, reconnects), `worker`, `reply`, `expiry` (whose clock a
+//!   deadline is on), `recent` (redelivered copies), `stats`. Neither imports the other.
 //! * `admin` ([`QueueAdmin`]), `json`, `services`.
 //!
 //! # Threading
