@@ -6,12 +6,10 @@
 //! What the library logs is captured, so that the tests can check which node each program
 //! went to, and when.
 
-mod support;
-
 use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
 use fib_rpc::{ClientConfig, Error, QueueType, RpcClient, RpcServer, ServerConfig, ServerHandle};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::logs::{capture_logs, logged};
 use support::nodes::{private_nodes, PrivateNode};
@@ -111,12 +109,6 @@ fn server_log_text(since: Instant, until: Instant) -> String {
 fn node_lists_connection(node: &PrivateNode, name: &str) -> bool {
     support::rabbitmqctl(Some(&node.name), &["list_connections", "client_properties"])
         .contains(name)
-}
-
-/// One cluster test at a time: each stops nodes the others would need.
-fn exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The three nodes, every one of them running its application.
@@ -317,7 +309,7 @@ const RECONNECT_AT_ONCE: Duration = Duration::from_secs(1);
 
 #[test]
 fn stopping_the_servers_node_under_load_fails_over_to_the_next() {
-    let _one_at_a_time = exclusive();
+    let _alone = support::nodes::disrupting();
     capture_logs();
     let nodes = cluster();
     let queue = format!("test-cluster-failover-{}", uuid::Uuid::new_v4());
@@ -440,7 +432,7 @@ fn stopping_the_servers_node_under_load_fails_over_to_the_next() {
 
 #[test]
 fn requests_queued_before_the_leader_node_stops_are_answered_after_the_election() {
-    let _one_at_a_time = exclusive();
+    let _alone = support::nodes::disrupting();
     let nodes = cluster();
     let queue = format!("test-cluster-leader-{}", uuid::Uuid::new_v4());
     support::declare_at(&nodes[0].url(), &queue, QueueType::Quorum, true);
@@ -480,7 +472,7 @@ fn requests_queued_before_the_leader_node_stops_are_answered_after_the_election(
 
 #[test]
 fn without_a_majority_calls_fail_in_time_and_service_resumes_by_itself() {
-    let _one_at_a_time = exclusive();
+    let _alone = support::nodes::disrupting();
     let nodes = cluster();
     let queue = format!("test-cluster-majority-{}", uuid::Uuid::new_v4());
     let survivor = &nodes[2];
@@ -521,7 +513,7 @@ const ROLLING_WINDOW: Duration = Duration::from_secs(2);
 
 #[test]
 fn a_rolling_restart_under_load_keeps_the_service_up() {
-    let _one_at_a_time = exclusive();
+    let _alone = support::nodes::disrupting();
     capture_logs();
     let nodes = cluster();
     let queue = format!("test-cluster-rolling-{}", uuid::Uuid::new_v4());

@@ -2,8 +2,6 @@
 //! an optional client certificate, node 2 on 5692 requires one, node 3 on 5693 shows an
 //! expired certificate. The certificates are made by the script, under target/.
 
-mod support;
-
 use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
 use fib_rpc::{Error, RpcClient, RpcServer, ServerConfig};
 use std::path::PathBuf;
@@ -45,6 +43,7 @@ fn connect_error(url: &str) -> (Error, Duration) {
 
 #[test]
 fn a_server_and_a_client_both_on_tls_talk() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let queue = format!("test-tls-{}", uuid::Uuid::new_v4());
     let url = amqps(1, &with_ca());
@@ -72,6 +71,7 @@ fn a_server_and_a_client_both_on_tls_talk() {
 
 #[test]
 fn a_broker_that_requires_a_client_certificate_gets_one_or_refuses() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let client = RpcClient::connect(&amqps(2, &with_client_certificate()));
     assert!(client.is_ok(), "{:?}", client.err());
@@ -83,6 +83,7 @@ fn a_broker_that_requires_a_client_certificate_gets_one_or_refuses() {
 
 #[test]
 fn an_unknown_ca_a_name_mismatch_and_an_expired_certificate_say_so() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let (unknown, _) = connect_error(&amqps(1, ""));
     assert!(unknown.to_string().contains("unknown CA"), "{unknown}");
@@ -104,6 +105,7 @@ fn an_unknown_ca_a_name_mismatch_and_an_expired_certificate_say_so() {
 
 #[test]
 fn plain_amqp_on_a_tls_port_and_tls_on_a_plain_port_fail_fast() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let (plain_on_tls, took) = connect_error("amqp://guest:guest@127.0.0.1:5691/%2f");
     assert!(plain_on_tls.is_connection(), "{plain_on_tls}");
@@ -120,6 +122,7 @@ fn plain_amqp_on_a_tls_port_and_tls_on_a_plain_port_fail_fast() {
 
 #[test]
 fn verify_none_is_an_explicit_opt_out() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let client = RpcClient::connect(&amqps(3, "verify=verify_none"));
     assert!(
@@ -138,6 +141,7 @@ fn verify_none_is_an_explicit_opt_out() {
 
 #[test]
 fn amqp_and_amqps_endpoints_mix_in_one_list() {
+    let _undisturbed = support::nodes::undisturbed();
     let nodes = nodes();
     // The first endpoint is a TLS node with an expired certificate: the next, plain, serves.
     let urls = format!("{},{}", amqps(3, &with_ca()), nodes[0].url());
@@ -158,6 +162,7 @@ fn amqp_and_amqps_endpoints_mix_in_one_list() {
 
 #[test]
 fn a_connection_closed_by_the_broker_over_tls_fails_the_call_and_the_next_reconnects() {
+    let _undisturbed = support::nodes::undisturbed();
     let nodes = nodes();
     let queue = format!("test-tls-close-{}", uuid::Uuid::new_v4());
     let url = amqps(1, &with_ca());
@@ -193,6 +198,7 @@ const SLACK: Duration = Duration::from_millis(500);
 
 #[test]
 fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let url = amqps(1, &with_ca());
     let checked = format!("test-tls-cut-checked-{}", uuid::Uuid::new_v4());
@@ -240,6 +246,7 @@ fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
 
 #[test]
 fn a_silent_cut_under_tls_is_reported_as_missed_heartbeats() {
+    let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
     let queue = format!("test-tls-heartbeat-{}", uuid::Uuid::new_v4());
     let url = amqps(1, &with_ca());

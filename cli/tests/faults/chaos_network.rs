@@ -2,13 +2,9 @@
 //! both directions while the sockets stay open, as a silent cut does. Every call, send and
 //! close keeps its timeout; every loss says what happened.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use fib_rpc::{ClientConfig, Error, RpcClient};
-use processes::ServerProcess;
 use std::time::{Duration, Instant};
+use support::processes::ServerProcess;
 use support::proxy::Proxy;
 use support::TestQueue;
 

@@ -2,8 +2,6 @@
 //! connects and closes again and again. Each is measured in a process of its own (this test
 //! binary, run again as `measured_process`), so no other test's allocations blur the figure.
 
-mod support;
-
 use amiquip::AmqpProperties;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -75,7 +73,7 @@ impl Measured {
             .args([
                 "--ignored",
                 "--exact",
-                "measured_process",
+                "chaos_memory::measured_process",
                 "--nocapture",
                 "-q",
             ])
@@ -130,7 +128,7 @@ fn stray_replies_into_an_idle_client_do_not_pile_up() {
     let before = idle.rss_kb();
     // A third party sends requests whose replies (fib(20000), 4180 digits each) go to the idle
     // client's callback queue: 5000 of them are 21 MB.
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     let strays = 5000;
     for i in 0..strays {
         let properties = AmqpProperties::default()

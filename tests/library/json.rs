@@ -1,7 +1,5 @@
 //! Typed JSON calls against a JSON service (feature `json`), on the real broker.
 
-mod support;
-
 use fib_rpc::json::json_handler;
 use fib_rpc::{protocol, HandlerError, RpcServer};
 use serde::{Deserialize, Serialize};
@@ -70,7 +68,7 @@ fn a_request_that_does_not_decode_gets_an_error_reply_saying_why() {
 fn json_requests_and_replies_say_so_on_the_wire() {
     let queue = TestQueue::new("json-wire");
     let _server = start_adder(&queue);
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     peer.publish(
         &queue.name,
         br#"{"x":1,"y":2}"#,

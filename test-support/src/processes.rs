@@ -1,16 +1,34 @@
 //! The real binaries, run as processes against the test broker.
-#![allow(dead_code)] // each test crate uses its own part of this module
 
-use crate::support::amqp_url;
+use crate::amqp_url;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The path of one of the tools' binaries, built by cargo beside the running test binary
+/// (which sits in `target/<profile>/deps/`): cargo builds a package's binaries before its
+/// integration tests, and this crate is no package of theirs, so it has no `CARGO_BIN_EXE_*`.
+pub fn tool(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let path = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary is in target/<profile>/deps/")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tools' tests with cargo test",
+        path.display()
+    );
+    path
+}
+
 /// Runs the real `fib-client` binary against the test broker.
 pub fn run_fib_client(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fib-client"))
+    Command::new(tool("fib-client"))
         .args(args)
         .env("AMQP_URL", amqp_url())
         .output()
@@ -45,7 +63,7 @@ impl ServerProcess {
     /// [`ServerProcess::start_configured`], run by `wrapper` (a command and its arguments,
     /// e.g. `faketime -f +20s`), or directly if `wrapper` is empty.
     pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let binary = env!("CARGO_BIN_EXE_fib-server");
+        let binary = tool("fib-server");
         let mut command = match wrapper {
             [] => Command::new(binary),
             [program, wrapper_args @ ..] => {

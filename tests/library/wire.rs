@@ -1,6 +1,5 @@
 //! The raw AMQP test client (`support::wire`) against the real broker: bytes that amiquip
 //! cannot express go out and come back byte-for-byte.
-mod support;
 
 use std::time::Duration;
 use support::wire::*;

@@ -1,17 +1,13 @@
 //! Asynchronous result pipelines: requests whose results outlive the sender.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use fib_rpc::services::fibonacci;
 use fib_rpc::ResultConsumer;
-use processes::ServerProcess;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::processes::ServerProcess;
 use support::TestQueue;
 
 /// A `fib-results --json` process whose output lines are collected as they come.

@@ -4,19 +4,10 @@
 //! has not), never the shared broker that the rest of the suite uses at the same time. The
 //! tests stop it, so they run one at a time (a lock).
 
-mod support;
-
 use fib_rpc::RpcClient;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use support::logs::{capture_logs, logged};
 use support::nodes::{private_nodes, PrivateNode};
-
-/// One test at a time: each stops the node the other uses.
-fn exclusive() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// (when, text) of the records logged since `since` by threads named `thread`, oldest first.
 fn logged_by(thread: &str, since: Instant) -> Vec<(Instant, String)> {
@@ -54,7 +45,7 @@ impl Drop for StoppedNode<'_> {
 
 #[test]
 fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
-    let _one_at_a_time = exclusive();
+    let _alone = support::nodes::disrupting();
     let nodes = private_nodes(1);
     let node = &nodes[0];
     // The node is deleted by scripts/nodes.sh stop, and the queue with it.
@@ -141,7 +132,7 @@ const BACKOFF: [&str; 8] = [
 
 #[test]
 fn the_reconnect_backoff_doubles_to_five_seconds_and_starts_over_after_a_healthy_connection() {
-    let _one_at_a_time = exclusive();
+    let _alone = support::nodes::disrupting();
     capture_logs();
     let nodes = private_nodes(1);
     let node = &nodes[0];

@@ -3,18 +3,14 @@
 //! without configure permission), memory alarms raised on it, and a server whose clock
 //! disagrees with its callers' (faketime). The shared broker is never reconfigured.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use amiquip::{Connection, QueueDeleteOptions};
 use fib_rpc::{ErrorKind, HandlerError, RpcClient, RpcServer, ServerConfig, ServerHandle};
-use processes::ServerProcess;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use support::nodes::{limits_node, PrivateNode};
+use support::processes::ServerProcess;
 use support::{wait_until, TestQueue};
 
 /// A memory alarm blocks every publisher of the node: the alarm test runs alone (write), the
@@ -575,7 +571,7 @@ fn an_empty_or_non_decimal_sum_is_a_malformed_reply() {
         })
         .start()
         .unwrap();
-        let output = processes::run_fib_client(&[
+        let output = support::processes::run_fib_client(&[
             "--service",
             "add",
             "--queue",

@@ -1,8 +1,9 @@
 //! Shared test support: the real broker, unique queue names that clean up after themselves,
 //! in-process and out-of-process servers, and a raw AMQP peer for sending arbitrary requests.
-#![allow(dead_code)] // each test crate uses its own part of this module
+//! A crate of its own (never published) that the library's and the tools' test binaries share.
 pub mod logs;
 pub mod nodes;
+pub mod processes;
 pub mod proxy;
 pub mod wire;
 
@@ -344,7 +345,7 @@ pub struct RawPeer {
 }
 
 impl RawPeer {
-    pub fn new() -> RawPeer {
+    pub fn connect() -> RawPeer {
         let mut connection = raw_connection();
         let channel = connection.open_channel(None).unwrap();
         let reply_queue = channel
@@ -430,7 +431,7 @@ impl Rng {
         Rng(seed.max(1))
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -439,7 +440,7 @@ impl Rng {
 
     /// A number in `0..bound`.
     pub fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
+        self.next_u64() % bound
     }
 
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -447,6 +448,6 @@ impl Rng {
     }
 
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
+        (0..len).map(|_| self.next_u64() as u8).collect()
     }
 }

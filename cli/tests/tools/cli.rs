@@ -1,12 +1,8 @@
 //! The command-line tools as a script sees them: output and exit codes.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-use processes::ServerProcess;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use support::processes::ServerProcess;
 use support::TestQueue;
 
 fn stdout(output: &Output) -> String {
@@ -21,7 +17,8 @@ fn stderr(output: &Output) -> String {
 fn prints_each_answer_on_its_own_line_in_order_and_exits_0() {
     let queue = TestQueue::new("cli-ok");
     let _server = ServerProcess::start(&queue.name, &["--workers", "2"]);
-    let output = processes::run_fib_client(&["--queue", &queue.name, "10", "0", "94", "1"]);
+    let output =
+        support::processes::run_fib_client(&["--queue", &queue.name, "10", "0", "94", "1"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stdout(&output), "55\n0\n19740274219868223167\n1\n");
 }
@@ -30,7 +27,7 @@ fn prints_each_answer_on_its_own_line_in_order_and_exits_0() {
 fn a_refused_request_exits_1_with_the_servers_message() {
     let queue = TestQueue::new("cli-remote");
     let _server = ServerProcess::start(&queue.name, &["--max-n", "50"]);
-    let output = processes::run_fib_client(&["--queue", &queue.name, "51"]);
+    let output = support::processes::run_fib_client(&["--queue", &queue.name, "51"]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
     assert_eq!(message.lines().count(), 1, "one clear line: {message}");
@@ -45,7 +42,7 @@ fn usage_errors_exit_2() {
         &["--timeout", "0", "5"],
         &["--no-such-flag", "5"],
     ] {
-        let output = processes::run_fib_client(args);
+        let output = support::processes::run_fib_client(args);
         assert_eq!(
             output.status.code(),
             Some(2),
@@ -59,7 +56,7 @@ fn usage_errors_exit_2() {
 fn no_reply_in_time_exits_75() {
     let queue = TestQueue::new("cli-timeout");
     queue.declare_quorum();
-    let output = processes::run_fib_client(&[
+    let output = support::processes::run_fib_client(&[
         "--queue",
         &queue.name,
         "--wait-for-server",
@@ -88,7 +85,7 @@ fn no_broker_or_no_queue_exits_69() {
     );
 
     let queue = TestQueue::new("cli-missing");
-    let output = processes::run_fib_client(&["--queue", &queue.name, "5"]);
+    let output = support::processes::run_fib_client(&["--queue", &queue.name, "5"]);
     assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("no queue named"),
@@ -97,7 +94,7 @@ fn no_broker_or_no_queue_exits_69() {
     );
 
     queue.declare_quorum();
-    let output = processes::run_fib_client(&["--queue", &queue.name, "5"]);
+    let output = support::processes::run_fib_client(&["--queue", &queue.name, "5"]);
     assert_eq!(output.status.code(), Some(69), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("no server is consuming"),
@@ -111,7 +108,11 @@ fn the_server_stops_cleanly_on_sigterm() {
     let queue = TestQueue::new("cli-sigterm");
     let mut server = ServerProcess::start(&queue.name, &[]);
     assert_eq!(
-        stdout(&processes::run_fib_client(&["--queue", &queue.name, "3"])),
+        stdout(&support::processes::run_fib_client(&[
+            "--queue",
+            &queue.name,
+            "3"
+        ])),
         "2\n"
     );
     server.signal("TERM");
@@ -126,7 +127,7 @@ fn five_hundred_numbers_in_one_invocation() {
     let numbers: Vec<String> = (1..=500).map(|n| n.to_string()).collect();
     let mut args = vec!["--queue", queue.name.as_str()];
     args.extend(numbers.iter().map(String::as_str));
-    let output = processes::run_fib_client(&args);
+    let output = support::processes::run_fib_client(&args);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let lines: Vec<String> = stdout(&output).lines().map(str::to_owned).collect();
     let expected: Vec<String> = (1..=500u64)
@@ -182,7 +183,7 @@ fn stdin_inputs_are_answered_while_they_are_read() {
 
 #[test]
 fn an_empty_stdin_is_an_empty_batch() {
-    let output = processes::run_fib_client(&["-"]);
+    let output = support::processes::run_fib_client(&["-"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(stdout(&output), "");
 }
@@ -191,12 +192,18 @@ fn an_empty_stdin_is_an_empty_batch() {
 fn keep_going_answers_the_rest_and_exits_with_the_worst_code() {
     let queue = TestQueue::new("cli-keep-going");
     let _server = ServerProcess::start(&queue.name, &["--max-n", "50"]);
-    let stopped = processes::run_fib_client(&["--queue", &queue.name, "5", "51", "6"]);
+    let stopped = support::processes::run_fib_client(&["--queue", &queue.name, "5", "51", "6"]);
     assert_eq!(stopped.status.code(), Some(1));
     assert_eq!(stdout(&stopped), "5\n", "stops at the refusal");
 
-    let going =
-        processes::run_fib_client(&["--queue", &queue.name, "--keep-going", "5", "51", "6"]);
+    let going = support::processes::run_fib_client(&[
+        "--queue",
+        &queue.name,
+        "--keep-going",
+        "5",
+        "51",
+        "6",
+    ]);
     assert_eq!(going.status.code(), Some(1));
     assert_eq!(stdout(&going), "5\n8\n");
     let message = stderr(&going);
@@ -211,8 +218,14 @@ fn keep_going_answers_the_rest_and_exits_with_the_worst_code() {
 fn json_output_has_one_object_per_input() {
     let queue = TestQueue::new("cli-json");
     let _server = ServerProcess::start(&queue.name, &["--max-n", "50"]);
-    let output =
-        processes::run_fib_client(&["--queue", &queue.name, "--json", "--keep-going", "10", "51"]);
+    let output = support::processes::run_fib_client(&[
+        "--queue",
+        &queue.name,
+        "--json",
+        "--keep-going",
+        "10",
+        "51",
+    ]);
     assert_eq!(output.status.code(), Some(1));
     let lines: Vec<serde_json::Value> = stdout(&output)
         .lines()
@@ -269,7 +282,7 @@ fn a_reply_the_protocol_does_not_allow_exits_65() {
     })
     .start()
     .unwrap();
-    let output = processes::run_fib_client(&["--queue", &queue.name, "5"]);
+    let output = support::processes::run_fib_client(&["--queue", &queue.name, "5"]);
     assert_eq!(output.status.code(), Some(65), "{}", stderr(&output));
     assert!(
         stderr(&output).contains("malformed reply"),
@@ -364,7 +377,7 @@ fn usage_and_version_name_the_binary_that_runs() {
 #[test]
 fn status_of_a_missing_queue_says_so_once() {
     let queue = TestQueue::new("cli-status-missing");
-    let output = processes::run_fib_client(&["--status", "--queue", &queue.name]);
+    let output = support::processes::run_fib_client(&["--status", "--queue", &queue.name]);
     assert_eq!(output.status.code(), Some(69));
     assert_eq!(
         stderr(&output).matches("no queue named").count(),
@@ -389,7 +402,7 @@ fn every_server_setting_can_come_from_the_environment() {
     );
     assert_eq!(server.log_lines_with(": 1 worker, prefetch 3"), 1);
     assert_eq!(queue.counts(), (0, 1));
-    let refused = processes::run_fib_client(&["--queue", &queue.name, "21"]);
+    let refused = support::processes::run_fib_client(&["--queue", &queue.name, "21"]);
     assert!(
         stderr(&refused).contains("maximum is 20"),
         "{}",

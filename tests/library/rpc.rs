@@ -1,7 +1,5 @@
 //! Calls against a real broker and an in-process server.
 
-mod support;
-
 use amiquip::AmqpProperties;
 use fib_rpc::services::fibonacci;
 use fib_rpc::{protocol, HandlerError, RpcServer};
@@ -359,7 +357,7 @@ fn bad_input_gets_an_error_reply_and_the_server_keeps_serving() {
 fn error_replies_are_marked_with_the_type_property_and_keep_the_correlation_id() {
     let queue = TestQueue::new("error-reply");
     let server = support::start_fib_server(&queue.name, 1);
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     peer.publish(&queue.name, b"nope", peer.request_properties("id-1"));
     let (properties, body) = peer.next_reply(TIMEOUT).expect("an error reply");
     assert_eq!(properties.type_().as_deref(), Some(protocol::ERROR_TYPE));
@@ -381,7 +379,7 @@ fn error_replies_are_marked_with_the_type_property_and_keep_the_correlation_id()
 fn a_request_without_reply_to_is_dropped_and_the_server_goes_on() {
     let queue = TestQueue::new("no-reply-to");
     let server = support::start_fib_server(&queue.name, 1);
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     peer.publish(
         &queue.name,
         b"7",

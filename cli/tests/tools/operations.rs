@@ -1,15 +1,11 @@
 //! Operating fib-server: real HTTP requests against its metrics and health endpoints while it
 //! serves, loses its broker, drains, and takes bad HTTP.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
-use processes::{get, requests_in_hand, sample, server_with_metrics};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use support::processes::{get, requests_in_hand, sample, server_with_metrics};
 use support::proxy::Proxy;
 use support::{RawPeer, TestQueue};
 
@@ -54,7 +50,7 @@ fn counters_move_by_exactly_the_calls_made_by_outcome() {
             .unwrap_err()
             .is_remote());
     }
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     let mut headers = FieldTable::new();
     headers.insert(
         fib_rpc::protocol::DEADLINE_HEADER.into(),

@@ -3,18 +3,14 @@
 //! Every test has its own queue and touches only its own connections, so the suite can run in
 //! parallel and beside a production server on `rpc_queue`.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use fib_rpc::services::fibonacci;
 use fib_rpc::{Error, FibonacciRpcClient};
-use processes::ServerProcess;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::processes::ServerProcess;
 use support::{RawPeer, TestQueue};
 
 /// What a load run saw: correct answers, and every error.
@@ -371,7 +367,7 @@ fn chaos_6_stale_requests_are_never_computed() {
     );
     // A request that reaches a server after its caller's deadline (here: no broker expiration,
     // a deadline header already in the past) is skipped, not computed.
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     let mut headers = FieldTable::new();
     let past = std::time::SystemTime::now() - Duration::from_secs(1);
     let past_ms = past
@@ -417,17 +413,17 @@ fn chaos_6_stale_requests_are_never_computed() {
 fn random_value(rng: &mut support::Rng, depth: u32) -> AmqpValue {
     match rng.below(if depth > 1 { 10 } else { 12 }) {
         0 => AmqpValue::Boolean(rng.chance(50)),
-        1 => AmqpValue::ShortShortInt(rng.next() as i8),
-        2 => AmqpValue::LongInt(rng.next() as i32),
-        3 => AmqpValue::LongUInt(rng.next() as u32),
-        4 => AmqpValue::LongLongInt(rng.next() as i64),
-        5 => AmqpValue::Float(f32::from_bits(rng.next() as u32)),
-        6 => AmqpValue::Double(f64::from_bits(rng.next())),
+        1 => AmqpValue::ShortShortInt(rng.next_u64() as i8),
+        2 => AmqpValue::LongInt(rng.next_u64() as i32),
+        3 => AmqpValue::LongUInt(rng.next_u64() as u32),
+        4 => AmqpValue::LongLongInt(rng.next_u64() as i64),
+        5 => AmqpValue::Float(f32::from_bits(rng.next_u64() as u32)),
+        6 => AmqpValue::Double(f64::from_bits(rng.next_u64())),
         7 => AmqpValue::LongString({
             let len = rng.below(40) as usize;
             String::from_utf8_lossy(&rng.bytes(len)).into_owned()
         }),
-        8 => AmqpValue::Timestamp(rng.next()),
+        8 => AmqpValue::Timestamp(rng.next_u64()),
         9 => {
             let len = rng.below(40) as usize;
             AmqpValue::ByteArray(rng.bytes(len))
@@ -473,7 +469,7 @@ const HUGE_ID: &str = "fuzz-500-huge";
 fn chaos_7_fuzzed_requests_never_crash_a_worker_and_every_answerable_one_is_answered() {
     let queue = TestQueue::new("chaos-fuzz");
     let mut server = ServerProcess::start(&queue.name, &["--workers", "2"]);
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     let elsewhere = format!("test-nowhere-{}", uuid::Uuid::new_v4());
     let mut rng = support::Rng::new(0x5eed_f1b0);
     let mut expected = HashSet::new();
@@ -527,10 +523,10 @@ fn chaos_7_fuzzed_requests_never_crash_a_worker_and_every_answerable_one_is_answ
             properties = properties.with_priority(rng.below(10) as u8);
         }
         if rng.chance(20) {
-            properties = properties.with_message_id(format!("m{}", rng.next()));
+            properties = properties.with_message_id(format!("m{}", rng.next_u64()));
         }
         if rng.chance(20) {
-            properties = properties.with_timestamp(rng.next() >> 32);
+            properties = properties.with_timestamp(rng.next_u64() >> 32);
         }
         if rng.chance(10) {
             properties = properties.with_app_id("fuzzer".to_owned());
@@ -604,7 +600,7 @@ fn chaos_7_fuzzed_requests_never_crash_a_worker_and_every_answerable_one_is_answ
 fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
     let queue = TestQueue::new("chaos-reply-to");
     let server = ServerProcess::start(&queue.name, &["--workers", "1"]);
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     for suffix in ["AAAA.x", "g2sAAWE=.k", "!!!.x"] {
         let properties = AmqpProperties::default()
             .with_reply_to(format!("amq.rabbitmq.reply-to.{suffix}"))
@@ -632,7 +628,7 @@ fn chaos_8_a_malformed_direct_reply_to_address_cannot_keep_the_server_down() {
 #[test]
 fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_the_queue() {
     let queue = TestQueue::new("chaos-second-signal");
-    let (mut server, address) = processes::server_with_metrics(
+    let (mut server, address) = support::processes::server_with_metrics(
         &support::amqp_url(),
         &queue.name,
         &["--workers", "1", "--max-n", "100000000"],
@@ -645,7 +641,7 @@ fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_th
     // The server's own count says it holds it (a queue count of 0 ready is also true before
     // the request arrives).
     support::wait_until("the request is in hand", Duration::from_secs(30), || {
-        processes::requests_in_hand(&address, &queue.name) == 1.0
+        support::processes::requests_in_hand(&address, &queue.name) == 1.0
     });
     server.signal("TERM");
     support::wait_until("the server begins to stop", Duration::from_secs(10), || {

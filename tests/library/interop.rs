@@ -3,8 +3,6 @@
 //! The tutorial peers here are written with plain amiquip calls and set nothing but what the
 //! tutorials set: `reply_to` and `correlation_id` on requests, `correlation_id` on replies.
 
-mod support;
-
 use amiquip::{
     AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable, Publish,
     QueueDeclareOptions,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A private RabbitMQ node started by scripts/nodes.sh, for tests that stop or restart brokers.
 pub struct PrivateNode {
@@ -59,12 +59,7 @@ pub fn limits_node() -> PrivateNode {
 
 /// Runs scripts/nodes.sh with `args`; panics with its output if it fails.
 fn run_nodes_script(args: &[&str]) {
-    // The workspace's scripts/, from the library's tests or the tools' (cli/tests).
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|dir| dir.join("scripts/nodes.sh"))
-        .find(|script| script.exists())
-        .expect("scripts/nodes.sh in the workspace");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nodes.sh");
     let output = Command::new(&script)
         .args(args)
         .output()
@@ -149,4 +144,19 @@ impl PrivateNode {
             String::from_utf8_lossy(&output.stderr)
         ))
     }
+}
+
+/// Tests that stop, restart or partition private nodes take this for writing, those that use
+/// them as they are for reading: within one test binary, no test meets a node another stopped.
+static NODES_IN_USE: RwLock<()> = RwLock::new(());
+
+/// Held by a test that stops, restarts or partitions private nodes, alone among the tests of
+/// its binary that use them.
+pub fn disrupting() -> RwLockWriteGuard<'static, ()> {
+    NODES_IN_USE.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held by a test that uses private nodes as they are: the tests that disrupt them wait.
+pub fn undisturbed() -> RwLockReadGuard<'static, ()> {
+    NODES_IN_USE.read().unwrap_or_else(PoisonError::into_inner)
 }

@@ -1,8 +1,6 @@
 //! The fault-injecting proxy itself, against a local echo server (no broker needed), so the
 //! partition tests that rely on it can trust what it does.
 
-mod support;
-
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,15 +1,11 @@
 //! Hostile messages and hostile arguments: whatever arrives, no fib-rpc process crashes,
 //! every request is answered or dropped exactly once, and nothing is lost or answered twice.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use fib_rpc::services::fibonacci;
 use fib_rpc::{FibonacciRpcClient, ResultConsumer};
-use processes::ServerProcess;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::processes::ServerProcess;
 use support::wire::{nested_headers, RawAmqp, RawProperties};
 use support::TestQueue;
 

@@ -1,7 +1,5 @@
 //! Many calls in flight on one client: every answer reaches its own caller, nothing leaks.
 
-mod support;
-
 use fib_rpc::services::fibonacci;
 use fib_rpc::{FibonacciRpcClient, ReplyMode, RpcClient};
 use std::sync::Arc;

@@ -1,15 +1,11 @@
 //! Several services in one server process, queue status and purge from the CLI, and the
 //! workflow sandbox's demo: four servers, eight concurrent CLI invocations, one queue.
 
-mod processes;
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
 use fib_rpc::services::fibonacci;
-use processes::ServerProcess;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use support::processes::ServerProcess;
 use support::{RawPeer, TestQueue};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +70,7 @@ fn fibonacci_and_addition_in_one_server_process() {
     );
 
     // Negative operands start with a dash: `--` ends the options, as usual.
-    let output = processes::run_fib_client(&[
+    let output = support::processes::run_fib_client(&[
         "--service",
         "add",
         "--queue",
@@ -91,7 +87,7 @@ fn fibonacci_and_addition_in_one_server_process() {
 fn status_shows_messages_and_consumers_and_purge_needs_yes() {
     let idle = TestQueue::new("status-idle");
     idle.declare_classic(true);
-    let peer = RawPeer::new();
+    let peer = RawPeer::connect();
     for n in ["1", "2", "3"] {
         peer.publish(&idle.name, n.as_bytes(), peer.request_properties(n));
     }
@@ -101,8 +97,13 @@ fn status_shows_messages_and_consumers_and_purge_needs_yes() {
         idle.counts() == (3, 0) && served.counts() == (0, 2)
     });
 
-    let output =
-        processes::run_fib_client(&["--status", "--queue", &idle.name, "--queue", &served.name]);
+    let output = support::processes::run_fib_client(&[
+        "--status",
+        "--queue",
+        &idle.name,
+        "--queue",
+        &served.name,
+    ]);
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
@@ -113,18 +114,23 @@ fn status_shows_messages_and_consumers_and_purge_needs_yes() {
     );
 
     let missing = TestQueue::new("status-missing");
-    let output =
-        processes::run_fib_client(&["--status", "--queue", &missing.name, "--queue", &idle.name]);
+    let output = support::processes::run_fib_client(&[
+        "--status",
+        "--queue",
+        &missing.name,
+        "--queue",
+        &idle.name,
+    ]);
     assert_eq!(output.status.code(), Some(69));
     assert!(String::from_utf8(output.stdout)
         .unwrap()
         .contains(&format!("{}\t3\t0", idle.name)));
 
-    let refused = processes::run_fib_client(&["--purge", "--queue", &idle.name]);
+    let refused = support::processes::run_fib_client(&["--purge", "--queue", &idle.name]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     assert_eq!(idle.counts(), (3, 0), "nothing purged without --yes");
-    let purged = processes::run_fib_client(&["--purge", "--yes", "--queue", &idle.name]);
+    let purged = support::processes::run_fib_client(&["--purge", "--yes", "--queue", &idle.name]);
     assert_eq!(purged.status.code(), Some(0));
     assert_eq!(
         String::from_utf8(purged.stdout).unwrap(),

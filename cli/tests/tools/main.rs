@@ -1,0 +1,7 @@
+//! The tools as a script runs them, against the shared broker: fib-client's arguments, output
+//! and exit codes, fib-server's operations, pipelines, and the bundled services.
+
+mod cli;
+mod operations;
+mod pipeline;
+mod services;
