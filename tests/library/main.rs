@@ -1,5 +1,5 @@
 //! The library against the shared broker at 127.0.0.1:5672: calls, concurrency, interop with
-//! the tutorial's peers, the wire, JSON, a fault proxy, memory, and what the library pulls in.
+//! the tutorial's peers, JSON, memory, and what the library pulls in.
 //! One binary, so that it is linked once.
 
 mod chaos_memory;
@@ -8,6 +8,4 @@ mod interop;
 #[cfg(feature = "json")]
 mod json;
 mod lean;
-mod proxy;
 mod rpc;
-mod wire;
