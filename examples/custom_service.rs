@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     env_logger::init();
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| fib_rpc::DEFAULT_URL.to_owned());
     let mut config = ServerConfig::new(url.as_str(), "reverse_queue");
-    config.workers = 2;
+    config = config.workers(2);
     let server = RpcServer::new(config, reverse_words).start()?;
 
     let client = RpcClient::with_config(ClientConfig::new(url))?;

@@ -70,9 +70,7 @@ impl RpcClient {
 
     /// Connects with these settings. Fails at once if the broker cannot be reached.
     pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
-        if config.connection.max_message_size == 0 {
-            return Err(Error::Config("max_message_size must be at least 1".into()));
-        }
+        config.validate()?;
         let limit = Arc::new(AtomicUsize::new(config.connection.max_message_size));
         let session = Session::open(
             &config,

@@ -43,13 +43,28 @@ impl Endpoint {
 
 // Here rather than in config.rs: checking a URL is the driver's job, and the settings need nothing
 // of the driver.
+// The connection settings are checked here, where URLs are parsed, so that the settings'
+// module never reaches into the driver.
+impl ConnectionConfig {
+    /// Checks these settings together, as every connection does first: at least one URL, each
+    /// one fib-rpc can use (with its query), a heartbeat of at least 1 s, a size limit of at
+    /// least 1. Fails with an error of kind [`ErrorKind::Config`](crate::ErrorKind::Config).
+    pub fn validate(&self) -> Result<()> {
+        if self.max_message_size == 0 {
+            return Err(Error::Config("max_message_size must be at least 1".into()));
+        }
+        parse_all(self).map(drop)
+    }
+}
+
 impl std::str::FromStr for ConnectionConfig {
     type Err = Error;
 
-    /// Defaults, with this URL, which must be one fib-rpc can use.
+    /// Defaults, with this URL (or several, separated by commas), which must be one fib-rpc
+    /// can use.
     fn from_str(url: &str) -> Result<Self> {
         let config = ConnectionConfig::new(url);
-        parse_all(&config)?;
+        config.validate()?;
         Ok(config)
     }
 }

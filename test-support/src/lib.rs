@@ -250,7 +250,7 @@ pub fn server_config(queue: &str, workers: usize) -> ServerConfig {
 /// Server settings for the broker at `url` (a private node's, say).
 pub fn server_config_at(url: &str, queue: &str, workers: usize) -> ServerConfig {
     let mut config = ServerConfig::new(url, queue);
-    config.workers = workers;
+    config = config.workers(workers);
     config
 }
 
@@ -326,13 +326,13 @@ pub fn client_config() -> ClientConfig {
 /// A client that queues requests even when no server consumes the queue yet.
 pub fn patient_client() -> RpcClient {
     let mut config = client_config();
-    config.require_consumer = false;
+    config = config.require_consumer(false);
     RpcClient::with_config(config).expect("connect a client")
 }
 
 pub fn fib_client(queue: &str, timeout: Duration) -> FibonacciRpcClient {
     let mut config = client_config();
-    config.call_timeout = timeout;
+    config = config.call_timeout(timeout);
     FibonacciRpcClient::new(RpcClient::with_config(config).expect("connect a client"))
         .with_queue(queue)
 }

@@ -149,8 +149,8 @@ impl Drop for Stopped<'_> {
 
 fn fib_server(urls: &str, queue: &str, workers: usize) -> ServerHandle {
     let mut config = ServerConfig::new(urls, queue);
-    config.workers = workers;
-    config.queue_type = QueueType::Quorum;
+    config = config.workers(workers);
+    config = config.queue_type(QueueType::Quorum);
     RpcServer::new(config, fibonacci_handler(DEFAULT_MAX_N))
         .start()
         .expect("start a server on the cluster")
@@ -158,14 +158,18 @@ fn fib_server(urls: &str, queue: &str, workers: usize) -> ServerHandle {
 
 fn client(urls: &str, require_consumer: bool) -> RpcClient {
     let mut config = ClientConfig::new(urls);
-    config.require_consumer = require_consumer;
+    config = config.require_consumer(require_consumer);
     RpcClient::with_config(config).expect("connect a client to the cluster")
 }
 
 /// A client whose connection is named `name` (in the broker's list and in the logs).
 fn named_client(urls: &str, name: &str) -> Arc<RpcClient> {
     let mut config = ClientConfig::new(urls);
-    config.connection.connection_name = Some(name.to_owned());
+    let connection = config
+        .get_connection()
+        .clone()
+        .connection_name(name.to_owned());
+    config = config.connection(connection);
     Arc::new(RpcClient::with_config(config).expect("connect a client to the cluster"))
 }
 

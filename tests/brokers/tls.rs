@@ -169,7 +169,11 @@ fn a_connection_closed_by_the_broker_over_tls_fails_the_call_and_the_next_reconn
     let (server, gate) = support::start_gated_echo_server_at(&url, &queue, 1);
     let name = format!("tls client {}", uuid::Uuid::new_v4());
     let mut config = fib_rpc::ClientConfig::new(url.as_str());
-    config.connection.connection_name = Some(name.clone());
+    let connection = config
+        .get_connection()
+        .clone()
+        .connection_name(name.clone());
+    config = config.connection(connection);
     let client = RpcClient::with_config(config).unwrap();
     let in_flight = client
         .send(&queue, b"slow", Duration::from_secs(30))
@@ -214,7 +218,11 @@ fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
     let (first, second) = (start(&checked), start(&unchecked));
     let proxy = tls_proxy();
     let mut config = fib_rpc::ClientConfig::new(proxy.url(&url));
-    config.connection.close_timeout = Duration::from_secs(1);
+    let connection = config
+        .get_connection()
+        .clone()
+        .close_timeout(Duration::from_secs(1));
+    config = config.connection(connection);
     let client = RpcClient::with_config(config).unwrap();
     let timeout = Duration::from_secs(1);
     assert_eq!(client.call(&checked, b"10", timeout).unwrap(), b"55");

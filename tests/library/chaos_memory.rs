@@ -23,8 +23,12 @@ fn measured_process() {
     };
     match role.as_str() {
         "idle-client" => {
-            let mut config = support::client_config();
-            config.connection.connection_name = std::env::var("FIB_RPC_CONNECTION_NAME").ok();
+            let name = std::env::var("FIB_RPC_CONNECTION_NAME").expect("the test names it");
+            let connection = support::client_config()
+                .get_connection()
+                .clone()
+                .connection_name(name);
+            let config = fib_rpc::ClientConfig::from(connection);
             let client = fib_rpc::RpcClient::with_config(config).unwrap();
             report("ready".into());
             while let Some(Ok(_)) = commands.next() {

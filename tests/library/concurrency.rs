@@ -10,8 +10,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn client_with(reply_mode: ReplyMode, require_consumer: bool) -> RpcClient {
     let mut config = support::client_config();
-    config.reply_mode = reply_mode;
-    config.require_consumer = require_consumer;
+    config = config.reply_mode(reply_mode);
+    config = config.require_consumer(require_consumer);
     RpcClient::with_config(config).expect("connect a client")
 }
 

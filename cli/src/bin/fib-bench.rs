@@ -424,7 +424,7 @@ fn declare(channel: &Channel, queue: &str, kind: Kind) -> anyhow::Result<()> {
 
 fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
     let queue = format!("fib-bench-raw-{}", uuid::Uuid::new_v4());
-    let mut server_connection = raw_connection(&connection.urls[0])?;
+    let mut server_connection = raw_connection(connection)?;
     let setup = server_connection.open_channel(None)?;
     declare(&setup, &queue, args.queue_type)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,7 +438,7 @@ fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
             }))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut client_connection = raw_connection(&connection.urls[0])?;
+    let mut client_connection = raw_connection(connection)?;
     let callers = (0..args.threads)
         .map(|_| RawCaller::new(client_connection.open_channel(None)?).map(std::sync::Mutex::new))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -476,12 +476,10 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
             .start()?,
         ),
     };
-    let mut config = ClientConfig::default();
-    config.connection = connection.clone();
-    config.reply_mode = match args.reply_mode {
+    let config = ClientConfig::from(connection).reply_mode(match args.reply_mode {
         Mode::Queue => ReplyMode::CallbackQueue,
         Mode::Direct => ReplyMode::DirectReplyTo,
-    };
+    });
     let client = FibonacciRpcClient::new(RpcClient::with_config(config)?);
     let run = |measuring| {
         measure(args, measuring, |progress| {
@@ -493,7 +491,7 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     client.close()?;
     if let Some(server) = server {
         server.shutdown()?;
-        let mut admin = raw_connection(&connection.urls[0])?;
+        let mut admin = raw_connection(connection)?;
         admin
             .open_channel(None)?
             .queue_delete(own_queue.as_str(), QueueDeleteOptions::default())?;
@@ -506,7 +504,11 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
 /// Nagle's algorithm on, which would cap the baseline at a few dozen round trips a second);
 /// over amiquip's own TLS for an `amqps://` URL (its `cacertfile` trusted besides the system's
 /// CAs), so that the baseline crosses the same transport as fib-rpc.
-fn raw_connection(url: &str) -> anyhow::Result<Connection> {
+fn raw_connection(connection: &ConnectionConfig) -> anyhow::Result<Connection> {
+    let url = connection
+        .get_urls()
+        .next()
+        .context("no broker URL given")?;
     let parsed = url::Url::parse(url).context("parsing the AMQP URL")?;
     let decode = |text: &str| percent_decode_str(text).decode_utf8_lossy().into_owned();
     let or_guest = |text: String| {
@@ -556,16 +558,14 @@ fn raw_connection(url: &str) -> anyhow::Result<Connection> {
 
 /// Settings of the server this tool starts.
 fn server_config(args: &Args, connection: &ConnectionConfig, queue: &str) -> ServerConfig {
-    let mut config = ServerConfig::default();
-    config.connection = connection.clone();
-    config.queue = queue.to_owned();
-    config.queue_type = match args.queue_type {
-        Kind::Classic => QueueType::Classic,
-        Kind::Quorum => QueueType::Quorum,
-    };
-    config.workers = args.workers;
-    config.prefetch = args.prefetch;
-    config
+    ServerConfig::from(connection)
+        .queue(queue)
+        .queue_type(match args.queue_type {
+            Kind::Classic => QueueType::Classic,
+            Kind::Quorum => QueueType::Quorum,
+        })
+        .workers(args.workers)
+        .prefetch(args.prefetch)
 }
 
 /// The report with the median calls/s.

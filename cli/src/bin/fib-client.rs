@@ -172,10 +172,9 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<u8, Error> {
         [queue] => queue.clone(),
         _ => usage_error("calls go to one --queue".to_owned()),
     };
-    let mut config = ClientConfig::default();
-    config.connection = connection;
-    config.call_timeout = Duration::from_secs_f64(args.timeout);
-    config.require_consumer = !args.wait_for_server;
+    let config = ClientConfig::from(connection)
+        .call_timeout(Duration::from_secs_f64(args.timeout))
+        .require_consumer(!args.wait_for_server);
     let client = RpcClient::with_config(config)?;
     let code = match &args.reply_to {
         Some(results) => submit(&client, &queue, results, inputs(args))?,
@@ -215,7 +214,7 @@ fn answer(
     queue: &str,
     inputs: impl Iterator<Item = String>,
 ) -> u8 {
-    let timeout = client.config().call_timeout;
+    let timeout = client.config().get_call_timeout();
     let (sender, sent) =
         crossbeam_channel::bounded::<(String, Result<PendingReply, Error>)>(WINDOW);
     let printer = Printer {

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use fib_rpc::services::{addition_handler, fibonacci_handler, DEFAULT_MAX_DIGITS, DEFAULT_MAX_N};
-use fib_rpc::{QueueType, RpcServer, ServerConfig, ServerHandle};
+use fib_rpc::{ConnectionConfig, QueueType, RpcServer, ServerConfig, ServerHandle};
 use fib_rpc_cli::docs::DocsArgs;
 use fib_rpc_cli::{exit, operations};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -137,15 +137,19 @@ fn services(args: &Args) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
-    let mut config = ServerConfig::new(args.amqp_url.join(","), queue);
-    config.connection.close_timeout = Duration::from_secs_f64(args.close_timeout);
-    config.connection.max_message_size = args.max_message_size;
-    config.consumer_timeout = args.consumer_timeout.map(Duration::from_secs_f64);
-    config.drain_timeout = Duration::from_secs_f64(args.drain_timeout);
-    config.queue_type = args.queue_type;
-    config.workers = args.workers.unwrap_or(config.workers);
-    config.prefetch = args.prefetch;
-    let (workers, prefetch) = (config.workers, config.prefetch);
+    let connection = ConnectionConfig::with_urls(&args.amqp_url)
+        .close_timeout(Duration::from_secs_f64(args.close_timeout))
+        .max_message_size(args.max_message_size);
+    let mut config = ServerConfig::from(connection)
+        .queue(queue)
+        .consumer_timeout(args.consumer_timeout.map(Duration::from_secs_f64))
+        .drain_timeout(Duration::from_secs_f64(args.drain_timeout))
+        .queue_type(args.queue_type)
+        .prefetch(args.prefetch);
+    if let Some(workers) = args.workers {
+        config = config.workers(workers);
+    }
+    let (workers, prefetch) = (config.get_workers(), config.get_prefetch());
     let server = match name {
         "fib" => RpcServer::new(config, fibonacci_handler(args.max_n)).start()?,
         _ => RpcServer::new(config, addition_handler(args.max_digits)).start()?,

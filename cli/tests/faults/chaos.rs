@@ -261,7 +261,11 @@ fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_
     let (server, gate) = support::start_gated_echo_server(&queue.name, 2);
     let name = format!("chaos client {}", uuid::Uuid::new_v4());
     let mut config = support::client_config();
-    config.connection.connection_name = Some(name.clone());
+    let connection = config
+        .get_connection()
+        .clone()
+        .connection_name(name.clone());
+    config = config.connection(connection);
     let client = fib_rpc::RpcClient::with_config(config).unwrap();
     let in_flight = client
         .send(&queue.name, b"slow", Duration::from_secs(30))
@@ -685,7 +689,7 @@ fn chaos_10_kill_9_one_of_two_tls_servers_mid_load_loses_nothing() {
     let start =
         || ServerProcess::start_with_url(&url, &queue, &["--workers", "2", "--max-n", "100000000"]);
     let mut config = fib_rpc::ClientConfig::new(url.as_str());
-    config.call_timeout = Duration::from_secs(20);
+    config = config.call_timeout(Duration::from_secs(20));
     let client = Arc::new(
         FibonacciRpcClient::new(fib_rpc::RpcClient::with_config(config).unwrap())
             .with_queue(&queue),

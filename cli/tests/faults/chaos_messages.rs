@@ -52,7 +52,11 @@ fn a_deeply_nested_reply_in_a_callback_queue_leaves_the_client_working() {
     let _server = support::start_fib_server(&queue.name, 1);
     let name = format!("hostile client {}", uuid::Uuid::new_v4());
     let mut config = support::client_config();
-    config.connection.connection_name = Some(name.clone());
+    let connection = config
+        .get_connection()
+        .clone()
+        .connection_name(name.clone());
+    config = config.connection(connection);
     let client = fib_rpc::RpcClient::with_config(config).unwrap();
     let callback_queue = support::callback_queue_of(&name);
     let mut wire = RawAmqp::connect(&support::broker_address());
@@ -94,8 +98,11 @@ fn a_deeply_nested_result_is_read_like_any_other() {
     };
     wire.publish(&results.name, &plain, b"2");
     wire.sync();
-    let mut consumer =
-        ResultConsumer::open(&support::client_config().connection, &results.name).unwrap();
+    let mut consumer = ResultConsumer::open(
+        &support::client_config().get_connection().clone(),
+        &results.name,
+    )
+    .unwrap();
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let result = consumer
@@ -172,9 +179,14 @@ fn no_timeout_is_too_large() {
     assert_eq!(fib.call(13).unwrap(), fibonacci(13));
     assert_eq!(fib.call_many(&[1, 2]).len(), 2);
     let mut config = support::client_config();
-    config.call_timeout = Duration::MAX;
-    config.connection.connect_timeout = Duration::MAX;
-    config.connection.close_timeout = Duration::MAX;
+    config = config.call_timeout(Duration::MAX);
+    let connection = config
+        .get_connection()
+        .clone()
+        .connect_timeout(Duration::MAX);
+    config = config.connection(connection);
+    let connection = config.get_connection().clone().close_timeout(Duration::MAX);
+    config = config.connection(connection);
     let patient = fib_rpc::RpcClient::with_config(config).unwrap();
     assert_eq!(
         patient.call(&queue.name, b"14", Duration::MAX).unwrap(),

@@ -19,7 +19,11 @@ fn proxy() -> Proxy {
 fn client_through(proxy: &Proxy, query: &str) -> RpcClient {
     let url = proxy.url(&support::amqp_url()) + query;
     let mut config = ClientConfig::new(url);
-    config.connection.close_timeout = Duration::from_secs(1);
+    let connection = config
+        .get_connection()
+        .clone()
+        .close_timeout(Duration::from_secs(1));
+    config = config.connection(connection);
     RpcClient::with_config(config).expect("connect through the proxy")
 }
 

@@ -51,7 +51,7 @@ impl Drop for NodeQueue {
 
 fn server_on(node: &PrivateNode, queue: &str, workers: usize) -> ServerConfig {
     let mut config = ServerConfig::new(node.url(), queue);
-    config.workers = workers;
+    config = config.workers(workers);
     config
 }
 
@@ -139,7 +139,11 @@ fn a_configured_size_limit_refuses_replies_before_the_broker_sees_them() {
     let node = limits_node();
     let queue = NodeQueue::new(&node, "size-limit");
     let mut config = server_on(&node, &queue.name, 1);
-    config.connection.max_message_size = 1024 * 1024;
+    let connection = config
+        .get_connection()
+        .clone()
+        .max_message_size(1024 * 1024);
+    config = config.connection(connection);
     let (server, runs) = counting_server(config, 1024 * 1024 + 1);
     let client = RpcClient::connect(&node.url()).unwrap();
     let error = client
@@ -272,7 +276,7 @@ fn the_consumer_timeout_setting_reaches_the_broker_as_a_consumer_argument() {
     let node = limits_node();
     let queue = NodeQueue::new(&node, "consumer-argument");
     let mut config = server_on(&node, &queue.name, 1);
-    config.consumer_timeout = Some(Duration::from_secs(3600));
+    config = config.consumer_timeout(Some(Duration::from_secs(3600)));
     let (server, _) = counting_server(config, 1);
     let listing = node.ctl(&["list_consumers", "queue_name", "arguments"]);
     let ours = listing
@@ -404,7 +408,11 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
     let (server, gate) = support::start_gated_echo_server_at(&node.url(), &queue.name, 2);
     let name = format!("alarm-client-{}", uuid::Uuid::new_v4());
     let mut config = fib_rpc::ClientConfig::new(node.url());
-    config.connection.connection_name = Some(name.clone());
+    let connection = config
+        .get_connection()
+        .clone()
+        .connection_name(name.clone());
+    config = config.connection(connection);
     let client = RpcClient::with_config(config).unwrap();
     assert_eq!(
         client

@@ -167,7 +167,7 @@ fn submit_and_consume_in_the_library_with_error_results_and_redelivery_of_untake
     assert!(error.is_no_server(), "{error}");
     client.close().unwrap();
 
-    let config = support::client_config().connection;
+    let config = support::client_config().get_connection().clone();
     let mut consumer = ResultConsumer::open(&config, &results.name).unwrap();
     let first = consumer
         .next_timeout(Duration::from_secs(10))
