@@ -22,11 +22,11 @@ fn main() -> anyhow::Result<()> {
     config = config.workers(2);
     let server = RpcServer::new(config, reverse_words).start()?;
 
-    let client = RpcClient::with_config(ClientConfig::new(url))?;
+    let client = RpcClient::connect(ClientConfig::new(url))?;
     let timeout = Duration::from_secs(5);
-    let reply = client.call("reverse_queue", b"hello brave new world", timeout)?;
+    let reply = client.call_with_timeout("reverse_queue", b"hello brave new world", timeout)?;
     println!("{}", String::from_utf8_lossy(&reply));
-    match client.call("reverse_queue", b"   ", timeout) {
+    match client.call_with_timeout("reverse_queue", b"   ", timeout) {
         Err(error) if error.is_remote() => println!("refused, as it should be: {error}"),
         other => anyhow::bail!("expected an error reply, got {other:?}"),
     }

@@ -40,16 +40,19 @@ fn main() -> anyhow::Result<()> {
         json_handler(quote),
     )
     .start()?;
-    let client = RpcClient::with_config(ClientConfig::new(url))?;
+    let client = RpcClient::connect(ClientConfig::new(url))?;
     let timeout = Duration::from_secs(5);
     let request = QuoteRequest {
         item: "pear".into(),
         quantity: 3,
     };
-    let reply: Quote = client.call_json("quote_queue", &request, timeout)?;
+    let reply: Quote = client.call_json_with_timeout("quote_queue", &request, timeout)?;
     println!("{reply:?}");
-    let refused =
-        client.call_json::<_, Quote>("quote_queue", &serde_json::json!({"item": 7}), timeout);
+    let refused = client.call_json_with_timeout::<_, Quote>(
+        "quote_queue",
+        &serde_json::json!({"item": 7}),
+        timeout,
+    );
     match refused {
         Err(error) if error.is_remote() => println!("refused: {error}"),
         other => anyhow::bail!("expected an error reply, got {other:?}"),

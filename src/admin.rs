@@ -39,8 +39,11 @@ impl std::fmt::Debug for QueueAdmin {
 }
 
 impl QueueAdmin {
-    /// Connects to the broker.
-    pub fn connect(config: &ConnectionConfig) -> Result<QueueAdmin> {
+    /// Connects to the broker with these settings (a URL, or a [`ConnectionConfig`]), checked
+    /// first ([`ConnectionConfig::validate`]).
+    pub fn connect(config: impl Into<ConnectionConfig>) -> Result<QueueAdmin> {
+        let config = &config.into();
+        config.validate()?;
         let Link {
             connection, cutter, ..
         } = amqp::open(config, "fib-rpc admin", None, 0)?;

@@ -180,6 +180,13 @@ impl From<String> for ConnectionConfig {
     }
 }
 
+impl From<&String> for ConnectionConfig {
+    /// [`ConnectionConfig::new`].
+    fn from(urls: &String) -> Self {
+        ConnectionConfig::new(urls)
+    }
+}
+
 impl From<&ConnectionConfig> for ConnectionConfig {
     fn from(config: &ConnectionConfig) -> Self {
         config.clone()
@@ -373,6 +380,19 @@ impl From<&str> for ClientConfig {
     /// [`ClientConfig::new`].
     fn from(urls: &str) -> Self {
         ClientConfig::new(urls)
+    }
+}
+
+impl From<&String> for ClientConfig {
+    /// [`ClientConfig::new`].
+    fn from(urls: &String) -> Self {
+        ClientConfig::new(urls)
+    }
+}
+
+impl From<&ClientConfig> for ClientConfig {
+    fn from(config: &ClientConfig) -> Self {
+        config.clone()
     }
 }
 

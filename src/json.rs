@@ -12,11 +12,21 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 impl RpcClient {
-    /// Sends `request` to `queue` as JSON and decodes the JSON reply, within `timeout`.
+    /// Sends `request` to `queue` as JSON and decodes the JSON reply, within the client's
+    /// [`call_timeout`](crate::ClientConfig::call_timeout).
     ///
     /// Fails as [`call`](Self::call) does, and with [`Error::Protocol`] if the reply is not the
     /// JSON of a `Resp`.
-    pub fn call_json<Req, Resp>(
+    pub fn call_json<Req, Resp>(&self, queue: &str, request: &Req) -> Result<Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.call_json_with_timeout(queue, request, self.config().get_call_timeout())
+    }
+
+    /// [`call_json`](Self::call_json) with this timeout instead of the client's.
+    pub fn call_json_with_timeout<Req, Resp>(
         &self,
         queue: &str,
         request: &Req,

@@ -7,7 +7,7 @@ mod router;
 mod session;
 mod submit;
 
-use crate::config::{ClientConfig, ConnectionConfig};
+use crate::config::ClientConfig;
 use crate::deadline;
 use crate::driver::keeper::OwnedPublish;
 use crate::driver::Publish;
@@ -60,16 +60,16 @@ impl std::fmt::Debug for RpcClient {
 }
 
 impl RpcClient {
-    /// Connects to the broker at `url` with default settings.
-    pub fn connect(url: &str) -> Result<RpcClient> {
-        RpcClient::with_config(ClientConfig {
-            connection: ConnectionConfig::new(url),
-            ..ClientConfig::default()
-        })
-    }
-
-    /// Connects with these settings. Fails at once if the broker cannot be reached.
-    pub fn with_config(config: ClientConfig) -> Result<RpcClient> {
+    /// Connects with these settings: a URL (or several, separated by commas), a
+    /// [`ConnectionConfig`](crate::ConnectionConfig) or a [`ClientConfig`]. They are checked
+    /// first ([`ClientConfig::validate`]); fails at once if the broker cannot be reached.
+    ///
+    /// ```no_run
+    /// let client = fib_rpc::RpcClient::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+    /// # Ok::<(), fib_rpc::Error>(())
+    /// ```
+    pub fn connect(config: impl Into<ClientConfig>) -> Result<RpcClient> {
+        let config = config.into();
         config.validate()?;
         let limit = Arc::new(AtomicUsize::new(config.connection.max_message_size));
         let session = Session::open(
@@ -94,19 +94,35 @@ impl RpcClient {
         &self.config
     }
 
-    /// Sends `body` to `queue` and blocks until its reply arrives or `timeout` passes.
+    /// Sends `body` to `queue` and blocks until its reply arrives or the client's
+    /// [`call_timeout`](ClientConfig::call_timeout) passes.
     ///
     /// Returns the reply body, or [`Error::Remote`] for an error reply, [`Error::Timeout`],
     /// [`Error::NoServer`] if no queue of that name exists, or [`Error::ConnectionLost`].
     /// Everything the call does, reconnecting and checking for a server included, ends within
-    /// `timeout`, whatever the network does.
-    pub fn call(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<Vec<u8>> {
-        self.send(queue, body, timeout)?.wait()
+    /// the timeout, whatever the network does.
+    pub fn call(&self, queue: &str, body: &[u8]) -> Result<Vec<u8>> {
+        self.call_with_timeout(queue, body, self.config.call_timeout)
+    }
+
+    /// [`call`](Self::call) with this timeout instead of the client's.
+    pub fn call_with_timeout(
+        &self,
+        queue: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.send_with_timeout(queue, body, timeout)?.wait()
     }
 
     /// Sends every body to `queue` before waiting for any reply, then collects the replies in
-    /// the order of `bodies`. Each call's `timeout` runs from its own send.
-    pub fn call_many<B: AsRef<[u8]>>(
+    /// the order of `bodies`. Each call's timeout (the client's) runs from its own send.
+    pub fn call_many<B: AsRef<[u8]>>(&self, queue: &str, bodies: &[B]) -> Vec<Result<Vec<u8>>> {
+        self.call_many_with_timeout(queue, bodies, self.config.call_timeout)
+    }
+
+    /// [`call_many`](Self::call_many) with this timeout for each call instead of the client's.
+    pub fn call_many_with_timeout<B: AsRef<[u8]>>(
         &self,
         queue: &str,
         bodies: &[B],
@@ -114,7 +130,7 @@ impl RpcClient {
     ) -> Vec<Result<Vec<u8>>> {
         let sent: Vec<_> = bodies
             .iter()
-            .map(|body| self.send(queue, body.as_ref(), timeout))
+            .map(|body| self.send_with_timeout(queue, body.as_ref(), timeout))
             .collect();
         sent.into_iter()
             .map(|pending| pending.and_then(PendingReply::wait))
@@ -159,9 +175,20 @@ impl RpcClient {
     }
 
     /// Sends `body` to `queue` without waiting; the reply is collected with
-    /// [`PendingReply::wait`], which gives up `timeout` after this send. The send itself
-    /// (reconnecting, checking for a server, publishing) never takes longer than `timeout`.
-    pub fn send(&self, queue: &str, body: &[u8], timeout: Duration) -> Result<PendingReply> {
+    /// [`PendingReply::wait`], which gives up the client's
+    /// [`call_timeout`](ClientConfig::call_timeout) after this send. The send itself
+    /// (reconnecting, checking for a server, publishing) never takes longer than that.
+    pub fn send(&self, queue: &str, body: &[u8]) -> Result<PendingReply> {
+        self.send_with_timeout(queue, body, self.config.call_timeout)
+    }
+
+    /// [`send`](Self::send) with this timeout instead of the client's.
+    pub fn send_with_timeout(
+        &self,
+        queue: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<PendingReply> {
         self.send_as(queue, body, timeout, CONTENT_TYPE)
     }
 

@@ -54,9 +54,12 @@ impl std::fmt::Debug for ResultConsumer {
 }
 
 impl ResultConsumer {
-    /// Connects and starts reading `queue`, declaring it durable if it does not exist yet (so a
-    /// consumer may start before any request is sent).
-    pub fn open(config: &ConnectionConfig, queue: &str) -> Result<ResultConsumer> {
+    /// Connects with these settings (a URL, or a [`ConnectionConfig`], checked first) and
+    /// starts reading `queue`, declaring it durable if it does not exist yet (so a consumer may
+    /// start before any request is sent).
+    pub fn connect(config: impl Into<ConnectionConfig>, queue: &str) -> Result<ResultConsumer> {
+        let config = &config.into();
+        config.validate()?;
         let Link {
             mut connection,
             cutter,

@@ -98,14 +98,16 @@ pub struct FibonacciRpcClient {
 }
 
 impl FibonacciRpcClient {
-    /// Connects to the broker at `url`; calls go to [`DEFAULT_QUEUE`] with a 5 s timeout.
-    pub fn connect(url: &str) -> Result<FibonacciRpcClient> {
-        Ok(FibonacciRpcClient::new(RpcClient::connect(url)?))
+    /// Connects with these settings (a URL, a [`ConnectionConfig`](crate::ConnectionConfig)
+    /// or a [`ClientConfig`](crate::ClientConfig)); calls go to [`DEFAULT_QUEUE`] with the
+    /// settings' `call_timeout` (default 5 s).
+    pub fn connect(config: impl Into<crate::ClientConfig>) -> Result<FibonacciRpcClient> {
+        Ok(FibonacciRpcClient::new(RpcClient::connect(config)?))
     }
 
     /// Wraps a connected client; its `call_timeout` becomes the timeout of every call.
     pub fn new(rpc: RpcClient) -> FibonacciRpcClient {
-        let timeout = rpc.config().call_timeout;
+        let timeout = rpc.config().get_call_timeout();
         FibonacciRpcClient {
             rpc,
             queue: DEFAULT_QUEUE.to_owned(),
@@ -127,9 +129,9 @@ impl FibonacciRpcClient {
 
     /// fib(n), computed by a remote server.
     pub fn call(&self, n: u64) -> Result<BigUint> {
-        let body = self
-            .rpc
-            .call(&self.queue, n.to_string().as_bytes(), self.timeout)?;
+        let body =
+            self.rpc
+                .call_with_timeout(&self.queue, n.to_string().as_bytes(), self.timeout)?;
         parse_biguint(&body)
     }
 
@@ -137,7 +139,7 @@ impl FibonacciRpcClient {
     pub fn call_many(&self, numbers: &[u64]) -> Vec<Result<BigUint>> {
         let bodies: Vec<String> = numbers.iter().map(u64::to_string).collect();
         self.rpc
-            .call_many(&self.queue, &bodies, self.timeout)
+            .call_many_with_timeout(&self.queue, &bodies, self.timeout)
             .into_iter()
             .map(|reply| reply.and_then(|body| parse_biguint(&body)))
             .collect()

@@ -315,7 +315,7 @@ pub fn start_gated_echo_server_at(url: &str, queue: &str, workers: usize) -> (Se
 }
 
 pub fn client() -> RpcClient {
-    RpcClient::connect(&amqp_url()).expect("connect a client")
+    RpcClient::connect(amqp_url()).expect("connect a client")
 }
 
 /// Client settings for the test broker.
@@ -327,14 +327,13 @@ pub fn client_config() -> ClientConfig {
 pub fn patient_client() -> RpcClient {
     let mut config = client_config();
     config = config.require_consumer(false);
-    RpcClient::with_config(config).expect("connect a client")
+    RpcClient::connect(config).expect("connect a client")
 }
 
 pub fn fib_client(queue: &str, timeout: Duration) -> FibonacciRpcClient {
     let mut config = client_config();
     config = config.call_timeout(timeout);
-    FibonacciRpcClient::new(RpcClient::with_config(config).expect("connect a client"))
-        .with_queue(queue)
+    FibonacciRpcClient::new(RpcClient::connect(config).expect("connect a client")).with_queue(queue)
 }
 
 /// A bare AMQP peer with an exclusive reply queue, for requests no well-behaved client sends.

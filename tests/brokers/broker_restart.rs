@@ -51,12 +51,17 @@ fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
     // The node is deleted by scripts/nodes.sh stop, and the queue with it.
     let queue = format!("test-broker-restart-{}", uuid::Uuid::new_v4());
     let (server, gate) = support::start_gated_echo_server_at(&node.url(), &queue, 2);
-    let client = RpcClient::connect(&node.url()).expect("connect a client");
+    let client = RpcClient::connect(node.url()).expect("connect a client");
     let timeout = Duration::from_secs(5);
-    assert_eq!(client.call(&queue, b"before", timeout).unwrap(), b"before");
+    assert_eq!(
+        client
+            .call_with_timeout(&queue, b"before", timeout)
+            .unwrap(),
+        b"before"
+    );
 
     let in_flight = client
-        .send(&queue, b"slow", Duration::from_secs(60))
+        .send_with_timeout(&queue, b"slow", Duration::from_secs(60))
         .unwrap();
     gate.started.recv_timeout(timeout).unwrap();
     let stopped_at = Instant::now();
@@ -83,7 +88,7 @@ fn after_a_broker_restart_the_server_resumes_and_the_client_reconnects() {
             started_at.elapsed() < Duration::from_secs(60),
             "not served again within a minute: {failures:?}"
         );
-        match client.call(&queue, b"after", timeout) {
+        match client.call_with_timeout(&queue, b"after", timeout) {
             Ok(answer) => break answer,
             Err(error) => {
                 assert!(
@@ -145,9 +150,12 @@ fn the_reconnect_backoff_doubles_to_five_seconds_and_starts_over_after_a_healthy
     )
     .start()
     .expect("start a server on the private node");
-    let client = RpcClient::connect(&node.url()).expect("connect a client");
+    let client = RpcClient::connect(node.url()).expect("connect a client");
     let timeout = Duration::from_secs(10);
-    assert_eq!(client.call(&queue, b"10", timeout).unwrap(), b"55");
+    assert_eq!(
+        client.call_with_timeout(&queue, b"10", timeout).unwrap(),
+        b"55"
+    );
 
     // Down long enough for the wait to reach its cap, and stay there.
     let first_stop = Instant::now();
@@ -184,7 +192,7 @@ fn the_reconnect_backoff_doubles_to_five_seconds_and_starts_over_after_a_healthy
         );
     }
     assert_eq!(
-        client.call(&queue, b"11", timeout).unwrap(),
+        client.call_with_timeout(&queue, b"11", timeout).unwrap(),
         b"89",
         "served again"
     );
@@ -215,6 +223,9 @@ fn the_reconnect_backoff_doubles_to_five_seconds_and_starts_over_after_a_healthy
             .iter()
             .any(|(_, text)| text.starts_with("reconnected to "))
     });
-    assert_eq!(client.call(&queue, b"12", timeout).unwrap(), b"144");
+    assert_eq!(
+        client.call_with_timeout(&queue, b"12", timeout).unwrap(),
+        b"144"
+    );
     server.shutdown().unwrap();
 }

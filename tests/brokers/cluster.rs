@@ -159,7 +159,7 @@ fn fib_server(urls: &str, queue: &str, workers: usize) -> ServerHandle {
 fn client(urls: &str, require_consumer: bool) -> RpcClient {
     let mut config = ClientConfig::new(urls);
     config = config.require_consumer(require_consumer);
-    RpcClient::with_config(config).expect("connect a client to the cluster")
+    RpcClient::connect(config).expect("connect a client to the cluster")
 }
 
 /// A client whose connection is named `name` (in the broker's list and in the logs).
@@ -170,7 +170,7 @@ fn named_client(urls: &str, name: &str) -> Arc<RpcClient> {
         .clone()
         .connection_name(name.to_owned());
     config = config.connection(connection);
-    Arc::new(RpcClient::with_config(config).expect("connect a client to the cluster"))
+    Arc::new(RpcClient::connect(config).expect("connect a client to the cluster"))
 }
 
 /// The connection names of the two load clients of a test on `queue`.
@@ -210,7 +210,11 @@ impl Load {
                     while !stop.load(Ordering::Relaxed) {
                         n = (n + 1) % 500;
                         let started = Instant::now();
-                        let result = client.call(&queue, n.to_string().as_bytes(), CALL_TIMEOUT);
+                        let result = client.call_with_timeout(
+                            &queue,
+                            n.to_string().as_bytes(),
+                            CALL_TIMEOUT,
+                        );
                         let took = started.elapsed();
                         let error = match result {
                             Ok(body) => {
@@ -452,7 +456,7 @@ fn requests_queued_before_the_leader_node_stops_are_answered_after_the_election(
             (
                 n,
                 sender
-                    .send(&queue, body.as_bytes(), Duration::from_secs(60))
+                    .send_with_timeout(&queue, body.as_bytes(), Duration::from_secs(60))
                     .unwrap(),
             )
         })
@@ -482,13 +486,15 @@ fn without_a_majority_calls_fail_in_time_and_service_resumes_by_itself() {
     let survivor = &nodes[2];
     let server = fib_server(&survivor.url(), &queue, 1);
     let client = client(&survivor.url(), true);
-    assert!(client.call(&queue, b"10", CALL_TIMEOUT).is_ok());
+    assert!(client
+        .call_with_timeout(&queue, b"10", CALL_TIMEOUT)
+        .is_ok());
     let first = Stopped::node(&nodes[0]);
     let second = Stopped::node(&nodes[1]);
     let mut outcomes = Vec::new();
     for n in 0..3u64 {
         let started = Instant::now();
-        let result = client.call(&queue, n.to_string().as_bytes(), CALL_TIMEOUT);
+        let result = client.call_with_timeout(&queue, n.to_string().as_bytes(), CALL_TIMEOUT);
         outcomes.push(Outcome {
             ended: Instant::now(),
             took: started.elapsed(),
@@ -502,7 +508,9 @@ fn without_a_majority_calls_fail_in_time_and_service_resumes_by_itself() {
     drop((first, second));
     let back = Instant::now();
     support::wait_until("served again", Duration::from_secs(60), || {
-        client.call(&queue, b"12", CALL_TIMEOUT).is_ok()
+        client
+            .call_with_timeout(&queue, b"12", CALL_TIMEOUT)
+            .is_ok()
     });
     eprintln!(
         "majority back: served again {:?} after the nodes started",

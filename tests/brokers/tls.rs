@@ -56,13 +56,13 @@ fn a_server_and_a_client_both_on_tls_talk() {
     let client = RpcClient::connect(&url).unwrap();
     for n in [0u64, 10, 1000] {
         let reply = client
-            .call(&queue, n.to_string().as_bytes(), Duration::from_secs(10))
+            .call_with_timeout(&queue, n.to_string().as_bytes(), Duration::from_secs(10))
             .unwrap();
         assert_eq!(reply, fibonacci(n).to_string().into_bytes());
     }
     // Large replies cross many TLS records.
     let big = client
-        .call(&queue, b"100000", Duration::from_secs(30))
+        .call_with_timeout(&queue, b"100000", Duration::from_secs(30))
         .unwrap();
     assert_eq!(big.len(), 20899);
     client.close().unwrap();
@@ -73,7 +73,7 @@ fn a_server_and_a_client_both_on_tls_talk() {
 fn a_broker_that_requires_a_client_certificate_gets_one_or_refuses() {
     let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
-    let client = RpcClient::connect(&amqps(2, &with_client_certificate()));
+    let client = RpcClient::connect(amqps(2, &with_client_certificate()));
     assert!(client.is_ok(), "{:?}", client.err());
     let (error, took) = connect_error(&amqps(2, &with_ca()));
     assert!(error.is_connection(), "{error}");
@@ -124,7 +124,7 @@ fn plain_amqp_on_a_tls_port_and_tls_on_a_plain_port_fail_fast() {
 fn verify_none_is_an_explicit_opt_out() {
     let _undisturbed = support::nodes::undisturbed();
     let _nodes = nodes();
-    let client = RpcClient::connect(&amqps(3, "verify=verify_none"));
+    let client = RpcClient::connect(amqps(3, "verify=verify_none"));
     assert!(
         client.is_ok(),
         "an expired certificate is accepted: {:?}",
@@ -154,7 +154,9 @@ fn amqp_and_amqps_endpoints_mix_in_one_list() {
     .unwrap();
     let client = RpcClient::connect(&urls).unwrap();
     assert_eq!(
-        client.call(&queue, b"7", Duration::from_secs(10)).unwrap(),
+        client
+            .call_with_timeout(&queue, b"7", Duration::from_secs(10))
+            .unwrap(),
         b"13"
     );
     server.shutdown().unwrap();
@@ -174,9 +176,9 @@ fn a_connection_closed_by_the_broker_over_tls_fails_the_call_and_the_next_reconn
         .clone()
         .connection_name(name.clone());
     config = config.connection(connection);
-    let client = RpcClient::with_config(config).unwrap();
+    let client = RpcClient::connect(config).unwrap();
     let in_flight = client
-        .send(&queue, b"slow", Duration::from_secs(30))
+        .send_with_timeout(&queue, b"slow", Duration::from_secs(30))
         .unwrap();
     gate.started.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(nodes[0].close_connections(&name), 1);
@@ -185,7 +187,7 @@ fn a_connection_closed_by_the_broker_over_tls_fails_the_call_and_the_next_reconn
     assert!(error.is_connection(), "{error}");
     assert_eq!(
         client
-            .call(&queue, b"again", Duration::from_secs(10))
+            .call_with_timeout(&queue, b"again", Duration::from_secs(10))
             .unwrap(),
         b"again"
     );
@@ -223,9 +225,12 @@ fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
         .clone()
         .close_timeout(Duration::from_secs(1));
     config = config.connection(connection);
-    let client = RpcClient::with_config(config).unwrap();
+    let client = RpcClient::connect(config).unwrap();
     let timeout = Duration::from_secs(1);
-    assert_eq!(client.call(&checked, b"10", timeout).unwrap(), b"55");
+    assert_eq!(
+        client.call_with_timeout(&checked, b"10", timeout).unwrap(),
+        b"55"
+    );
     proxy.freeze();
     // The no-server check of a queue not seen yet asks the broker, which never answers; then
     // the connection is dropped, and a reconnect through the cut cannot finish its handshake.
@@ -234,7 +239,7 @@ fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
         ("a reconnect", &checked),
     ] {
         let started = Instant::now();
-        let error = client.call(queue, b"10", timeout).unwrap_err();
+        let error = client.call_with_timeout(queue, b"10", timeout).unwrap_err();
         let took = started.elapsed();
         eprintln!("TLS call needing {what} in a cut: {took:?} ({error})");
         assert!(error.is_timeout(), "{what}: {error}");
@@ -243,7 +248,7 @@ fn in_a_silent_cut_under_tls_a_call_keeps_its_timeout() {
     proxy.resume();
     assert_eq!(
         client
-            .call(&checked, b"11", Duration::from_secs(10))
+            .call_with_timeout(&checked, b"11", Duration::from_secs(10))
             .unwrap(),
         b"89",
         "served again once the network is back"
@@ -260,9 +265,9 @@ fn a_silent_cut_under_tls_is_reported_as_missed_heartbeats() {
     let url = amqps(1, &with_ca());
     let (server, gate) = support::start_gated_echo_server_at(&url, &queue, 1);
     let proxy = tls_proxy();
-    let client = RpcClient::connect(&format!("{}&heartbeat=1", proxy.url(&url))).unwrap();
+    let client = RpcClient::connect(format!("{}&heartbeat=1", proxy.url(&url))).unwrap();
     let pending = client
-        .send(&queue, b"slow", Duration::from_secs(60))
+        .send_with_timeout(&queue, b"slow", Duration::from_secs(60))
         .unwrap();
     gate.started.recv_timeout(Duration::from_secs(10)).unwrap();
     let cut_at = Instant::now();

@@ -29,7 +29,7 @@ fn measured_process() {
                 .clone()
                 .connection_name(name);
             let config = fib_rpc::ClientConfig::from(connection);
-            let client = fib_rpc::RpcClient::with_config(config).unwrap();
+            let client = fib_rpc::RpcClient::connect(config).unwrap();
             report("ready".into());
             while let Some(Ok(_)) = commands.next() {
                 report(rss_kb().to_string());
@@ -41,7 +41,9 @@ fn measured_process() {
             let cycle = || {
                 let client = support::client();
                 assert_eq!(
-                    client.call(&queue, b"5", Duration::from_secs(10)).unwrap(),
+                    client
+                        .call_with_timeout(&queue, b"5", Duration::from_secs(10))
+                        .unwrap(),
                     b"5"
                 );
                 client.close().unwrap();

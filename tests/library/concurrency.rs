@@ -12,7 +12,7 @@ fn client_with(reply_mode: ReplyMode, require_consumer: bool) -> RpcClient {
     let mut config = support::client_config();
     config = config.reply_mode(reply_mode);
     config = config.require_consumer(require_consumer);
-    RpcClient::with_config(config).expect("connect a client")
+    RpcClient::connect(config).expect("connect a client")
 }
 
 fn hammer(client: FibonacciRpcClient, threads: u64, calls: u64) {
@@ -72,7 +72,7 @@ fn a_thousand_pipelined_calls_with_timeouts_mixed_in() {
         let n = i % 300;
         let handle = if i % 10 == 0 {
             client
-                .send(
+                .send_with_timeout(
                     &idle.name,
                     n.to_string().as_bytes(),
                     Duration::from_millis(500),
@@ -80,7 +80,7 @@ fn a_thousand_pipelined_calls_with_timeouts_mixed_in() {
                 .unwrap()
         } else {
             client
-                .send(&served.name, n.to_string().as_bytes(), TIMEOUT)
+                .send_with_timeout(&served.name, n.to_string().as_bytes(), TIMEOUT)
                 .unwrap()
         };
         handles.push((i, n, handle));
@@ -105,12 +105,17 @@ fn dropped_handles_leave_nothing_behind_and_their_replies_are_discarded() {
     for n in 0..50u64 {
         drop(
             client
-                .send(&queue.name, n.to_string().as_bytes(), TIMEOUT)
+                .send_with_timeout(&queue.name, n.to_string().as_bytes(), TIMEOUT)
                 .unwrap(),
         );
     }
     assert_eq!(client.pending_calls(), 0);
-    assert_eq!(client.call(&queue.name, b"30", TIMEOUT).unwrap(), b"832040");
+    assert_eq!(
+        client
+            .call_with_timeout(&queue.name, b"30", TIMEOUT)
+            .unwrap(),
+        b"832040"
+    );
     server.shutdown().unwrap();
 }
 
@@ -120,7 +125,7 @@ fn call_many_returns_results_in_order_errors_in_place() {
     let server = support::start_fib_server(&queue.name, 2);
     let client = support::client();
     let bodies = ["10", "x", "20", "-3", "0"];
-    let results = client.call_many(&queue.name, &bodies, TIMEOUT);
+    let results = client.call_many_with_timeout(&queue.name, &bodies, TIMEOUT);
     assert_eq!(results[0].as_deref().unwrap(), b"55");
     assert!(results[1].as_ref().unwrap_err().is_remote());
     assert_eq!(results[2].as_deref().unwrap(), b"6765");
@@ -138,7 +143,10 @@ fn direct_reply_to_works_with_our_server_and_survives_missing_queues() {
         .with_timeout(TIMEOUT);
     assert_eq!(client.call(90).unwrap(), fibonacci(90));
     let missing = TestQueue::new("direct-missing");
-    let error = client.rpc().call(&missing.name, b"1", TIMEOUT).unwrap_err();
+    let error = client
+        .rpc()
+        .call_with_timeout(&missing.name, b"1", TIMEOUT)
+        .unwrap_err();
     assert!(error.is_no_server(), "{error}");
     assert_eq!(client.call(91).unwrap(), fibonacci(91));
     server.shutdown().unwrap();

@@ -36,7 +36,7 @@ fn a_typed_call_gets_a_typed_answer() {
     let _server = start_adder(&queue);
     let client = support::client();
     let sum: Sum = client
-        .call_json(&queue.name, &Pair { x: 2, y: 40 }, Duration::from_secs(5))
+        .call_json_with_timeout(&queue.name, &Pair { x: 2, y: 40 }, Duration::from_secs(5))
         .unwrap();
     assert_eq!(sum, Sum { sum: 42 });
 }
@@ -47,7 +47,7 @@ fn a_request_that_does_not_decode_gets_an_error_reply_saying_why() {
     let _server = start_adder(&queue);
     let client = support::client();
     let error = client
-        .call_json::<_, Sum>(
+        .call_json_with_timeout::<_, Sum>(
             &queue.name,
             &serde_json::json!({"x": "two"}),
             Duration::from_secs(5),
@@ -59,7 +59,11 @@ fn a_request_that_does_not_decode_gets_an_error_reply_saying_why() {
         "{error}"
     );
     let not_json = client
-        .call_json::<_, Pair>(&queue.name, &Pair { x: 1, y: 1 }, Duration::from_secs(5))
+        .call_json_with_timeout::<_, Pair>(
+            &queue.name,
+            &Pair { x: 1, y: 1 },
+            Duration::from_secs(5),
+        )
         .unwrap_err();
     assert!(not_json.is_protocol(), "a Sum is not a Pair: {not_json}");
 }

@@ -113,7 +113,7 @@ fn two_servers_share_one_queue_and_both_get_work() {
 fn assert_fails_fast_with_no_server(client: &fib_rpc::RpcClient, queue: &str) {
     let started = Instant::now();
     let error = client
-        .call(queue, b"5", Duration::from_secs(10))
+        .call_with_timeout(queue, b"5", Duration::from_secs(10))
         .unwrap_err();
     assert!(error.is_no_server(), "{error}");
     assert!(
@@ -144,7 +144,12 @@ fn a_queue_without_consumers_fails_fast_with_no_server() {
     assert_eq!(queue.counts().0, 0, "the request must not have been queued");
     // As soon as a server consumes the queue, the same client is served.
     let server = support::start_fib_server(&queue.name, 1);
-    assert_eq!(client.call(&queue.name, b"5", TIMEOUT).unwrap(), b"5");
+    assert_eq!(
+        client
+            .call_with_timeout(&queue.name, b"5", TIMEOUT)
+            .unwrap(),
+        b"5"
+    );
     server.shutdown().unwrap();
 }
 
@@ -176,7 +181,11 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_given_half_a_seco
     let client = support::client();
     // This send asks the broker, finds the consumer, and trusts that until a second after.
     let checked_from = Instant::now();
-    drop(client.send(&queue.name, b"1", TIMEOUT).unwrap());
+    drop(
+        client
+            .send_with_timeout(&queue.name, b"1", TIMEOUT)
+            .unwrap(),
+    );
     let checked_by = Instant::now();
     assert!(
         matches!(
@@ -190,7 +199,11 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_given_half_a_seco
     // Within the second the client does not ask again: its requests go out, and are queued.
     let sent_at = Instant::now();
     for _ in 0..10 {
-        drop(client.send(&queue.name, b"2", TIMEOUT).unwrap());
+        drop(
+            client
+                .send_with_timeout(&queue.name, b"2", TIMEOUT)
+                .unwrap(),
+        );
     }
     let sent_by = Instant::now();
     assert!(
@@ -204,7 +217,7 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_given_half_a_seco
     let mut published_after_trust = Vec::new();
     let (no_server_at, waited) = loop {
         let attempt = Instant::now();
-        match client.send(&queue.name, b"3", TIMEOUT) {
+        match client.send_with_timeout(&queue.name, b"3", TIMEOUT) {
             Err(error) => {
                 assert!(error.is_no_server(), "{error}");
                 break (Instant::now(), attempt.elapsed());
@@ -246,7 +259,7 @@ fn a_queue_seen_with_a_consumer_is_trusted_for_one_second_then_given_half_a_seco
     // Now the last answer found none, so the next call reports it at once.
     let asked_at = Instant::now();
     assert!(client
-        .send(&queue.name, b"4", TIMEOUT)
+        .send_with_timeout(&queue.name, b"4", TIMEOUT)
         .unwrap_err()
         .is_no_server());
     assert!(
@@ -273,7 +286,9 @@ fn without_a_server_a_patient_call_times_out_on_time_and_the_request_expires() {
     // Long enough to see the request in the queue before it expires.
     let timeout = Duration::from_secs(3);
     let started = Instant::now();
-    let pending = client.send(&queue.name, b"5", timeout).unwrap();
+    let pending = client
+        .send_with_timeout(&queue.name, b"5", timeout)
+        .unwrap();
     support::wait_until("the request is queued", timeout, || {
         queue.counts() == (1, 0)
     });
@@ -315,7 +330,9 @@ fn a_patient_call_is_answered_by_a_server_that_starts_later() {
     let queue = TestQueue::new("late-server");
     queue.declare_quorum();
     let client = support::patient_client();
-    let pending = client.send(&queue.name, b"20", TIMEOUT).unwrap();
+    let pending = client
+        .send_with_timeout(&queue.name, b"20", TIMEOUT)
+        .unwrap();
     support::wait_until("the request is queued", TIMEOUT, || {
         queue.counts() == (1, 0)
     });
@@ -342,13 +359,20 @@ fn bad_input_gets_an_error_reply_and_the_server_keeps_serving() {
         b"1000000000000000000000000000000",
     ];
     for body in bodies {
-        let error = client.call(&queue.name, body, TIMEOUT).unwrap_err();
+        let error = client
+            .call_with_timeout(&queue.name, body, TIMEOUT)
+            .unwrap_err();
         let message = error
             .remote_message()
             .unwrap_or_else(|| panic!("{body:?}: {error}"));
         assert!(!message.is_empty());
     }
-    assert_eq!(client.call(&queue.name, b"10", TIMEOUT).unwrap(), b"55");
+    assert_eq!(
+        client
+            .call_with_timeout(&queue.name, b"10", TIMEOUT)
+            .unwrap(),
+        b"55"
+    );
     assert_eq!(server.stats().total(), bodies.len() as u64 + 1);
     server.shutdown().unwrap();
 }
@@ -413,13 +437,20 @@ fn a_panicking_handler_gets_an_error_reply_and_the_worker_survives() {
     .unwrap();
     let client = support::client();
     for _ in 0..3 {
-        let error = client.call(&queue.name, b"boom", TIMEOUT).unwrap_err();
+        let error = client
+            .call_with_timeout(&queue.name, b"boom", TIMEOUT)
+            .unwrap_err();
         assert!(
             error.remote_message().unwrap().contains("handler exploded"),
             "{error}"
         );
         // The one worker is still there.
-        assert_eq!(client.call(&queue.name, b"echo", TIMEOUT).unwrap(), b"echo");
+        assert_eq!(
+            client
+                .call_with_timeout(&queue.name, b"echo", TIMEOUT)
+                .unwrap(),
+            b"echo"
+        );
     }
     assert_eq!(
         queue.counts(),
@@ -487,7 +518,9 @@ fn a_stopping_server_finishes_the_request_in_hand() {
     let queue = TestQueue::new("graceful");
     let (server, gate) = support::start_gated_echo_server(&queue.name, 1);
     let client = support::client();
-    let pending = client.send(&queue.name, b"slow", TIMEOUT).unwrap();
+    let pending = client
+        .send_with_timeout(&queue.name, b"slow", TIMEOUT)
+        .unwrap();
     gate.started
         .recv_timeout(TIMEOUT)
         .expect("the handler started");
@@ -515,5 +548,10 @@ fn with_several_broker_urls_the_first_that_answers_serves() {
     // Nothing listens on port 1: the client moves on to the test broker.
     let urls = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", support::amqp_url());
     let client = fib_rpc::RpcClient::connect(&urls).unwrap();
-    assert_eq!(client.call(&queue.name, b"9", TIMEOUT).unwrap(), b"34");
+    assert_eq!(
+        client
+            .call_with_timeout(&queue.name, b"9", TIMEOUT)
+            .unwrap(),
+        b"34"
+    );
 }

@@ -266,7 +266,9 @@ fn rpc_thread(
     let mut window = VecDeque::with_capacity(args.in_flight);
     loop {
         while window.len() < args.in_flight && progress.claim() {
-            let pending = client.rpc().send(queue, body.as_bytes(), timeout)?;
+            let pending = client
+                .rpc()
+                .send_with_timeout(queue, body.as_bytes(), timeout)?;
             window.push_back((Instant::now(), pending));
         }
         let Some((sent, pending)) = window.pop_front() else {
@@ -480,7 +482,7 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
         Mode::Queue => ReplyMode::CallbackQueue,
         Mode::Direct => ReplyMode::DirectReplyTo,
     });
-    let client = FibonacciRpcClient::new(RpcClient::with_config(config)?);
+    let client = FibonacciRpcClient::new(RpcClient::connect(config)?);
     let run = |measuring| {
         measure(args, measuring, |progress| {
             rpc_thread(&client, &queue, args, progress)

@@ -175,7 +175,7 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<u8, Error> {
     let config = ClientConfig::from(connection)
         .call_timeout(Duration::from_secs_f64(args.timeout))
         .require_consumer(!args.wait_for_server);
-    let client = RpcClient::with_config(config)?;
+    let client = RpcClient::connect(config)?;
     let code = match &args.reply_to {
         Some(results) => submit(&client, &queue, results, inputs(args))?,
         None => answer(args, &client, &queue, inputs(args)),
@@ -226,7 +226,7 @@ fn answer(
         let printing = scope.spawn(|| printer.print_all(sent));
         for input in inputs {
             let request = input.trim().to_owned();
-            let pending = client.send(queue, request.as_bytes(), timeout);
+            let pending = client.send_with_timeout(queue, request.as_bytes(), timeout);
             if sender.send((request, pending)).is_err() {
                 break;
             }

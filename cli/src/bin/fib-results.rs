@@ -85,7 +85,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     }
     let queue = args.queue.as_deref().unwrap_or_default();
     let mut consumer =
-        ResultConsumer::open(&args.amqp_url.join(",").parse::<ConnectionConfig>()?, queue)?;
+        ResultConsumer::connect(&args.amqp_url.join(",").parse::<ConnectionConfig>()?, queue)?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0;
     while !stop.load(Ordering::Relaxed) && args.count.is_none_or(|count| printed < count) {

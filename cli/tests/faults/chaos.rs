@@ -166,7 +166,7 @@ fn kill_mid_load(
     let victim = start();
     let slow = client
         .rpc()
-        .send(
+        .send_with_timeout(
             queue,
             SLOW_N.to_string().as_bytes(),
             Duration::from_secs(120),
@@ -266,9 +266,9 @@ fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_
         .clone()
         .connection_name(name.clone());
     config = config.connection(connection);
-    let client = fib_rpc::RpcClient::with_config(config).unwrap();
+    let client = fib_rpc::RpcClient::connect(config).unwrap();
     let in_flight = client
-        .send(&queue.name, b"slow", Duration::from_secs(30))
+        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(30))
         .unwrap();
     gate.started.recv_timeout(Duration::from_secs(5)).unwrap();
     let closed_at = Instant::now();
@@ -289,7 +289,7 @@ fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_
     eprintln!("in-flight call failed {failed_after:?} after the close: {error}");
     assert_eq!(
         client
-            .call(&queue.name, b"again", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"again", Duration::from_secs(5))
             .unwrap(),
         b"again",
         "the next call reconnects"
@@ -353,7 +353,9 @@ fn chaos_6_stale_requests_are_never_computed() {
     let stale: Vec<_> = (0..20)
         .map(|n| {
             let body = n.to_string();
-            client.send(&queue.name, body.as_bytes(), timeout).unwrap()
+            client
+                .send_with_timeout(&queue.name, body.as_bytes(), timeout)
+                .unwrap()
         })
         .collect();
     support::wait_until("the 20 requests are queued", timeout, || {
@@ -398,7 +400,7 @@ fn chaos_6_stale_requests_are_never_computed() {
     });
     assert_eq!(
         client
-            .call(&queue.name, b"12", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"12", Duration::from_secs(5))
             .unwrap(),
         b"144"
     );
@@ -640,7 +642,7 @@ fn chaos_9_a_second_signal_exits_at_once_and_the_request_in_hand_goes_back_to_th
     let client = support::client();
     // fib(3000000) takes seconds: the request is certainly still in hand when the signals come.
     let slow = client
-        .send(&queue.name, b"3000000", Duration::from_secs(60))
+        .send_with_timeout(&queue.name, b"3000000", Duration::from_secs(60))
         .unwrap();
     // The server's own count says it holds it (a queue count of 0 ready is also true before
     // the request arrives).
@@ -691,8 +693,7 @@ fn chaos_10_kill_9_one_of_two_tls_servers_mid_load_loses_nothing() {
     let mut config = fib_rpc::ClientConfig::new(url.as_str());
     config = config.call_timeout(Duration::from_secs(20));
     let client = Arc::new(
-        FibonacciRpcClient::new(fib_rpc::RpcClient::with_config(config).unwrap())
-            .with_queue(&queue),
+        FibonacciRpcClient::new(fib_rpc::RpcClient::connect(config).unwrap()).with_queue(&queue),
     );
     let node = &support::nodes::private_nodes(1)[0].name;
     let (correct, _, _survivor) = kill_mid_load(&client, start, Some(node), &queue, 4, 100);

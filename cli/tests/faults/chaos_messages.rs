@@ -57,7 +57,7 @@ fn a_deeply_nested_reply_in_a_callback_queue_leaves_the_client_working() {
         .clone()
         .connection_name(name.clone());
     config = config.connection(connection);
-    let client = fib_rpc::RpcClient::with_config(config).unwrap();
+    let client = fib_rpc::RpcClient::connect(config).unwrap();
     let callback_queue = support::callback_queue_of(&name);
     let mut wire = RawAmqp::connect(&support::broker_address());
     let properties = RawProperties {
@@ -74,7 +74,7 @@ fn a_deeply_nested_reply_in_a_callback_queue_leaves_the_client_working() {
     );
     assert_eq!(
         client
-            .call(&queue.name, b"20", Duration::from_secs(10))
+            .call_with_timeout(&queue.name, b"20", Duration::from_secs(10))
             .unwrap(),
         b"6765"
     );
@@ -98,8 +98,8 @@ fn a_deeply_nested_result_is_read_like_any_other() {
     };
     wire.publish(&results.name, &plain, b"2");
     wire.sync();
-    let mut consumer = ResultConsumer::open(
-        &support::client_config().get_connection().clone(),
+    let mut consumer = ResultConsumer::connect(
+        support::client_config().get_connection().clone(),
         &results.name,
     )
     .unwrap();
@@ -150,7 +150,9 @@ fn a_reply_that_comes_after_the_deadline_is_discarded_however_late_wait_is_calle
     let client = support::client();
     let timeout = Duration::from_millis(300);
     let sent_at = Instant::now();
-    let pending = client.send(&queue.name, b"slow", timeout).unwrap();
+    let pending = client
+        .send_with_timeout(&queue.name, b"slow", timeout)
+        .unwrap();
     gate.started.recv_timeout(Duration::from_secs(10)).unwrap();
     support::wait_until("the deadline has passed", Duration::from_secs(10), || {
         sent_at.elapsed() > timeout
@@ -170,7 +172,9 @@ fn no_timeout_is_too_large() {
     let _server = support::start_fib_server(&queue.name, 1);
     let client = support::client();
     assert_eq!(
-        client.call(&queue.name, b"12", Duration::MAX).unwrap(),
+        client
+            .call_with_timeout(&queue.name, b"12", Duration::MAX)
+            .unwrap(),
         b"144"
     );
     let fib = FibonacciRpcClient::new(support::client())
@@ -187,9 +191,11 @@ fn no_timeout_is_too_large() {
     config = config.connection(connection);
     let connection = config.get_connection().clone().close_timeout(Duration::MAX);
     config = config.connection(connection);
-    let patient = fib_rpc::RpcClient::with_config(config).unwrap();
+    let patient = fib_rpc::RpcClient::connect(config).unwrap();
     assert_eq!(
-        patient.call(&queue.name, b"14", Duration::MAX).unwrap(),
+        patient
+            .call_with_timeout(&queue.name, b"14", Duration::MAX)
+            .unwrap(),
         b"377"
     );
     patient.close().unwrap();

@@ -24,7 +24,7 @@ fn client_through(proxy: &Proxy, query: &str) -> RpcClient {
         .clone()
         .close_timeout(Duration::from_secs(1));
     config = config.connection(connection);
-    RpcClient::with_config(config).expect("connect through the proxy")
+    RpcClient::connect(config).expect("connect through the proxy")
 }
 
 /// Runs `work`, and checks it returned within `limit` (plus slack).
@@ -49,24 +49,33 @@ fn in_a_silent_cut_a_call_keeps_its_timeout_check_reconnect_and_all() {
     let proxy = proxy();
     let client = client_through(&proxy, "");
     let timeout = Duration::from_secs(1);
-    assert_eq!(client.call(&checked.name, b"10", timeout).unwrap(), b"55");
+    assert_eq!(
+        client
+            .call_with_timeout(&checked.name, b"10", timeout)
+            .unwrap(),
+        b"55"
+    );
 
     proxy.freeze();
     // The no-server check of a queue not seen yet asks the broker, which never answers.
     let error = within(timeout, "call needing the no-server check", || {
-        client.call(&unchecked.name, b"10", timeout).unwrap_err()
+        client
+            .call_with_timeout(&unchecked.name, b"10", timeout)
+            .unwrap_err()
     });
     assert!(error.is_timeout(), "{error}");
     // The connection was dropped; reconnecting through the frozen network cannot finish.
     let error = within(timeout, "call needing a reconnect", || {
-        client.call(&checked.name, b"10", timeout).unwrap_err()
+        client
+            .call_with_timeout(&checked.name, b"10", timeout)
+            .unwrap_err()
     });
     assert!(error.is_timeout(), "{error}");
 
     proxy.resume();
     assert_eq!(
         client
-            .call(&checked.name, b"11", Duration::from_secs(10))
+            .call_with_timeout(&checked.name, b"11", Duration::from_secs(10))
             .unwrap(),
         b"89",
         "served again once the network is back"
@@ -81,7 +90,7 @@ fn a_send_never_blocks_past_its_timeout_when_the_broker_stops_reading() {
     let client = client_through(&proxy, "");
     assert_eq!(
         client
-            .call(&queue.name, b"3", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"3", Duration::from_secs(5))
             .unwrap(),
         b"2"
     );
@@ -94,7 +103,7 @@ fn a_send_never_blocks_past_its_timeout_when_the_broker_stops_reading() {
     let error = loop {
         assert!(sent < 200, "200 MB were buffered without a failure");
         match within(timeout, "send into a frozen network", || {
-            client.send(&queue.name, &body, timeout)
+            client.send_with_timeout(&queue.name, &body, timeout)
         }) {
             Ok(pending) => {
                 sent += 1;
@@ -124,7 +133,7 @@ fn a_silent_cut_is_reported_as_missed_heartbeats() {
     let proxy = proxy();
     let client = client_through(&proxy, "?heartbeat=1");
     let pending = client
-        .send(&queue.name, b"slow", Duration::from_secs(60))
+        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(60))
         .unwrap();
     gate.started.recv_timeout(Duration::from_secs(10)).unwrap();
     proxy.freeze();
@@ -174,7 +183,7 @@ fn a_reconnect_in_progress_does_not_hold_other_calls_past_their_timeouts() {
     let client = std::sync::Arc::new(client_through(&proxy, ""));
     assert_eq!(
         client
-            .call(&queue.name, b"6", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"6", Duration::from_secs(5))
             .unwrap(),
         b"8"
     );
@@ -183,13 +192,13 @@ fn a_reconnect_in_progress_does_not_hold_other_calls_past_their_timeouts() {
     let other = TestQueue::new("cut-reconnect-other");
     let _other_server = support::start_fib_server(&other.name, 1);
     assert!(client
-        .call(&other.name, b"1", Duration::from_secs(1))
+        .call_with_timeout(&other.name, b"1", Duration::from_secs(1))
         .unwrap_err()
         .is_timeout());
     // One caller reconnects into the frozen network, for as long as its 5 s allow...
     let reconnecting = {
         let (client, queue) = (std::sync::Arc::clone(&client), queue.name.clone());
-        std::thread::spawn(move || client.call(&queue, b"2", Duration::from_secs(5)))
+        std::thread::spawn(move || client.call_with_timeout(&queue, b"2", Duration::from_secs(5)))
     };
     support::wait_until(
         "the reconnect is under way",
@@ -202,7 +211,7 @@ fn a_reconnect_in_progress_does_not_hold_other_calls_past_their_timeouts() {
         "a call behind a reconnect",
         || {
             client
-                .call(&queue.name, b"3", Duration::from_millis(300))
+                .call_with_timeout(&queue.name, b"3", Duration::from_millis(300))
                 .unwrap_err()
         },
     );

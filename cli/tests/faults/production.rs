@@ -91,10 +91,10 @@ fn a_reply_the_broker_refuses_for_its_size_is_an_error_reply_computed_once() {
     let node = limits_node();
     let queue = NodeQueue::new(&node, "size-reply");
     let (server, runs) = counting_server(server_on(&node, &queue.name, 2), 2 * 1024 * 1024);
-    let client = RpcClient::connect(&node.url()).unwrap();
+    let client = RpcClient::connect(node.url()).unwrap();
     let started = Instant::now();
     let error = client
-        .call(&queue.name, b"big", Duration::from_secs(10))
+        .call_with_timeout(&queue.name, b"big", Duration::from_secs(10))
         .unwrap_err();
     eprintln!("error reply after {:?}: {error}", started.elapsed());
     let message = error.remote_message().unwrap_or_else(|| panic!("{error}"));
@@ -118,14 +118,14 @@ fn a_reply_the_broker_refuses_for_its_size_is_an_error_reply_computed_once() {
     );
     // The broker's limit is known now: the next such reply is refused before it is sent.
     let again = client
-        .call(&queue.name, b"big", Duration::from_secs(10))
+        .call_with_timeout(&queue.name, b"big", Duration::from_secs(10))
         .unwrap_err();
     assert!(again.is_remote(), "{again}");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     assert_eq!(server.stats().channel_losses, 1, "no second refusal");
     assert_eq!(
         client
-            .call(&queue.name, b"small", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"small", Duration::from_secs(5))
             .unwrap(),
         b"small"
     );
@@ -145,9 +145,9 @@ fn a_configured_size_limit_refuses_replies_before_the_broker_sees_them() {
         .max_message_size(1024 * 1024);
     config = config.connection(connection);
     let (server, runs) = counting_server(config, 1024 * 1024 + 1);
-    let client = RpcClient::connect(&node.url()).unwrap();
+    let client = RpcClient::connect(node.url()).unwrap();
     let error = client
-        .call(&queue.name, b"big", Duration::from_secs(10))
+        .call_with_timeout(&queue.name, b"big", Duration::from_secs(10))
         .unwrap_err();
     assert!(
         error
@@ -173,21 +173,21 @@ fn a_request_the_broker_refuses_for_its_size_fails_with_its_limit() {
     let node = limits_node();
     let queue = NodeQueue::new(&node, "size-request");
     let (server, _) = counting_server(server_on(&node, &queue.name, 1), 1);
-    let client = RpcClient::connect(&node.url()).unwrap();
+    let client = RpcClient::connect(node.url()).unwrap();
     let big = vec![b'1'; 2 * 1024 * 1024];
     let error = client
-        .call(&queue.name, &big, Duration::from_secs(10))
+        .call_with_timeout(&queue.name, &big, Duration::from_secs(10))
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::TooLarge, "{error}");
     assert!(error.to_string().contains("1048576"), "{error}");
     // Known now: refused at once, and the connection serves the next call.
     let again = client
-        .call(&queue.name, &big, Duration::from_secs(10))
+        .call_with_timeout(&queue.name, &big, Duration::from_secs(10))
         .unwrap_err();
     assert!(again.is_too_large(), "{again}");
     assert_eq!(
         client
-            .call(&queue.name, b"small", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"small", Duration::from_secs(5))
             .unwrap(),
         b"small"
     );
@@ -217,9 +217,9 @@ fn a_handler_longer_than_the_consumer_timeout_is_answered_once_and_costs_no_othe
     })
     .start()
     .unwrap();
-    let client = Arc::new(RpcClient::connect(&node.url()).unwrap());
+    let client = Arc::new(RpcClient::connect(node.url()).unwrap());
     let slow = client
-        .send(&queue.name, b"slow", Duration::from_secs(120))
+        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(120))
         .unwrap();
     started
         .recv_timeout(Duration::from_secs(10))
@@ -230,7 +230,7 @@ fn a_handler_longer_than_the_consumer_timeout_is_answered_once_and_costs_no_othe
         std::thread::spawn(move || {
             let (mut answered, mut failed) = (0, Vec::new());
             while !stop.load(Ordering::SeqCst) && answered < 100_000 {
-                match client.call(&queue, b"fast", Duration::from_secs(5)) {
+                match client.call_with_timeout(&queue, b"fast", Duration::from_secs(5)) {
                     Ok(reply) if reply == b"fast" => answered += 1,
                     other => failed.push(format!("{other:?}")),
                 }
@@ -265,7 +265,7 @@ fn a_handler_longer_than_the_consumer_timeout_is_answered_once_and_costs_no_othe
     );
     assert!(stats.consuming);
     client
-        .call(&queue.name, b"after", Duration::from_secs(5))
+        .call_with_timeout(&queue.name, b"after", Duration::from_secs(5))
         .unwrap();
     server.shutdown().unwrap();
 }
@@ -413,15 +413,15 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
         .clone()
         .connection_name(name.clone());
     config = config.connection(connection);
-    let client = RpcClient::with_config(config).unwrap();
+    let client = RpcClient::connect(config).unwrap();
     assert_eq!(
         client
-            .call(&queue.name, b"5", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"5", Duration::from_secs(5))
             .unwrap(),
         b"5"
     );
     let held = client
-        .send(&queue.name, b"slow", Duration::from_secs(60))
+        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(60))
         .unwrap();
     gate.started
         .recv_timeout(Duration::from_secs(10))
@@ -430,7 +430,7 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
     for _ in 0..4 {
         let started = Instant::now();
         let error = client
-            .call(&queue.name, b"5", Duration::from_secs(1))
+            .call_with_timeout(&queue.name, b"5", Duration::from_secs(1))
             .unwrap_err();
         eprintln!("blocked call failed after {:?}: {error}", started.elapsed());
         assert!(error.is_blocked(), "{error}");
@@ -497,7 +497,7 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
     assert_eq!(held.wait().unwrap(), b"slow");
     assert_eq!(
         client
-            .call(&queue.name, b"8", Duration::from_secs(5))
+            .call_with_timeout(&queue.name, b"8", Duration::from_secs(5))
             .unwrap(),
         b"8"
     );

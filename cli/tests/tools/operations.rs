@@ -33,7 +33,7 @@ fn counters_move_by_exactly_the_calls_made_by_outcome() {
     let client = support::client();
     for n in [5, 6, 7] {
         client
-            .call(
+            .call_with_timeout(
                 &queue.name,
                 n.to_string().as_bytes(),
                 Duration::from_secs(5),
@@ -42,7 +42,7 @@ fn counters_move_by_exactly_the_calls_made_by_outcome() {
     }
     for n in [51, 52] {
         assert!(client
-            .call(
+            .call_with_timeout(
                 &queue.name,
                 n.to_string().as_bytes(),
                 Duration::from_secs(5)
@@ -158,7 +158,7 @@ fn a_drain_is_not_ready_and_its_timeout_sets_the_exit_code() {
     let client = support::client();
     // fib(3000000) takes seconds: certainly still in hand when the stop comes.
     let slow = client
-        .send(&queue.name, b"3000000", Duration::from_secs(60))
+        .send_with_timeout(&queue.name, b"3000000", Duration::from_secs(60))
         .unwrap();
     support::wait_until("the request is in hand", Duration::from_secs(10), || {
         requests_in_hand(&address, &queue.name) == 1.0
@@ -246,7 +246,7 @@ fn ctrl_c_drains_the_request_in_hand_and_exits_0_as_sigterm_does() {
     let client = support::client();
     // fib(2000000) takes seconds: still in hand when the signal comes, and after it.
     let slow = client
-        .send(&queue.name, b"2000000", Duration::from_secs(120))
+        .send_with_timeout(&queue.name, b"2000000", Duration::from_secs(120))
         .unwrap();
     support::wait_until("the request is in hand", Duration::from_secs(10), || {
         requests_in_hand(&address, &queue.name) == 1.0
@@ -286,7 +286,7 @@ fn a_request_in_hand_when_the_connection_is_lost_goes_back_to_the_queue_and_is_a
     let client = support::client();
     // fib(3000000) takes seconds: still in hand when the connection goes.
     let slow = client
-        .send(&queue.name, b"3000000", Duration::from_secs(120))
+        .send_with_timeout(&queue.name, b"3000000", Duration::from_secs(120))
         .unwrap();
     support::wait_until("the request is in hand", Duration::from_secs(10), || {
         requests_in_hand(&address, &queue.name) == 1.0

@@ -168,14 +168,14 @@ fn submit_and_consume_in_the_library_with_error_results_and_redelivery_of_untake
     client.close().unwrap();
 
     let config = support::client_config().get_connection().clone();
-    let mut consumer = ResultConsumer::open(&config, &results.name).unwrap();
+    let mut consumer = ResultConsumer::connect(&config, &results.name).unwrap();
     let first = consumer
         .next_timeout(Duration::from_secs(10))
         .unwrap()
         .expect("a result");
     // Dropped without close: the result was not confirmed taken, so it comes again.
     drop(consumer);
-    let mut consumer = ResultConsumer::open(&config, &results.name).unwrap();
+    let mut consumer = ResultConsumer::connect(&config, &results.name).unwrap();
     let mut received = HashMap::new();
     while received.len() < expected.len() {
         let result = consumer

@@ -39,12 +39,12 @@ fn fibonacci_and_addition_in_one_server_process() {
                 for i in 0..50i64 {
                     let n = (t * 50 + i) as u64;
                     let body = client
-                        .call(&fib, n.to_string().as_bytes(), TIMEOUT)
+                        .call_with_timeout(&fib, n.to_string().as_bytes(), TIMEOUT)
                         .unwrap();
                     assert_eq!(body, fibonacci(n).to_string().into_bytes());
                     let (x, y) = (t * 1_000_000_007 - i, i * i - 500);
                     let sum = client
-                        .call(&add, format!("{x},{y}").as_bytes(), TIMEOUT)
+                        .call_with_timeout(&add, format!("{x},{y}").as_bytes(), TIMEOUT)
                         .unwrap();
                     assert_eq!(sum, (x + y).to_string().into_bytes(), "{x}+{y}");
                 }
@@ -55,17 +55,21 @@ fn fibonacci_and_addition_in_one_server_process() {
         thread.join().unwrap();
     }
     let big = client
-        .call(
+        .call_with_timeout(
             &add_queue.name,
             b"123456789012345678901234567890,987654321098765432109876543210",
             TIMEOUT,
         )
         .unwrap();
     assert_eq!(big, b"1111111110111111111011111111100");
-    let error = client.call(&add_queue.name, b"3,x", TIMEOUT).unwrap_err();
+    let error = client
+        .call_with_timeout(&add_queue.name, b"3,x", TIMEOUT)
+        .unwrap_err();
     assert!(error.remote_message().unwrap().contains("x,y"), "{error}");
     assert_eq!(
-        client.call(&fib_queue.name, b"20", TIMEOUT).unwrap(),
+        client
+            .call_with_timeout(&fib_queue.name, b"20", TIMEOUT)
+            .unwrap(),
         b"6765"
     );
 
