@@ -148,8 +148,6 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, HandlerError, Result, Stage};
 pub use handler::{Handler, HeaderValue, Request};
-#[cfg(feature = "fibonacci")]
-pub use num_bigint::BigUint;
 pub use server::stats::{Durations, ServerStats};
 pub use server::{RpcServer, ServerHandle, ServerMonitor, ShutdownTrigger};
 #[cfg(feature = "fibonacci")]

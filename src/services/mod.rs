@@ -13,3 +13,6 @@ pub use fibonacci::{
     fibonacci, fibonacci_handler, parse_biguint, parse_bounded_u64, FibonacciRpcClient,
     DEFAULT_MAX_N,
 };
+/// The big integers of these services' signatures, so that using them needs no `num-bigint`
+/// of your own.
+pub use num_bigint::{BigInt, BigUint};
