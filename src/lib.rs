@@ -72,14 +72,15 @@
 //!
 //! Source layout, each layer importing only from those listed before it:
 //!
-//! * `error`, `config`, `deadline` (timeout arithmetic), `util`, and [`protocol`]: the one wire
-//!   module (properties, header names, reply codes, the deadline header's reader).
+//! * `error`, `config`, `deadline` (timeout arithmetic), `util`.
 //! * `driver/`: everything that opens and guards a connection. `amqp` opens one on a socket of
 //!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
 //!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
 //!   (`Cutter::bounded`, `Cutter::close_within`); `keeper` owns a consuming channel; `queue`
 //!   opens channels and declares queues; `failure` reads the driver's errors. The layers above
 //!   name amiquip's types through `driver`.
+//! * [`protocol`]: the one wire module (properties, header names, reply codes, the deadline
+//!   header's reader).
 //! * [`handler`]; `client/`: [`RpcClient`] (`mod.rs`), `session` (one connection's state),
 //!   `pending` (who waits for which reply), `router` (replies and returns to their calls),
 //!   `presence` (whether a request queue exists and is served), `submit` (publisher

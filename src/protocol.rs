@@ -15,8 +15,8 @@
 //!   and is answered with an error reply; a `correlation_id` that is not UTF-8 is echoed in the
 //!   reply byte for byte.
 
+use crate::driver::{AmqpProperties, AmqpValue, FieldTable};
 use crate::error::{Error, Result};
-use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Value of the AMQP `type` property on error replies.
@@ -31,17 +31,15 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 /// Request header holding the caller's deadline, in milliseconds since the Unix epoch.
 pub const DEADLINE_HEADER: &str = "x-deadline-ms";
 
-/// Header that replaces headers the driver could not safely parse; its value says why.
-pub const REJECTED_HEADER: &str = "x-fib-rpc-rejected";
+// The frame guard stamps it on arrival, below this module; it is named here too so that this
+// module lists every name of the wire.
+pub use crate::driver::frames::REJECTED_HEADER;
 
 /// The pseudo-queue of RabbitMQ's direct reply-to, which a client consumes.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// `reply_to` prefix of the direct reply-to pseudo-queues that requests name.
 pub(crate) const DIRECT_REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
-
-/// Queue argument naming the queue type.
-pub(crate) const QUEUE_TYPE_ARGUMENT: &str = "x-queue-type";
 
 /// Consumer argument overriding the broker's consumer timeout, in milliseconds.
 pub(crate) const CONSUMER_TIMEOUT_ARGUMENT: &str = "x-consumer-timeout";
@@ -51,10 +49,6 @@ pub(crate) const NO_ROUTE: u16 = 312;
 
 /// AMQP reply code for a queue that does not exist.
 pub(crate) const NOT_FOUND: u16 = 404;
-
-/// AMQP reply code for a request that conflicts with the broker's state: a declaration
-/// with other arguments than the queue's, a message over the size limit.
-pub(crate) const PRECONDITION_FAILED: u16 = 406;
 
 /// How many bytes of an offending body an error message quotes.
 const QUOTE_LIMIT: usize = 40;

@@ -14,8 +14,10 @@
 //! * any other short string that is not UTF-8 has its non-ASCII bytes replaced by `?`;
 //! * a property list that cannot be parsed at all becomes one with only the rejection header.
 
-use crate::protocol::REJECTED_HEADER;
 use std::collections::{HashMap, VecDeque};
+
+/// Header that replaces headers the driver could not safely parse; its value says why.
+pub const REJECTED_HEADER: &str = "x-fib-rpc-rejected";
 
 /// Deepest nesting of tables and arrays in a message's headers that is passed to the driver.
 /// Real headers (RabbitMQ's own `x-death` included) nest a few levels; the driver's parser needs

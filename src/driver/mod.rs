@@ -12,8 +12,8 @@ pub(crate) mod queue;
 pub(crate) mod tls;
 pub(crate) mod watchdog;
 
-// The driver's own types that the layers above handle, named once here: above the driver,
-// only protocol.rs, the wire module the driver itself builds on, names amiquip.
+// The driver's own types that the layers above handle, named once here: nothing above the
+// driver names amiquip.
 pub(crate) use amiquip::Error as DriverError;
 pub(crate) use amiquip::{
     AmqpProperties, AmqpValue, Channel, Confirm, Connection, ConnectionBlockedNotification,

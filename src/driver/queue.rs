@@ -2,8 +2,14 @@
 
 use crate::config::QueueType;
 use crate::error::{Error, Result};
-use crate::protocol::{PRECONDITION_FAILED, QUEUE_TYPE_ARGUMENT};
 use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
+
+/// Queue argument naming the queue type.
+const QUEUE_TYPE_ARGUMENT: &str = "x-queue-type";
+
+/// AMQP reply code for a request that conflicts with the broker's state, here a declaration
+/// with other arguments than the queue's.
+const PRECONDITION_FAILED: u16 = 406;
 
 pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
     connection

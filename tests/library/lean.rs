@@ -101,3 +101,29 @@ fn amiquip_never_parses_a_url() {
         "the library and fib-bench open their own sockets"
     );
 }
+
+/// The driver is the one layer that knows amiquip; the layers above name its types through
+/// `crate::driver`, so replacing the driver touches `src/driver/` alone. Comments may still
+/// name it (the crate docs explain the design).
+#[test]
+fn amiquip_is_named_in_code_only_under_src_driver() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (library, driver) = (root.join("src"), root.join("src/driver"));
+    let mut checked = 0;
+    for (path, text) in product_sources() {
+        if !path.starts_with(&library) || path.starts_with(&driver) {
+            continue;
+        }
+        checked += 1;
+        for (number, line) in text.lines().enumerate() {
+            assert!(
+                line.trim_start().starts_with("//") || !line.contains("amiquip"),
+                "{}:{} names amiquip outside src/driver/; name its types through \
+                 crate::driver: {line}",
+                path.display(),
+                number + 1
+            );
+        }
+    }
+    assert!(checked > 10, "found the library's sources above the driver");
+}
