@@ -116,7 +116,7 @@ impl Worker {
             let (reason, unsent) = match ended {
                 ChannelEnd::Stopped => {
                     self.settled(held);
-                    let _ = channel.close();
+                    self.close(channel);
                     return SessionEnd::Stopped;
                 }
                 ChannelEnd::Lost(reason) => {
@@ -127,11 +127,8 @@ impl Worker {
             };
             count(&self.counters.channel_losses);
             self.explain(&reason);
-            // A channel whose consumer the broker cancelled is still open: close it, but no
-            // longer than a close may take.
-            let _ = self
-                .cutter
-                .bounded(deadline::from_now(self.close_timeout), || channel.close());
+            // A channel whose consumer the broker cancelled is still open.
+            self.close(channel);
             channel = match self.new_channel() {
                 Ok(channel) => channel,
                 Err(error) => {
@@ -145,6 +142,14 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Closes `channel`, cutting the connection if the broker has not confirmed the close
+    /// within the close timeout: during a network cut it never would.
+    fn close(&self, channel: Channel) {
+        let _ = self
+            .cutter
+            .bounded(deadline::from_now(self.close_timeout), || channel.close());
     }
 
     fn consume<'a>(&self, channel: &'a Channel) -> Result<Consumer<'a>> {
