@@ -7,7 +7,7 @@ use crate::config::ServerConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::queue;
-use crate::driver::watchdog::Cutter;
+use crate::driver::watchdog::{Bounded, Cutter};
 use crate::driver::{Connection, ConnectionBlockedNotification};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
@@ -93,16 +93,27 @@ impl Supervisor {
         )?;
         // Whatever ends this connection, the next attempt starts with the endpoint after it.
         self.next_endpoint.set(endpoint + 1);
+        let connect_timeout = self.config.connection.connect_timeout;
+        let Bounded { outcome, cut } = cutter.bounded(deadline::from_now(connect_timeout), || {
+            self.start_workers(&mut connection, &cutter)
+        });
         let Workers {
             exits,
             channel_requests,
             mut blocked,
-        } = cutter
-            .bounded(
-                deadline::from_now(self.config.connection.connect_timeout),
-                || self.start_workers(&mut connection, &cutter),
-            )
-            .outcome?;
+        } = match outcome {
+            Ok(workers) => workers,
+            // The error is the cut's, a closed socket: tell what the broker left unanswered.
+            Err(_) if cut => {
+                let reason = format!(
+                    "no answer within {connect_timeout:?} while declaring queue {} and \
+                     starting its workers",
+                    self.config.queue
+                );
+                return Err(Error::connect(address, reason, None));
+            }
+            Err(error) => return Err(error),
+        };
         let again = ready.is_none();
         self.counters.connected(again);
         if let Some(ready) = ready.take() {
