@@ -82,8 +82,8 @@ impl ConnectionConfig {
     }
 
     /// AMQP heartbeat interval; default 10 s, so a silent network cut ends an idle connection
-    /// within about 20 s (amiquip's own default of 60 s would take two minutes). At least 1 s:
-    /// zero, which would turn heartbeats off, is refused. Calls never rely on it: each keeps its
+    /// within about 20 s (the AMQP driver's own default of 60 s would take two minutes). At
+    /// least 1 s: zero, which would turn heartbeats off, is refused. Calls never rely on it: each keeps its
     /// own timeout whatever the network does.
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
         self.heartbeat = heartbeat;

@@ -122,7 +122,7 @@ pub(crate) fn is_consumer_timeout(reply_text: &str) -> bool {
 }
 
 /// A short, printable rendering of untrusted bytes for error messages and logs.
-pub fn quote(body: &[u8]) -> String {
+pub(crate) fn quote(body: &[u8]) -> String {
     let shown = &body[..body.len().min(QUOTE_LIMIT)];
     let mut text = format!("{:?}", String::from_utf8_lossy(shown));
     if body.len() > QUOTE_LIMIT {

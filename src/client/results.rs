@@ -9,7 +9,7 @@ use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::Keeper;
 use crate::driver::queue::{self, open_channel};
-use crate::driver::watchdog::Cutter;
+use crate::driver::watchdog::{Bounded, Cutter};
 use crate::driver::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
 use crate::error::{Error, Result};
 use crate::protocol;
@@ -63,27 +63,39 @@ impl ResultConsumer {
         let Link {
             mut connection,
             cutter,
+            address,
             ..
         } = amqp::open(config, "fib-rpc results", None, 0)?;
-        let keeper = cutter
-            .bounded(deadline::from_now(config.connect_timeout), || {
-                queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
-                let channel = open_channel(&mut connection)?;
-                // One unacked result at a time: consumers sharing the queue split the results
-                // fairly.
-                channel
-                    .qos(0, 1, false)
-                    .map_err(|e| Error::broker("setting prefetch", e))?;
-                Keeper::start(
-                    channel,
-                    queue.to_owned(),
-                    ConsumerOptions::default(),
-                    KEEPER_IDLE,
-                    Box::new(|| true),
-                    Box::new(|_| {}),
-                )
-            })
-            .outcome?;
+        let connect_timeout = config.connect_timeout;
+        let Bounded { outcome, cut } = cutter.bounded(deadline::from_now(connect_timeout), || {
+            queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
+            let channel = open_channel(&mut connection)?;
+            // One unacked result at a time: consumers sharing the queue split the results
+            // fairly.
+            channel
+                .qos(0, 1, false)
+                .map_err(|e| Error::broker("setting prefetch", e))?;
+            Keeper::start(
+                channel,
+                queue.to_owned(),
+                ConsumerOptions::default(),
+                KEEPER_IDLE,
+                Box::new(|| true),
+                Box::new(|_| {}),
+            )
+        });
+        let keeper = match outcome {
+            Ok(keeper) => keeper,
+            // The error is the cut's, a closed socket: tell what the broker left unanswered.
+            Err(_) if cut => {
+                let reason = format!(
+                    "no answer within {connect_timeout:?} while declaring result queue {queue} \
+                     and consuming it"
+                );
+                return Err(Error::connect(address, reason, None));
+            }
+            Err(error) => return Err(error),
+        };
         Ok(ResultConsumer {
             connection: Some(connection),
             cutter,
