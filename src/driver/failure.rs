@@ -22,6 +22,17 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The driver's connection died under the operation (its I/O thread ended): the
+    /// connection's close then tells why.
+    pub(crate) fn is_connection_gone(&self) -> bool {
+        let source = std::error::Error::source(self);
+        source
+            .and_then(|source| source.downcast_ref::<DriverError>())
+            .is_some_and(|driver| matches!(driver, DriverError::EventLoopDropped))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,6 +44,18 @@ mod tests {
         let error = Error::broker("declaring queue q", DriverError::EventLoopDropped);
         assert!(error.source().is_some());
         assert!(error.to_string().contains("declaring queue q"));
+    }
+
+    #[test]
+    fn only_a_dead_io_loop_is_a_connection_gone() {
+        assert!(Error::broker("consuming q", DriverError::EventLoopDropped).is_connection_gone());
+        let refused = DriverError::ServerClosedChannel {
+            channel_id: 1,
+            code: 403,
+            message: "no read permission".into(),
+        };
+        assert!(!Error::broker("consuming q", refused).is_connection_gone());
+        assert!(!Error::ConnectionLost("cut".into()).is_connection_gone());
     }
 
     #[test]

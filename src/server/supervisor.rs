@@ -44,10 +44,20 @@ impl Supervisor {
     pub fn run(self, ready: Sender<Result<()>>) -> Result<()> {
         let mut ready = Some(ready);
         let mut backoff = self.config.reconnect_initial;
+        // A connection that dies while the server sets up its consumers is lost like a
+        // serving one (to the next node at once), but only once in a row: a broker that kills
+        // every connection at setup gets the backoff.
+        let mut lost_in_setup = false;
         loop {
             match self.serve_one_connection(&mut ready) {
                 Ok(SessionEnd::Stopped) => return Ok(()),
+                Err(Error::ConnectionLost(reason)) if ready.is_none() && !lost_in_setup => {
+                    lost_in_setup = true;
+                    log::warn!("connection lost while consuming again ({reason}); reconnecting");
+                    continue;
+                }
                 Ok(SessionEnd::Lost(reason)) => {
+                    lost_in_setup = false;
                     if self.stop.try_recv().is_err_and(|e| e.is_disconnected()) {
                         log::warn!("connection lost ({reason}) while stopping");
                         return Ok(());
@@ -111,6 +121,14 @@ impl Supervisor {
                     self.config.queue
                 );
                 return Err(Error::connect(address, reason, None));
+            }
+            Err(error) if error.is_connection_gone() => {
+                let closed = cutter.close_within(self.config.connection.close_timeout, connection);
+                let reason = match closed.outcome {
+                    Err(why) if !closed.cut => amqp::loss_reason(&why, heartbeat),
+                    _ => error.to_string(),
+                };
+                return Err(Error::ConnectionLost(reason));
             }
             Err(error) => return Err(error),
         };

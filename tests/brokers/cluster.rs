@@ -595,7 +595,8 @@ fn a_rolling_restart_under_load_keeps_the_service_up() {
                 "{context}"
             );
             // RabbitMQ 3.10 can answer a consume on a quorum queue whose leader is being
-            // elected with two consume-oks of one tag; amiquip then drops the connection, and
+            // elected with two consume-oks of one tag; amiquip then drops the connection
+            // (while the server serves, or while it consumes again after a reconnection), and
             // the server goes on, at once, to the node after (seen in about one run in eight).
             // Only that may cost a second attempt.
             if attempts.len() > 1 {
