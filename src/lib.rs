@@ -72,7 +72,8 @@
 //!
 //! Source layout, each layer importing only from those listed before it:
 //!
-//! * `error`, `config`, `deadline` (timeout arithmetic), `util`.
+//! * `error`, `config/` (the `connection`, `client` and `server` settings; the driver checks
+//!   the URLs), `deadline` (timeout arithmetic), `util`.
 //! * `driver/`: everything that opens and guards a connection. `amqp` opens one on a socket of
 //!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
 //!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
