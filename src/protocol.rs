@@ -67,6 +67,41 @@ pub(crate) fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result
     }
 }
 
+/// The properties of a request: where its reply goes, under which id, in which format.
+pub(crate) fn request_properties(
+    reply_to: &str,
+    correlation_id: &str,
+    content_type: &str,
+) -> AmqpProperties {
+    AmqpProperties::default()
+        .with_reply_to(reply_to.to_owned())
+        .with_correlation_id(correlation_id.to_owned())
+        .with_content_type(content_type.to_owned())
+}
+
+/// The properties of a call's request, sent at `now`: those of every request, and it expires
+/// with the call, whose deadline it announces.
+pub(crate) fn call_properties(
+    reply_to: &str,
+    correlation_id: &str,
+    content_type: &str,
+    now: SystemTime,
+    timeout: Duration,
+) -> AmqpProperties {
+    request_properties(reply_to, correlation_id, content_type)
+        .with_expiration(expiration_millis(timeout))
+        .with_headers(deadline_headers(now, timeout))
+}
+
+/// The request's `expiration` property: the broker drops a request nobody took within the
+/// caller's timeout, so no server computes an answer for a caller who has gone.
+fn expiration_millis(timeout: Duration) -> String {
+    timeout
+        .as_millis()
+        .clamp(1, u128::from(u32::MAX))
+        .to_string()
+}
+
 /// Request headers announcing that the caller stops waiting `timeout` after `now`.
 pub(crate) fn deadline_headers(now: SystemTime, timeout: Duration) -> FieldTable {
     let deadline = crate::deadline::wall_clock_after(now, timeout);
@@ -134,6 +169,36 @@ pub(crate) fn quote(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiration_is_the_timeout_in_whole_milliseconds_and_never_zero() {
+        assert_eq!(expiration_millis(Duration::from_secs(5)), "5000");
+        assert_eq!(expiration_millis(Duration::from_micros(1)), "1");
+        assert_eq!(expiration_millis(Duration::ZERO), "1");
+        assert_eq!(
+            expiration_millis(Duration::from_secs(u64::MAX)),
+            u32::MAX.to_string()
+        );
+    }
+
+    #[test]
+    fn a_calls_request_says_where_its_reply_goes_and_when_it_expires() {
+        let properties = call_properties(
+            "amq.gen-reply",
+            "id-1",
+            CONTENT_TYPE,
+            UNIX_EPOCH + Duration::from_secs(1),
+            Duration::from_millis(2500),
+        );
+        assert_eq!(properties.reply_to().as_deref(), Some("amq.gen-reply"));
+        assert_eq!(properties.correlation_id().as_deref(), Some("id-1"));
+        assert_eq!(properties.content_type().as_deref(), Some(CONTENT_TYPE));
+        assert_eq!(properties.expiration().as_deref(), Some("2500"));
+        assert_eq!(
+            header_deadline(&properties),
+            Some(UNIX_EPOCH + Duration::from_millis(3500))
+        );
+    }
 
     #[test]
     fn quotes_long_and_binary_bodies_briefly() {

@@ -16,7 +16,7 @@ use crate::protocol::{self, CONTENT_TYPE};
 use crate::util::lock;
 use crossbeam_channel::Receiver;
 use pending::Outcome;
-use session::{request_properties, Session};
+use session::Session;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -162,7 +162,8 @@ impl RpcClient {
                     session.consumer_count(queue)?;
                 }
                 let properties =
-                    request_properties(results, &correlation_id).with_delivery_mode(PERSISTENT);
+                    protocol::request_properties(results, &correlation_id, CONTENT_TYPE)
+                        .with_delivery_mode(PERSISTENT);
                 let publish = Publish {
                     mandatory: true,
                     ..Publish::with_properties(body, queue, properties)
@@ -245,10 +246,13 @@ impl RpcClient {
         if let Some(reason) = session.lost_reason() {
             return Err(Error::ConnectionLost(reason));
         }
-        let properties = request_properties(&session.reply_queue, &pending.correlation_id)
-            .with_content_type(content_type.to_owned())
-            .with_expiration(expiration_millis(timeout))
-            .with_headers(protocol::deadline_headers(SystemTime::now(), timeout));
+        let properties = protocol::call_properties(
+            &session.reply_queue,
+            &pending.correlation_id,
+            content_type,
+            SystemTime::now(),
+            timeout,
+        );
         log::trace!("call {} -> {queue}", pending.correlation_id);
         session
             .bounded(deadline, "publishing the request", || {
@@ -488,29 +492,9 @@ impl Drop for PendingReply {
     }
 }
 
-/// The request's `expiration` property: the broker drops a request nobody took within the
-/// caller's timeout, so no server computes an answer for a caller who has gone.
-fn expiration_millis(timeout: Duration) -> String {
-    timeout
-        .as_millis()
-        .clamp(1, u128::from(u32::MAX))
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn expiration_is_the_timeout_in_whole_milliseconds_and_never_zero() {
-        assert_eq!(expiration_millis(Duration::from_secs(5)), "5000");
-        assert_eq!(expiration_millis(Duration::from_micros(1)), "1");
-        assert_eq!(expiration_millis(Duration::ZERO), "1");
-        assert_eq!(
-            expiration_millis(Duration::from_secs(u64::MAX)),
-            u32::MAX.to_string()
-        );
-    }
 
     #[test]
     fn clients_can_be_shared_between_threads() {

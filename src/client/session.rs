@@ -11,8 +11,8 @@ use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
 use crate::driver::queue;
 use crate::driver::watchdog::{Bounded, Cutter};
 use crate::driver::{
-    AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
-    ConsumerOptions, DriverError, Publish, QueueDeclareOptions, Return,
+    Channel, Connection, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
+    DriverError, Publish, QueueDeclareOptions, Return,
 };
 use crate::error::{Error, Result};
 use crate::protocol::{self, DIRECT_REPLY_TO, NOT_FOUND};
@@ -514,12 +514,4 @@ fn subscribe(
         on_publish_error,
     )?;
     Ok((reply_queue, publisher, keeper, returns))
-}
-
-/// Properties every request carries.
-pub(crate) fn request_properties(reply_to: &str, correlation_id: &str) -> AmqpProperties {
-    AmqpProperties::default()
-        .with_reply_to(reply_to.to_owned())
-        .with_correlation_id(correlation_id.to_owned())
-        .with_content_type(protocol::CONTENT_TYPE.to_owned())
 }
