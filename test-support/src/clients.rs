@@ -25,3 +25,10 @@ pub fn fib_client(queue: &str, timeout: Duration) -> FibonacciRpcClient {
     config = config.call_timeout(timeout);
     FibonacciRpcClient::new(RpcClient::connect(config).expect("connect a client")).with_queue(queue)
 }
+
+/// A client of the broker at `url` whose connection the broker lists under `name`, so that a
+/// test can find it (and close it from the broker's side).
+pub fn named_client(url: impl AsRef<str>, name: &str) -> RpcClient {
+    let connection = fib_rpc::ConnectionConfig::new(url).connection_name(name);
+    RpcClient::connect(connection).expect("connect a client")
+}

@@ -164,13 +164,7 @@ fn client(urls: &str, require_consumer: bool) -> RpcClient {
 
 /// A client whose connection is named `name` (in the broker's list and in the logs).
 fn named_client(urls: &str, name: &str) -> Arc<RpcClient> {
-    let mut config = ClientConfig::new(urls);
-    let connection = config
-        .get_connection()
-        .clone()
-        .connection_name(name.to_owned());
-    config = config.connection(connection);
-    Arc::new(RpcClient::connect(config).expect("connect a client to the cluster"))
+    Arc::new(support::named_client(urls, name))
 }
 
 /// The connection names of the two load clients of a test on `queue`.

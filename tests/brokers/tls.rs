@@ -170,13 +170,7 @@ fn a_connection_closed_by_the_broker_over_tls_fails_the_call_and_the_next_reconn
     let url = amqps(1, &with_ca());
     let (server, gate) = support::start_gated_echo_server_at(&url, &queue, 1);
     let name = format!("tls client {}", uuid::Uuid::new_v4());
-    let mut config = fib_rpc::ClientConfig::new(url.as_str());
-    let connection = config
-        .get_connection()
-        .clone()
-        .connection_name(name.clone());
-    config = config.connection(connection);
-    let client = RpcClient::connect(config).unwrap();
+    let client = support::named_client(&url, &name);
     let in_flight = client
         .send_with_timeout(&queue, b"slow", Duration::from_secs(30))
         .unwrap();

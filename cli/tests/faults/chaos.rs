@@ -260,13 +260,7 @@ fn chaos_3_client_connection_closed_by_the_broker_fails_the_call_in_flight_then_
     let queue = TestQueue::new("chaos-client-conn");
     let (server, gate) = support::start_gated_echo_server(&queue.name, 2);
     let name = format!("chaos client {}", uuid::Uuid::new_v4());
-    let mut config = support::client_config();
-    let connection = config
-        .get_connection()
-        .clone()
-        .connection_name(name.clone());
-    config = config.connection(connection);
-    let client = fib_rpc::RpcClient::connect(config).unwrap();
+    let client = support::named_client(support::amqp_url(), &name);
     let in_flight = client
         .send_with_timeout(&queue.name, b"slow", Duration::from_secs(30))
         .unwrap();

@@ -51,13 +51,7 @@ fn a_deeply_nested_reply_in_a_callback_queue_leaves_the_client_working() {
     let queue = TestQueue::new("hostile-callback");
     let _server = support::start_fib_server(&queue.name, 1);
     let name = format!("hostile client {}", uuid::Uuid::new_v4());
-    let mut config = support::client_config();
-    let connection = config
-        .get_connection()
-        .clone()
-        .connection_name(name.clone());
-    config = config.connection(connection);
-    let client = fib_rpc::RpcClient::connect(config).unwrap();
+    let client = support::named_client(support::amqp_url(), &name);
     let callback_queue = support::callback_queue_of(&name);
     let mut wire = RawAmqp::connect(&support::broker_address());
     let properties = RawProperties {

@@ -407,13 +407,7 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
     let queue = NodeQueue::new(&node, "alarm");
     let (server, gate) = support::start_gated_echo_server_at(&node.url(), &queue.name, 2);
     let name = format!("alarm-client-{}", uuid::Uuid::new_v4());
-    let mut config = fib_rpc::ClientConfig::new(node.url());
-    let connection = config
-        .get_connection()
-        .clone()
-        .connection_name(name.clone());
-    config = config.connection(connection);
-    let client = RpcClient::connect(config).unwrap();
+    let client = support::named_client(node.url(), &name);
     assert_eq!(
         client
             .call_with_timeout(&queue.name, b"5", Duration::from_secs(5))
