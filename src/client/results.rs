@@ -5,11 +5,10 @@
 //! [`ResultConsumer`]s read that queue, each result going to exactly one of them.
 
 use crate::config::{ConnectionConfig, QueueType};
-use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::keeper::Keeper;
 use crate::driver::queue::{self, open_channel};
-use crate::driver::watchdog::{Bounded, Cutter};
+use crate::driver::watchdog::Cutter;
 use crate::driver::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
 use crate::error::{Error, Result};
 use crate::protocol;
@@ -66,8 +65,8 @@ impl ResultConsumer {
             address,
             ..
         } = amqp::open(config, "fib-rpc results", None, 0)?;
-        let connect_timeout = config.connect_timeout;
-        let Bounded { outcome, cut } = cutter.bounded(deadline::from_now(connect_timeout), || {
+        let what = format!("declaring result queue {queue} and consuming it");
+        let keeper = cutter.setup_within(config.connect_timeout, &address, &what, || {
             queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
             let channel = open_channel(&mut connection)?;
             // One unacked result at a time: consumers sharing the queue split the results
@@ -83,19 +82,7 @@ impl ResultConsumer {
                 Box::new(|| true),
                 Box::new(|_| {}),
             )
-        });
-        let keeper = match outcome {
-            Ok(keeper) => keeper,
-            // The error is the cut's, a closed socket: tell what the broker left unanswered.
-            Err(_) if cut => {
-                let reason = format!(
-                    "no answer within {connect_timeout:?} while declaring result queue {queue} \
-                     and consuming it"
-                );
-                return Err(Error::connect(address, reason, None));
-            }
-            Err(error) => return Err(error),
-        };
+        })?;
         Ok(ResultConsumer {
             connection: Some(connection),
             cutter,

@@ -8,6 +8,7 @@
 //! earlier than the one it sleeps towards.
 
 use crate::deadline;
+use crate::error::{Error, Result};
 use crate::util::lock;
 use amiquip::Connection;
 use std::collections::BTreeMap;
@@ -41,6 +42,27 @@ impl Cutter {
         Bounded {
             outcome,
             cut: alarm.fired(),
+        }
+    }
+
+    /// Runs a new connection's setup (declaring, consuming), cutting the connection if the
+    /// setup outlives `timeout`. A setup cut short fails as an unreachable broker at `address`
+    /// that left `what` unanswered, not with the closed socket the cut leaves behind.
+    pub fn setup_within<T>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        address: &str,
+        what: &str,
+        setup: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let Bounded { outcome, cut } = self.bounded(deadline::from_now(timeout), setup);
+        match outcome {
+            Err(_) if cut => Err(Error::connect(
+                address,
+                format!("no answer within {timeout:?} while {what}"),
+                None,
+            )),
+            other => other,
         }
     }
 

@@ -7,7 +7,7 @@ use crate::config::ServerConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
 use crate::driver::queue;
-use crate::driver::watchdog::{Bounded, Cutter};
+use crate::driver::watchdog::Cutter;
 use crate::driver::{Connection, ConnectionBlockedNotification};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
@@ -103,25 +103,22 @@ impl Supervisor {
         )?;
         // Whatever ends this connection, the next attempt starts with the endpoint after it.
         self.next_endpoint.set(endpoint + 1);
-        let connect_timeout = self.config.connection.connect_timeout;
-        let Bounded { outcome, cut } = cutter.bounded(deadline::from_now(connect_timeout), || {
-            self.start_workers(&mut connection, &cutter)
-        });
+        let what = format!(
+            "declaring queue {} and starting its workers",
+            self.config.queue
+        );
+        let setup = cutter.setup_within(
+            self.config.connection.connect_timeout,
+            &address,
+            &what,
+            || self.start_workers(&mut connection, &cutter),
+        );
         let Workers {
             exits,
             channel_requests,
             mut blocked,
-        } = match outcome {
+        } = match setup {
             Ok(workers) => workers,
-            // The error is the cut's, a closed socket: tell what the broker left unanswered.
-            Err(_) if cut => {
-                let reason = format!(
-                    "no answer within {connect_timeout:?} while declaring queue {} and \
-                     starting its workers",
-                    self.config.queue
-                );
-                return Err(Error::connect(address, reason, None));
-            }
             Err(error) if error.is_connection_gone() => {
                 let closed = cutter.close_within(self.config.connection.close_timeout, connection);
                 let reason = match closed.outcome {
