@@ -3,7 +3,7 @@
 # offline. The advisories come from the dated snapshot in ../shared/advisory-db (or
 # $ADVISORY_DB): cargo-deny reads its databases as git repositories, so the snapshot is made
 # into one in a temporary folder and cloned from there (git's insteadOf stands in for the
-# advisory database's URL); nothing is fetched from any network. Fails on any advisory that
+# advisory database's URL): no advisory comes from any network. Fails on any advisory that
 # deny.toml does not record with its reason. Installs cargo-deny first if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +36,8 @@ GIT_CONFIG_COUNT=1 \
     GIT_CONFIG_KEY_0="url.file://$work/advisory-db.insteadOf" \
     GIT_CONFIG_VALUE_0="https://github.com/RustSec/advisory-db" \
     cargo deny fetch db
+# cargo-deny reads the manifest of every crate in Cargo.lock, for every platform; a build here
+# downloads only this platform's, so on a fresh machine the others are fetched first (from
+# crates.io, the one registry deny.toml allows).
+cargo fetch --locked --quiet
 cargo deny --offline --locked check
