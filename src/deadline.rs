@@ -21,6 +21,12 @@ pub(crate) fn wall_clock_after(now: SystemTime, timeout: Duration) -> SystemTime
     now + timeout.min(NEVER)
 }
 
+/// When, on this host's monotonic clock, its wall clock reaches `due` (now, if it has).
+pub(crate) fn instant_of(due: SystemTime) -> Instant {
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    after(now, due.duration_since(wall).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,6 +38,16 @@ mod tests {
             after(start, Duration::from_millis(1500)) - start,
             Duration::from_millis(1500)
         );
+    }
+
+    #[test]
+    fn a_wall_clock_deadline_becomes_the_same_wait_on_the_monotonic_clock() {
+        let before = Instant::now();
+        let due = instant_of(SystemTime::now() + Duration::from_secs(3));
+        let waits = due - before;
+        assert!(waits < Duration::from_millis(3100), "{waits:?}");
+        assert!(waits > Duration::from_millis(2900), "{waits:?}");
+        assert!(instant_of(SystemTime::UNIX_EPOCH) <= Instant::now());
     }
 
     #[test]

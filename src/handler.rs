@@ -1,8 +1,10 @@
 //! What a server does with a request: the [`Handler`] trait and the [`Request`] it sees.
 
-use crate::driver::{AmqpProperties, AmqpValue};
+use crate::context::TraceContext;
+use crate::driver::AmqpProperties;
 use crate::error::HandlerError;
-use crate::protocol::{self, CONTENT_TYPE};
+use crate::message::{read_value, HeaderValue, Response};
+use crate::protocol::{self, CONTENT_TYPE, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use std::time::SystemTime;
 
 /// A request as a handler sees it: the body, and what the caller said about it.
@@ -69,43 +71,24 @@ impl<'a> Request<'a> {
         self.redelivered
     }
 
+    /// The caller's W3C trace context (`traceparent`, `tracestate` headers), if it sent a
+    /// valid one. A call the handler makes carries a child of it.
+    pub fn trace(&self) -> Option<TraceContext> {
+        let text = |name| match self.header(name)? {
+            HeaderValue::Text(text) => Some(text),
+            _ => None,
+        };
+        TraceContext::parse(text(TRACEPARENT_HEADER)?, text(TRACESTATE_HEADER))
+    }
+
     /// The value of header `name`, if the request has it.
     pub fn header(&self, name: &str) -> Option<HeaderValue<'a>> {
-        let value = self.properties.headers().as_ref()?.get(name)?;
-        Some(match value {
-            AmqpValue::LongString(text) => HeaderValue::Text(text),
-            AmqpValue::Boolean(flag) => HeaderValue::Bool(*flag),
-            AmqpValue::ShortShortInt(n) => HeaderValue::Int((*n).into()),
-            AmqpValue::ShortShortUInt(n) => HeaderValue::Int((*n).into()),
-            AmqpValue::ShortInt(n) => HeaderValue::Int((*n).into()),
-            AmqpValue::ShortUInt(n) => HeaderValue::Int((*n).into()),
-            AmqpValue::LongInt(n) => HeaderValue::Int((*n).into()),
-            AmqpValue::LongUInt(n) => HeaderValue::Int((*n).into()),
-            AmqpValue::LongLongInt(n) => HeaderValue::Int(*n),
-            AmqpValue::Timestamp(n) => HeaderValue::Int(i64::try_from(*n).ok()?),
-            AmqpValue::ByteArray(bytes) => HeaderValue::Bytes(bytes),
-            _ => HeaderValue::Other,
-        })
+        read_value(self.properties.headers().as_ref()?.get(name)?)
     }
 }
 
-/// A header's value, as far as fib-rpc reads it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub enum HeaderValue<'a> {
-    /// A (long) string.
-    Text(&'a str),
-    /// Any integer type, and timestamps.
-    Int(i64),
-    /// A boolean.
-    Bool(bool),
-    /// A byte array.
-    Bytes(&'a [u8]),
-    /// A float, decimal, table, array or void: present, but not read here.
-    Other,
-}
-
-/// What a service does with a request: the reply body, or a message for an error reply.
+/// What a service does with a request: the reply (a body, or a [`Response`] with a content type
+/// and headers), or a message for an error reply.
 ///
 /// A closure over the body is a handler as it is; [`with_request`] makes one from a closure that
 /// needs the whole [`Request`] (correlation id, headers, deadline, redelivery).
@@ -125,20 +108,22 @@ pub enum HeaderValue<'a> {
 /// ```
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request. An error, or a panic, becomes an error reply.
-    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError>;
+    fn handle(&self, request: &Request<'_>) -> Result<Response, HandlerError>;
 
-    /// The `content_type` of this handler's success replies; default `text/plain`.
+    /// The `content_type` of this handler's success replies that do not set their own; default
+    /// `text/plain`.
     fn content_type(&self) -> &str {
         CONTENT_TYPE
     }
 }
 
-impl<F> Handler for F
+impl<F, R> Handler for F
 where
-    F: Fn(&[u8]) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+    F: Fn(&[u8]) -> Result<R, HandlerError> + Send + Sync + 'static,
+    R: Into<Response>,
 {
-    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError> {
-        self(request.body())
+    fn handle(&self, request: &Request<'_>) -> Result<Response, HandlerError> {
+        self(request.body()).map(Into::into)
     }
 }
 
@@ -147,19 +132,21 @@ where
 pub struct RequestHandler<F>(F);
 
 /// A handler from a closure that needs more than the body.
-pub fn with_request<F>(handle: F) -> RequestHandler<F>
+pub fn with_request<F, R>(handle: F) -> RequestHandler<F>
 where
-    F: Fn(&Request<'_>) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+    F: Fn(&Request<'_>) -> Result<R, HandlerError> + Send + Sync + 'static,
+    R: Into<Response>,
 {
     RequestHandler(handle)
 }
 
-impl<F> Handler for RequestHandler<F>
+impl<F, R> Handler for RequestHandler<F>
 where
-    F: Fn(&Request<'_>) -> Result<Vec<u8>, HandlerError> + Send + Sync + 'static,
+    F: Fn(&Request<'_>) -> Result<R, HandlerError> + Send + Sync + 'static,
+    R: Into<Response>,
 {
-    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError> {
-        (self.0)(request)
+    fn handle(&self, request: &Request<'_>) -> Result<Response, HandlerError> {
+        (self.0)(request).map(Into::into)
     }
 }
 
@@ -172,7 +159,7 @@ pub(crate) fn refusal(properties: &AmqpProperties) -> Option<HandlerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::FieldTable;
+    use crate::driver::{AmqpValue, FieldTable};
     use crate::protocol::DEADLINE_HEADER;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -202,11 +189,11 @@ mod tests {
         let properties = AmqpProperties::default().with_correlation_id("id-7".into());
         let request = Request::new(b"abc", &properties, false);
         let body_only = |body: &[u8]| Ok::<_, HandlerError>(body.to_ascii_uppercase());
-        assert_eq!(body_only.handle(&request).unwrap(), b"ABC");
+        assert_eq!(body_only.handle(&request).unwrap().body(), b"ABC");
         let echo_id = with_request(|request: &Request<'_>| {
             Ok(request.correlation_id().unwrap_or("").as_bytes().to_vec())
         });
-        assert_eq!(echo_id.handle(&request).unwrap(), b"id-7");
+        assert_eq!(echo_id.handle(&request).unwrap().body(), b"id-7");
         assert_eq!(echo_id.content_type(), CONTENT_TYPE);
     }
 }

@@ -5,6 +5,7 @@
 use crate::client::RpcClient;
 use crate::error::{Error, HandlerError, Result};
 use crate::handler::{Handler, Request};
+use crate::message::Response;
 use crate::protocol::JSON_CONTENT_TYPE;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -39,9 +40,11 @@ impl RpcClient {
         let body = serde_json::to_vec(request)
             .map_err(|e| Error::Internal(format!("the request cannot be written as JSON: {e}")))?;
         let reply = self
-            .send_as(queue, &body, timeout, JSON_CONTENT_TYPE)?
-            .wait()?;
-        serde_json::from_slice(&reply)
+            .request(queue, &body)
+            .timeout(timeout)
+            .content_type(JSON_CONTENT_TYPE)
+            .call()?;
+        serde_json::from_slice(reply.body())
             .map_err(|e| Error::Protocol(format!("the reply is not the JSON expected: {e}")))
     }
 }
@@ -89,15 +92,16 @@ where
     Req: DeserializeOwned + 'static,
     Resp: Serialize + 'static,
 {
-    fn handle(&self, request: &Request<'_>) -> Result<Vec<u8>, HandlerError> {
+    fn handle(&self, request: &Request<'_>) -> Result<Response, HandlerError> {
         let decoded = serde_json::from_slice(request.body())
             .map_err(|e| HandlerError::new(format!("invalid JSON request: {e}")))?;
         let reply = (self.handle)(decoded)?;
-        serde_json::to_vec(&reply).map_err(|e| {
+        let body = serde_json::to_vec(&reply).map_err(|e| {
             HandlerError::new(format!(
                 "internal error: the reply cannot be written as JSON: {e}"
             ))
-        })
+        })?;
+        Ok(Response::new(body))
     }
 
     fn content_type(&self) -> &str {
@@ -121,7 +125,7 @@ mod tests {
         let add = json_handler(|pair: Pair| Ok::<_, HandlerError>(pair.x + pair.y));
         let properties = AmqpProperties::default();
         let answer = add.handle(&Request::new(br#"{"x":2,"y":40}"#, &properties, false));
-        assert_eq!(answer.unwrap(), b"42");
+        assert_eq!(answer.unwrap().body(), b"42");
         let refused = add
             .handle(&Request::new(br#"{"x":"two"}"#, &properties, false))
             .unwrap_err();

@@ -129,13 +129,16 @@
 mod admin;
 mod client;
 mod config;
+mod context;
 mod deadline;
 mod driver;
 mod error;
 pub mod handler;
 #[cfg(feature = "json")]
 pub mod json;
+mod message;
 pub mod protocol;
+mod retry;
 mod server;
 #[cfg(feature = "fibonacci")]
 pub mod services;
@@ -143,13 +146,16 @@ mod util;
 
 pub use admin::{QueueAdmin, QueueStatus};
 pub use client::results::{ResultConsumer, ResultMessage};
-pub use client::{PendingReply, RpcClient};
+pub use client::{Call, PendingReply, RpcClient};
 pub use config::{
     ClientConfig, ConnectionConfig, QueueType, ReplyMode, ServerConfig, TlsOptions,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_QUEUE, DEFAULT_URL,
 };
+pub use context::TraceContext;
 pub use error::{Error, ErrorKind, HandlerError, Result, Stage};
-pub use handler::{Handler, HeaderValue, Request};
+pub use handler::{Handler, Request};
+pub use message::{HeaderValue, Response};
+pub use retry::RetryPolicy;
 pub use server::stats::{Durations, ServerStats};
 pub use server::{RpcServer, ServerHandle, ServerMonitor, ShutdownTrigger};
 #[cfg(feature = "fibonacci")]

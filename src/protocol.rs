@@ -17,6 +17,7 @@
 
 use crate::driver::{AmqpProperties, AmqpValue, FieldTable};
 use crate::error::{Error, Result};
+use crate::message::Response;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Value of the AMQP `type` property on error replies.
@@ -30,6 +31,20 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Request header holding the caller's deadline, in milliseconds since the Unix epoch.
 pub const DEADLINE_HEADER: &str = "x-deadline-ms";
+
+/// W3C Trace Context's header naming the caller's trace and span, sent only when a call has a
+/// trace context (<https://www.w3.org/TR/trace-context/>).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// W3C Trace Context's vendor-specific companion of [`TRACEPARENT_HEADER`].
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// True for a header name an application may not set: RabbitMQ's and fib-rpc's own (`x-…`)
+/// and W3C Trace Context's, which fib-rpc writes from the call's options.
+pub fn is_reserved_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("x-") || lower == TRACEPARENT_HEADER || lower == TRACESTATE_HEADER
+}
 
 // The frame guard stamps it on arrival, below this module; it is named here too so that this
 // module lists every name of the wire.
@@ -58,12 +73,12 @@ pub(crate) fn is_error_reply(properties: &AmqpProperties) -> bool {
     properties.type_().as_deref() == Some(ERROR_TYPE)
 }
 
-/// Turns a reply into the caller's result: the body, or the server's error message.
-pub(crate) fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Vec<u8>> {
+/// Turns a reply into the caller's result: the response, or the server's error message.
+pub(crate) fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Response> {
     if is_error_reply(properties) {
         Err(Error::Remote(String::from_utf8_lossy(&body).into_owned()))
     } else {
-        Ok(body)
+        Ok(Response::received(properties, body))
     }
 }
 
@@ -91,6 +106,29 @@ pub(crate) fn call_properties(
     request_properties(reply_to, correlation_id, content_type)
         .with_expiration(expiration_millis(timeout))
         .with_headers(deadline_headers(now, timeout))
+}
+
+/// A call's properties with its options: a `priority`, and application or trace `headers`
+/// beside the deadline header. Options left unset change nothing.
+pub(crate) fn with_options(
+    properties: AmqpProperties,
+    priority: Option<u8>,
+    headers: &FieldTable,
+) -> AmqpProperties {
+    let properties = match priority {
+        Some(priority) => properties.with_priority(priority),
+        None => properties,
+    };
+    if headers.is_empty() {
+        return properties;
+    }
+    let mut merged = properties.headers().clone().unwrap_or_default();
+    merged.extend(
+        headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
+    properties.with_headers(merged)
 }
 
 /// The request's `expiration` property: the broker drops a request nobody took within the
@@ -228,7 +266,7 @@ mod tests {
     #[test]
     fn decodes_success_and_error_replies() {
         let plain = AmqpProperties::default();
-        assert_eq!(decode_reply(&plain, b"55".to_vec()).unwrap(), b"55");
+        assert_eq!(decode_reply(&plain, b"55".to_vec()).unwrap().body(), b"55");
         let error = AmqpProperties::default().with_type_(ERROR_TYPE.to_string());
         let remote = decode_reply(&error, b"bad n".to_vec()).unwrap_err();
         assert_eq!(remote.remote_message(), Some("bad n"));

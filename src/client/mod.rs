@@ -1,5 +1,6 @@
 //! The blocking client: one connection, one callback queue, many calls.
 
+mod call;
 mod pending;
 mod presence;
 pub(crate) mod results;
@@ -10,10 +11,12 @@ mod submit;
 use crate::config::ClientConfig;
 use crate::deadline;
 use crate::driver::keeper::OwnedPublish;
-use crate::driver::Publish;
+use crate::driver::{FieldTable, Publish};
 use crate::error::{Error, Result, Stage};
+use crate::message::Response;
 use crate::protocol::{self, CONTENT_TYPE};
 use crate::util::lock;
+pub use call::Call;
 use crossbeam_channel::Receiver;
 use pending::Outcome;
 use session::Session;
@@ -112,7 +115,16 @@ impl RpcClient {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        self.send_with_timeout(queue, body, timeout)?.wait()
+        self.request(queue, body)
+            .timeout(timeout)
+            .call()
+            .map(Response::into_body)
+    }
+
+    /// A call to `target` (a queue, or a routing key with [`Call::exchange`]) with options:
+    /// timeout or deadline, exchange, priority, headers, trace context, retries.
+    pub fn request<'a>(&'a self, target: &'a str, body: &'a [u8]) -> Call<'a> {
+        Call::new(self, target, body)
     }
 
     /// Sends every body to `queue` before waiting for any reply, then collects the replies in
@@ -147,7 +159,7 @@ impl RpcClient {
     /// broker has not confirmed the request within the client's `call_timeout`.
     pub fn submit(&self, queue: &str, body: &[u8], results: &str) -> Result<String> {
         let timeout = self.config.call_timeout;
-        let call = Call::new(queue, timeout);
+        let call = Budget::new(queue, timeout);
         let deadline = call.deadline;
         let session = self
             .session(deadline)
@@ -190,23 +202,23 @@ impl RpcClient {
         body: &[u8],
         timeout: Duration,
     ) -> Result<PendingReply> {
-        self.send_as(queue, body, timeout, CONTENT_TYPE)
+        self.request(queue, body).timeout(timeout).send()
     }
 
-    /// [`send`](Self::send) with this request `content_type`.
-    pub(crate) fn send_as(
+    /// Sends one attempt of a call, under `correlation_id`, giving up at `deadline`.
+    fn send_request(
         &self,
-        queue: &str,
-        body: &[u8],
-        timeout: Duration,
-        content_type: &str,
+        outgoing: &Outgoing<'_>,
+        correlation_id: String,
+        deadline: Instant,
     ) -> Result<PendingReply> {
-        let call = Call::new(queue, timeout);
-        let deadline = call.deadline;
+        let queue = outgoing.routing_key;
+        let call = Budget::until(queue, deadline);
         let session = self
             .session(deadline)
             .map_err(call.timed_out(Stage::Connect))?;
         let limit = session.limit();
+        let body = outgoing.body;
         if body.len() > limit {
             return Err(Error::TooLarge {
                 what: "the request".to_owned(),
@@ -218,27 +230,30 @@ impl RpcClient {
         if let Some(reason) = session.await_unblocked(deadline) {
             return Err(call.blocked(reason));
         }
-        if self.config.require_consumer {
+        // Through a named exchange the queue is not ours to know; the return of an unroutable
+        // request still tells that nothing would take it.
+        let queue_known = outgoing.exchange.is_empty();
+        if queue_known && self.config.require_consumer {
             session
                 .ensure_consumer(queue, deadline)
                 .map_err(call.timed_out(Stage::ServerCheck))?;
-        } else if !session
-            .await_queue(queue, deadline)
-            .map_err(call.timed_out(Stage::ServerCheck))?
+        } else if queue_known
+            && !session
+                .await_queue(queue, deadline)
+                .map_err(call.timed_out(Stage::ServerCheck))?
         {
             return Err(call.timed_out(Stage::ServerCheck)(Error::NoServer {
                 queue: queue.to_owned(),
                 reason: "no server declared the queue in time".to_owned(),
             }));
         }
-        let correlation_id = Uuid::new_v4().to_string();
         let reply = session.pending.register(correlation_id.clone(), deadline);
         let pending = PendingReply {
             session: Arc::clone(&session),
             correlation_id,
             reply,
             queue: queue.to_owned(),
-            timeout,
+            timeout: call.timeout,
             deadline,
             size: body.len(),
         };
@@ -246,17 +261,22 @@ impl RpcClient {
         if let Some(reason) = session.lost_reason() {
             return Err(Error::ConnectionLost(reason));
         }
-        let properties = protocol::call_properties(
-            &session.reply_queue,
-            &pending.correlation_id,
-            content_type,
-            SystemTime::now(),
-            timeout,
+        let properties = protocol::with_options(
+            protocol::call_properties(
+                &session.reply_queue,
+                &pending.correlation_id,
+                &outgoing.content_type,
+                SystemTime::now(),
+                call.timeout,
+            ),
+            outgoing.priority,
+            &outgoing.headers,
         );
         log::trace!("call {} -> {queue}", pending.correlation_id);
         session
             .bounded(deadline, "publishing the request", || {
                 session.publish(OwnedPublish {
+                    exchange: outgoing.exchange.clone(),
                     routing_key: queue.to_owned(),
                     body: body.to_vec(),
                     properties,
@@ -338,19 +358,40 @@ impl RpcClient {
     }
 }
 
+/// A request as it goes out, its options resolved.
+struct Outgoing<'a> {
+    /// `""` for the default exchange.
+    exchange: String,
+    routing_key: &'a str,
+    body: &'a [u8],
+    content_type: String,
+    priority: Option<u8>,
+    /// Application and trace headers; the deadline header is added to them.
+    headers: FieldTable,
+}
+
 /// One call's queue and time budget.
-struct Call<'a> {
+struct Budget<'a> {
     queue: &'a str,
     timeout: Duration,
     deadline: Instant,
 }
 
-impl<'a> Call<'a> {
-    fn new(queue: &'a str, timeout: Duration) -> Call<'a> {
-        Call {
+impl<'a> Budget<'a> {
+    fn new(queue: &'a str, timeout: Duration) -> Budget<'a> {
+        Budget {
             queue,
             timeout,
             deadline: deadline::after(Instant::now(), timeout),
+        }
+    }
+
+    /// The budget of a call that must end at `deadline`.
+    fn until(queue: &'a str, deadline: Instant) -> Budget<'a> {
+        Budget {
+            queue,
+            timeout: deadline.saturating_duration_since(Instant::now()),
+            deadline,
         }
     }
 
@@ -425,6 +466,11 @@ impl PendingReply {
     /// While it waits, the caller itself reads the connection's replies and hands each to the
     /// caller it belongs to: a reply reaches a lone caller with no thread in between.
     pub fn wait(self) -> Result<Vec<u8>> {
+        self.wait_response().map(Response::into_body)
+    }
+
+    /// [`wait`](Self::wait), for the reply with its content type and headers.
+    pub fn wait_response(self) -> Result<Response> {
         let session = &self.session;
         let outcome = loop {
             let remaining = self.deadline.saturating_duration_since(Instant::now());

@@ -1,6 +1,7 @@
 //! Correlation bookkeeping: which caller waits for which `correlation_id`.
 
 use crate::error::{Error, Result};
+use crate::message::Response;
 use crate::util::lock;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -8,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// What a waiting caller receives: the reply body, or why there will be none.
-pub(crate) type Outcome = Result<Vec<u8>>;
+pub(crate) type Outcome = Result<Response>;
 
 /// Calls in flight on one connection, keyed by correlation id.
 ///
@@ -92,10 +93,10 @@ mod tests {
         let pending = Pending::default();
         let first = pending.register("a".into(), later());
         let second = pending.register("b".into(), later());
-        assert!(pending.resolve("b", Ok(b"2".to_vec())));
-        assert!(pending.resolve("a", Ok(b"1".to_vec())));
-        assert_eq!(first.recv().unwrap().unwrap(), b"1");
-        assert_eq!(second.recv().unwrap().unwrap(), b"2");
+        assert!(pending.resolve("b", Ok(Response::new("2"))));
+        assert!(pending.resolve("a", Ok(Response::new("1"))));
+        assert_eq!(first.recv().unwrap().unwrap().body(), b"1");
+        assert_eq!(second.recv().unwrap().unwrap().body(), b"2");
         assert_eq!(pending.len(), 0);
     }
 
@@ -103,10 +104,10 @@ mod tests {
     fn unknown_and_duplicate_replies_are_refused() {
         let pending = Pending::default();
         let waiter = pending.register("a".into(), later());
-        assert!(!pending.resolve("stranger", Ok(b"9".to_vec())));
-        assert!(pending.resolve("a", Ok(b"1".to_vec())));
-        assert!(!pending.resolve("a", Ok(b"1 again".to_vec())));
-        assert_eq!(waiter.recv().unwrap().unwrap(), b"1");
+        assert!(!pending.resolve("stranger", Ok(Response::new("9"))));
+        assert!(pending.resolve("a", Ok(Response::new("1"))));
+        assert!(!pending.resolve("a", Ok(Response::new("1 again"))));
+        assert_eq!(waiter.recv().unwrap().unwrap().body(), b"1");
         assert!(waiter.try_recv().is_err(), "answered twice");
     }
 
@@ -116,7 +117,7 @@ mod tests {
         let waiter = pending.register("late".into(), later());
         pending.forget("late");
         assert_eq!(pending.len(), 0);
-        assert!(!pending.resolve("late", Ok(b"1".to_vec())));
+        assert!(!pending.resolve("late", Ok(Response::new("1"))));
         assert!(waiter.try_recv().is_err());
     }
 
@@ -124,7 +125,7 @@ mod tests {
     fn a_reply_for_a_caller_that_went_away_is_not_counted_as_delivered() {
         let pending = Pending::default();
         drop(pending.register("gone".into(), later()));
-        assert!(!pending.resolve("gone", Ok(b"1".to_vec())));
+        assert!(!pending.resolve("gone", Ok(Response::new("1"))));
         assert_eq!(pending.len(), 0);
     }
 
@@ -149,11 +150,11 @@ mod tests {
         let deadline = Instant::now();
         let waiter = pending.register("slow".into(), deadline);
         let late = deadline + Duration::from_millis(1);
-        assert!(!pending.resolve_at("slow", Ok(b"1".to_vec()), late));
+        assert!(!pending.resolve_at("slow", Ok(Response::new("1")), late));
         assert!(waiter.try_recv().is_err());
         assert_eq!(pending.len(), 0);
         let on_time = pending.register("quick".into(), deadline);
-        assert!(pending.resolve_at("quick", Ok(b"2".to_vec()), deadline));
-        assert_eq!(on_time.recv().unwrap().unwrap(), b"2");
+        assert!(pending.resolve_at("quick", Ok(Response::new("2")), deadline));
+        assert_eq!(on_time.recv().unwrap().unwrap().body(), b"2");
     }
 }

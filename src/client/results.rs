@@ -11,6 +11,7 @@ use crate::driver::queue::{self, open_channel};
 use crate::driver::watchdog::Cutter;
 use crate::driver::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
 use crate::error::{Error, Result};
+use crate::message::Response;
 use crate::protocol;
 use crossbeam_channel::RecvTimeoutError;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ impl ResultConsumer {
         } = amqp::open(config, "fib-rpc results", None, 0)?;
         let what = format!("declaring result queue {queue} and consuming it");
         let keeper = cutter.setup_within(config.connect_timeout, &address, &what, || {
-            queue::declare_durable(&mut connection, queue, QueueType::Classic)?;
+            queue::declare_durable(&mut connection, queue, QueueType::Classic, None)?;
             let channel = open_channel(&mut connection)?;
             // One unacked result at a time: consumers sharing the queue split the results
             // fairly.
@@ -108,7 +109,8 @@ impl ResultConsumer {
             ConsumerMessage::Delivery(delivery) => {
                 let result = ResultMessage {
                     correlation_id: delivery.properties.correlation_id().clone(),
-                    outcome: protocol::decode_reply(&delivery.properties, delivery.body.clone()),
+                    outcome: protocol::decode_reply(&delivery.properties, delivery.body.clone())
+                        .map(Response::into_body),
                 };
                 self.taken = Some(delivery);
                 Ok(Some(result))

@@ -37,9 +37,16 @@ pub(super) fn returned(pending: &Pending, returned: &Return) {
         return;
     };
     let error = if returned.reply_code == NO_ROUTE {
+        let reason = match returned.exchange.as_str() {
+            "" => format!("no queue named {:?} exists", returned.routing_key),
+            exchange => format!(
+                "exchange {exchange:?} routes {:?} to no queue",
+                returned.routing_key
+            ),
+        };
         Error::NoServer {
             queue: returned.routing_key.clone(),
-            reason: format!("no queue named {:?} exists", returned.routing_key),
+            reason,
         }
     } else {
         Error::refused(
@@ -86,7 +93,7 @@ mod tests {
         let other = pending.register("other".into(), later());
         let waiter = pending.register("id-1".into(), later());
         reply(&pending, &answering("id-1"), b"13".to_vec());
-        assert_eq!(waiter.try_recv().unwrap().unwrap(), b"13");
+        assert_eq!(waiter.try_recv().unwrap().unwrap().body(), b"13");
         assert!(other.try_recv().is_err());
         assert_eq!(pending.len(), 1);
     }

@@ -159,7 +159,7 @@ impl Session {
     pub fn publish(&self, publish: OwnedPublish) -> Result<()> {
         match &self.publisher {
             Some(channel) => lock(channel)
-                .basic_publish("", publish.as_publish())
+                .basic_publish(&publish.exchange, publish.as_publish())
                 .map_err(|error| {
                     // The channel is gone (the broker closed it, say): so is this session, or
                     // every later call would fail on it too.
@@ -184,7 +184,7 @@ impl Session {
             return Ok(());
         }
         self.with_connection(|connection| {
-            queue::declare_durable(connection, queue, QueueType::Classic)
+            queue::declare_durable(connection, queue, QueueType::Classic, None)
         })?;
         declared.insert(queue.to_owned());
         Ok(())

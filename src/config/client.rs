@@ -2,6 +2,7 @@
 
 use super::ConnectionConfig;
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 use std::time::Duration;
 
 /// Client settings: [`ClientConfig::new`], a [`ConnectionConfig`] (`From`) or [`Default`], then
@@ -21,6 +22,7 @@ pub struct ClientConfig {
     pub(crate) call_timeout: Duration,
     pub(crate) require_consumer: bool,
     pub(crate) reply_mode: ReplyMode,
+    pub(crate) retry: Option<RetryPolicy>,
 }
 
 /// How a client receives its replies.
@@ -50,6 +52,7 @@ impl From<ConnectionConfig> for ClientConfig {
             call_timeout: Duration::from_secs(5),
             require_consumer: true,
             reply_mode: ReplyMode::default(),
+            retry: None,
         }
     }
 }
@@ -123,6 +126,14 @@ impl ClientConfig {
         self
     }
 
+    /// Makes failed calls again as `policy` says, unless a call sets its own
+    /// ([`Call::retry`](crate::Call::retry)); default: never (a call is made once, and retrying
+    /// is the caller's choice, since it makes calls at-least-once).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
     /// See [`ClientConfig::connection`].
     pub fn get_connection(&self) -> &ConnectionConfig {
         &self.connection
@@ -143,11 +154,20 @@ impl ClientConfig {
         self.reply_mode
     }
 
+    /// See [`ClientConfig::retry`].
+    pub fn get_retry(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+
     /// Checks these settings together, as a client does before it connects: the connection's
-    /// ([`ConnectionConfig::validate`]) and a call timeout above zero.
+    /// ([`ConnectionConfig::validate`]), a call timeout above zero, and the retry policy's
+    /// ([`RetryPolicy::validate`]).
     pub fn validate(&self) -> Result<()> {
         if self.call_timeout.is_zero() {
             return Err(Error::Config("call_timeout must be above zero".into()));
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate()?;
         }
         self.connection.validate()
     }

@@ -49,6 +49,7 @@ pub struct ServerConfig {
     pub(crate) reconnect_max: Duration,
     pub(crate) drain_timeout: Duration,
     pub(crate) consumer_timeout: Option<Duration>,
+    pub(crate) max_priority: Option<u8>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +71,7 @@ impl From<ConnectionConfig> for ServerConfig {
             reconnect_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             consumer_timeout: None,
+            max_priority: None,
         }
     }
 }
@@ -102,6 +104,16 @@ impl ServerConfig {
     /// How to declare the request queue if it does not exist; default [`QueueType::Quorum`].
     pub fn queue_type(mut self, queue_type: QueueType) -> Self {
         self.queue_type = queue_type;
+        self
+    }
+
+    /// Declares the request queue with `x-max-priority` = `max`, so that requests of higher
+    /// [`priority`](crate::Call::priority), up to `max`, are served first; default none.
+    /// Needs a classic queue ([`QueueType::Classic`]): quorum queues take no such argument
+    /// (RabbitMQ 4's know two levels, 0–4 and 5 and above, without one), and a queue that
+    /// exists already keeps the arguments it was declared with.
+    pub fn max_priority(mut self, max: u8) -> Self {
+        self.max_priority = Some(max);
         self
     }
 
@@ -185,10 +197,15 @@ impl ServerConfig {
         self.consumer_timeout
     }
 
+    /// See [`ServerConfig::max_priority`].
+    pub fn get_max_priority(&self) -> Option<u8> {
+        self.max_priority
+    }
+
     /// Checks these settings together, as a server does before it starts: the connection's
     /// ([`ConnectionConfig::validate`]), at least one worker, a prefetch of at least 1, a
-    /// queue name, a consumer timeout of at least 1 ms if set, and a backoff that does not
-    /// shrink.
+    /// queue name, a consumer timeout of at least 1 ms if set, a backoff that does not
+    /// shrink, and a maximum priority only on a classic queue.
     pub fn validate(&self) -> Result<()> {
         if self.workers == 0 {
             return Err(Error::Config("workers must be at least 1".into()));
@@ -207,6 +224,13 @@ impl ServerConfig {
         {
             return Err(Error::Config(
                 "consumer_timeout must be at least 1 ms (leave it unset for the broker's)".into(),
+            ));
+        }
+        if self.max_priority.is_some() && self.queue_type != QueueType::Classic {
+            return Err(Error::Config(
+                "max_priority needs a classic queue (queue_type Classic): quorum queues take no \
+                 x-max-priority"
+                    .into(),
             ));
         }
         if self.reconnect_initial > self.reconnect_max {

@@ -12,8 +12,10 @@ use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Deliver
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-/// A message to publish on the keeper's channel, to the default exchange.
+/// A message to publish on the keeper's channel.
 pub(crate) struct OwnedPublish {
+    /// `""`: the default exchange, which routes to the queue named by the routing key.
+    pub exchange: String,
     pub routing_key: String,
     pub body: Vec<u8>,
     pub properties: AmqpProperties,
@@ -85,7 +87,9 @@ impl Keeper {
                     }
                     match orders.recv_deadline(next_tick) {
                         Ok(Command::Publish(publish)) => {
-                            if let Err(error) = channel.basic_publish("", publish.as_publish()) {
+                            if let Err(error) =
+                                channel.basic_publish(&publish.exchange, publish.as_publish())
+                            {
                                 on_publish_error(error.to_string());
                             }
                         }

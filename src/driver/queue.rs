@@ -7,6 +7,9 @@ use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
 /// Queue argument naming the queue type.
 const QUEUE_TYPE_ARGUMENT: &str = "x-queue-type";
 
+/// Classic-queue argument: the highest message priority the queue orders by.
+const MAX_PRIORITY_ARGUMENT: &str = "x-max-priority";
+
 /// AMQP reply code for a request that conflicts with the broker's state, here a declaration
 /// with other arguments than the queue's.
 const PRECONDITION_FAILED: u16 = 406;
@@ -17,14 +20,21 @@ pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
         .map_err(|e| Error::broker("opening a channel", e))
 }
 
-/// Declares a durable queue of this type; if it exists with other arguments (a tutorial server
-/// declared it differently, say), uses it as it is.
+/// Declares a durable queue of this type (and maximum priority, if given); if it exists with
+/// other arguments (a tutorial server declared it differently, say), uses it as it is.
 pub(crate) fn declare_durable(
     connection: &mut Connection,
     queue: &str,
     queue_type: QueueType,
+    max_priority: Option<u8>,
 ) -> Result<()> {
     let mut arguments = FieldTable::new();
+    if let Some(max) = max_priority {
+        arguments.insert(
+            MAX_PRIORITY_ARGUMENT.to_owned(),
+            AmqpValue::LongInt(max.into()),
+        );
+    }
     if queue_type == QueueType::Quorum {
         arguments.insert(
             QUEUE_TYPE_ARGUMENT.to_owned(),

@@ -4,6 +4,7 @@
 use super::recent::Key;
 use crate::driver::{AmqpProperties, Channel, Delivery, DriverError, Publish};
 use crate::error::HandlerError;
+use crate::message::Response;
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
 
 /// A reply, kept until the broker has certainly taken it.
@@ -25,7 +26,7 @@ impl Reply {
         delivery: &Delivery,
         to: String,
         key: Option<Key>,
-        outcome: Result<Vec<u8>, HandlerError>,
+        outcome: Result<Response, HandlerError>,
         limit: usize,
         content_type: &str,
     ) -> Reply {
@@ -37,20 +38,32 @@ impl Reply {
         if let Some(mode) = request.delivery_mode() {
             properties = properties.with_delivery_mode(*mode);
         }
-        let outcome = outcome.and_then(|body| match body.len() > limit {
-            true => Err(HandlerError::new(too_large(body.len(), limit))),
-            false => Ok(body),
+        let outcome = outcome.and_then(|response| {
+            let parts = response.into_parts(content_type);
+            match parts.body.len() > limit {
+                true => Err(HandlerError::new(too_large(parts.body.len(), limit))),
+                false => Ok(parts),
+            }
         });
         let error = outcome.is_err();
         let body = match outcome {
-            Ok(body) => {
+            Ok(parts) => {
                 log::debug!(
                     "{} -> {} bytes",
                     protocol::quote(&delivery.body),
-                    body.len()
+                    parts.body.len()
                 );
-                properties = properties.with_content_type(content_type.to_owned());
-                body
+                if let Some(name) = parts.refused {
+                    log::warn!(
+                        "the handler's reply header {name:?} is reserved (x-…, traceparent, \
+                         tracestate) or has no value: the reply goes without it"
+                    );
+                }
+                if !parts.headers.is_empty() {
+                    properties = properties.with_headers(parts.headers);
+                }
+                properties = properties.with_content_type(parts.content_type);
+                parts.body
             }
             Err(error) => {
                 log::debug!("{} -> error: {error}", protocol::quote(&delivery.body));

@@ -280,7 +280,12 @@ impl Supervisor {
     /// Declares the request queue and starts the workers on `connection`; returns once every
     /// worker consumes.
     fn start_workers(&self, connection: &mut Connection, cutter: &Arc<Cutter>) -> Result<Workers> {
-        queue::declare_durable(connection, &self.config.queue, self.config.queue_type)?;
+        queue::declare_durable(
+            connection,
+            &self.config.queue,
+            self.config.queue_type,
+            self.config.max_priority,
+        )?;
         let blocked = connection
             .listen_for_connection_blocked()
             .map_err(|error| Error::broker("listening for connection.blocked", error))?;

@@ -7,6 +7,7 @@
 //! copy is acked without being computed again (see [`recent`](crate::server::recent)).
 
 use super::reply::Reply;
+use crate::context::{self, Serving};
 use crate::deadline;
 use crate::driver::watchdog::Cutter;
 use crate::driver::{
@@ -322,10 +323,24 @@ impl Worker {
             self.shared.recent.hold(key, self.generation);
         }
         let request = Request::due(&delivery.body, properties, delivery.redelivered, deadline);
+        let trace = request.trace();
+        if let Some(trace) = &trace {
+            log::debug!(
+                "request {} in trace {}, parent span {}",
+                protocol::quote(&delivery.body),
+                trace.trace_id(),
+                trace.span_id()
+            );
+        }
         let outcome = match refusal(properties) {
             Some(refused) => Err(refused),
             None => {
                 let started = Instant::now();
+                // Calls the handler makes inherit the caller's deadline and trace.
+                let _serving = context::serve(Serving {
+                    deadline: deadline.map(deadline::instant_of),
+                    trace,
+                });
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&request)))
                     .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
                 counters.observe(started.elapsed());

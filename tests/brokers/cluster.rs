@@ -7,7 +7,10 @@
 //! went to, and when.
 
 use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
-use fib_rpc::{ClientConfig, Error, QueueType, RpcClient, RpcServer, ServerConfig, ServerHandle};
+use fib_rpc::{
+    ClientConfig, ConnectionConfig, Error, QueueType, RetryPolicy, RpcClient, RpcServer,
+    ServerConfig, ServerHandle,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -519,6 +522,18 @@ const ROLLING_WINDOW: Duration = Duration::from_secs(2);
 
 #[test]
 fn a_rolling_restart_under_load_keeps_the_service_up() {
+    rolling_restart(None);
+}
+
+#[test]
+fn with_retries_a_rolling_restart_under_load_fails_no_call() {
+    let failed = rolling_restart(Some(RetryPolicy::new()));
+    assert_eq!(failed, 0, "calls failed although retried");
+}
+
+/// Restarts the three nodes one after the other under load from two clients (retrying as
+/// `retry` says, if at all); returns how many calls failed.
+fn rolling_restart(retry: Option<RetryPolicy>) -> usize {
     let _alone = support::nodes::disrupting();
     capture_logs();
     let nodes = cluster();
@@ -526,9 +541,17 @@ fn a_rolling_restart_under_load_keeps_the_service_up() {
     let began = Instant::now();
     let server = fib_server(&urls(&nodes, 0), &queue, 2);
     let [first, second] = client_names(&queue);
+    let connect = |urls: String, name: &str| {
+        let connection = ConnectionConfig::new(urls).connection_name(name);
+        let config = match &retry {
+            Some(policy) => ClientConfig::from(connection).retry(policy.clone()),
+            None => ClientConfig::from(connection),
+        };
+        Arc::new(RpcClient::connect(config).expect("connect a client to the cluster"))
+    };
     let clients = [
-        named_client(&urls(&nodes, 1), &first),
-        named_client(&urls(&nodes, 2), &second),
+        connect(urls(&nodes, 1), &first),
+        connect(urls(&nodes, 2), &second),
     ];
     // Each program, and the node it is on: the first it was given.
     let programs = [server_name(&queue), first, second];
@@ -625,7 +648,11 @@ fn a_rolling_restart_under_load_keeps_the_service_up() {
         .map(|(name, since, until)| (name.clone(), failover_window(&outcomes, *since, *until)))
         .collect();
     eprintln!(
-        "rolling restart: {} calls, {failed} failed with typed errors; windows {windows:?}",
+        "rolling restart ({}): {} calls, {failed} failed with typed errors; windows {windows:?}",
+        match retry {
+            Some(_) => "retrying",
+            None => "no retries",
+        },
         outcomes.len()
     );
     for (name, window) in &windows {
@@ -635,4 +662,5 @@ fn a_rolling_restart_under_load_keeps_the_service_up() {
         );
     }
     server.shutdown().unwrap();
+    failed
 }

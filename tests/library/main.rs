@@ -4,6 +4,7 @@
 
 mod chaos_memory;
 mod concurrency;
+mod context;
 mod interop;
 #[cfg(feature = "json")]
 mod json;
