@@ -1,5 +1,5 @@
 //! What the fib-rpc command-line tools share: exit codes a script can branch on, one JSON line
-//! encoder, the parsing of seconds, and shell completions and man pages from the clap
+//! encoder, the parsing of seconds and headers, and shell completions and man pages from the clap
 //! definitions. The tools themselves are the binaries of this package.
 
 pub mod docs;
@@ -23,6 +23,16 @@ pub fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A clap value parser for a `name=value` header of a request.
+pub fn header(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("{text:?} is not a header: expected name=value")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,6 +42,16 @@ mod tests {
     fn json_lines_escape_whatever_they_carry() {
         let line = json_line(&[("input", json!("a\"b\n")), ("value", json!("55"))]);
         assert_eq!(line, r#"{"input":"a\"b\n","value":"55"}"#);
+    }
+
+    #[test]
+    fn headers_are_a_name_and_a_value() {
+        assert_eq!(header("tenant=acme"), Ok(("tenant".into(), "acme".into())));
+        assert_eq!(header("empty="), Ok(("empty".into(), String::new())));
+        assert_eq!(header("a=b=c"), Ok(("a".into(), "b=c".into())));
+        for bad in ["tenant", "=acme", ""] {
+            assert!(header(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! A bare AMQP peer, for requests no well-behaved client sends.
 
 use crate::broker::raw_connection;
-use amiquip::{AmqpProperties, Channel, Connection, Publish, QueueDeclareOptions};
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, FieldTable,
+    Publish, QueueDeclareOptions,
+};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// A bare AMQP peer with an exclusive reply queue, for requests no well-behaved client sends.
@@ -71,5 +75,79 @@ impl Drop for RawPeer {
         if let Some(connection) = self.connection.take() {
             let _ = connection.close();
         }
+    }
+}
+
+/// How long a raw consumer waits for its one request.
+const CONSUMER_WAIT: Duration = Duration::from_secs(10);
+
+/// What a raw consumer saw of one request.
+pub struct Seen {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: AmqpProperties,
+}
+
+/// A bare AMQP consumer of an exclusive queue bound to `amq.direct` under `routing_key`, which
+/// answers one request with `reply` and reports what it saw on the wire. `ready` is signalled
+/// once it consumes.
+pub fn raw_consumer_via_amq_direct(routing_key: &str, reply: &'static [u8]) -> JoinHandle<Seen> {
+    let routing_key = routing_key.to_owned();
+    let (ready_sender, ready) = crossbeam_channel::bounded(1);
+    let thread = std::thread::spawn(move || {
+        let mut connection = raw_connection();
+        let channel = connection.open_channel(None).unwrap();
+        let queue = channel
+            .queue_declare(
+                "",
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..QueueDeclareOptions::default()
+                },
+            )
+            .unwrap();
+        channel
+            .queue_bind(queue.name(), "amq.direct", routing_key, FieldTable::new())
+            .unwrap();
+        let consumer = queue.consume(ConsumerOptions::default()).unwrap();
+        ready_sender.send(()).unwrap();
+        let seen = match consumer.receiver().recv_timeout(CONSUMER_WAIT) {
+            Ok(ConsumerMessage::Delivery(delivery)) => {
+                let properties = &delivery.properties;
+                let answer = AmqpProperties::default()
+                    .with_correlation_id(properties.correlation_id().clone().unwrap());
+                channel
+                    .basic_publish(
+                        "",
+                        Publish::with_properties(
+                            reply,
+                            properties.reply_to().clone().unwrap(),
+                            answer,
+                        ),
+                    )
+                    .unwrap();
+                consumer.ack(delivery.clone()).unwrap();
+                Seen {
+                    exchange: delivery.exchange.clone(),
+                    routing_key: delivery.routing_key.clone(),
+                    properties: delivery.properties.clone(),
+                }
+            }
+            other => panic!("no request reached the raw consumer: {other:?}"),
+        };
+        let _ = connection.close();
+        seen
+    });
+    ready
+        .recv_timeout(CONSUMER_WAIT)
+        .expect("the raw consumer consumes");
+    thread
+}
+
+/// A text header of a message, if it has one.
+pub fn text_header<'a>(properties: &'a AmqpProperties, name: &str) -> Option<&'a str> {
+    match properties.headers().as_ref()?.get(name)? {
+        AmqpValue::LongString(text) => Some(text),
+        _ => None,
     }
 }

@@ -2,90 +2,16 @@
 //! priority, headers, trace context), replies with properties, and a deadline and trace that
 //! pass through a chain of two services.
 
-use amiquip::{
-    AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable, Publish,
-    QueueDeclareOptions,
-};
+use amiquip::AmqpValue;
 use fib_rpc::{
     handler, protocol, HandlerError, HeaderValue, QueueType, Request, Response, RpcClient,
     RpcServer, TraceContext,
 };
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
-use support::TestQueue;
+use support::{raw_consumer_via_amq_direct, text_header, TestQueue};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What a raw consumer saw of one request.
-struct Seen {
-    exchange: String,
-    routing_key: String,
-    properties: AmqpProperties,
-}
-
-/// A bare AMQP consumer of an exclusive queue bound to `amq.direct` under `routing_key`, which
-/// answers one request with `reply` and reports what it saw on the wire. `ready` is signalled
-/// once it consumes.
-fn raw_consumer_via_amq_direct(routing_key: &str, reply: &'static [u8]) -> JoinHandle<Seen> {
-    let routing_key = routing_key.to_owned();
-    let (ready_sender, ready) = crossbeam_channel::bounded(1);
-    let thread = std::thread::spawn(move || {
-        let mut connection = support::raw_connection();
-        let channel = connection.open_channel(None).unwrap();
-        let queue = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-            )
-            .unwrap();
-        channel
-            .queue_bind(queue.name(), "amq.direct", routing_key, FieldTable::new())
-            .unwrap();
-        let consumer = queue.consume(ConsumerOptions::default()).unwrap();
-        ready_sender.send(()).unwrap();
-        let seen = match consumer.receiver().recv_timeout(TIMEOUT) {
-            Ok(ConsumerMessage::Delivery(delivery)) => {
-                let properties = &delivery.properties;
-                let answer = AmqpProperties::default()
-                    .with_correlation_id(properties.correlation_id().clone().unwrap());
-                channel
-                    .basic_publish(
-                        "",
-                        Publish::with_properties(
-                            reply,
-                            properties.reply_to().clone().unwrap(),
-                            answer,
-                        ),
-                    )
-                    .unwrap();
-                consumer.ack(delivery.clone()).unwrap();
-                Seen {
-                    exchange: delivery.exchange.clone(),
-                    routing_key: delivery.routing_key.clone(),
-                    properties: delivery.properties.clone(),
-                }
-            }
-            other => panic!("no request reached the raw consumer: {other:?}"),
-        };
-        let _ = connection.close();
-        seen
-    });
-    ready
-        .recv_timeout(TIMEOUT)
-        .expect("the raw consumer consumes");
-    thread
-}
-
-fn text_header<'a>(properties: &'a AmqpProperties, name: &str) -> Option<&'a str> {
-    match properties.headers().as_ref()?.get(name)? {
-        AmqpValue::LongString(text) => Some(text),
-        _ => None,
-    }
-}
 
 #[test]
 fn per_call_options_reach_the_wire_as_asked() {

@@ -3,7 +3,10 @@
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use fib_rpc::services::{parse_bigint, parse_biguint};
-use fib_rpc::{ClientConfig, ConnectionConfig, Error, PendingReply, QueueAdmin, RpcClient};
+use fib_rpc::{
+    ClientConfig, ConnectionConfig, Error, PendingReply, QueueAdmin, Response, RetryPolicy,
+    RpcClient,
+};
 use fib_rpc_cli::docs::DocsArgs;
 use fib_rpc_cli::{exit, json_line};
 use serde_json::json;
@@ -65,6 +68,27 @@ struct Args {
     /// Confirm --purge.
     #[arg(long)]
     yes: bool,
+    /// Publish to this exchange instead of the default one; the routing key is --routing-key,
+    /// or else the queue's name. An exchange that routes a request nowhere exits 69 at once;
+    /// whether a server consumes is not checked.
+    #[arg(long, env = "FIB_RPC_EXCHANGE", conflicts_with = "reply_to")]
+    exchange: Option<String>,
+    /// The routing key with --exchange (default: the queue's name).
+    #[arg(long, requires = "exchange")]
+    routing_key: Option<String>,
+    /// The requests' AMQP priority (0-255; served first by a queue declared with
+    /// x-max-priority, see fib-server --max-priority).
+    #[arg(long, value_name = "N", conflicts_with = "reply_to")]
+    priority: Option<u8>,
+    /// A request header, name=value (repeatable); names starting x- and the W3C trace headers
+    /// are reserved (exit 78).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = fib_rpc_cli::header, conflicts_with = "reply_to")]
+    headers: Vec<(String, String)>,
+    /// Make a call again when its connection is lost, the broker is out of reach or no server
+    /// consumes, within --timeout; calls are then made one at a time. A request may be
+    /// computed twice (at-least-once).
+    #[arg(long, conflicts_with = "reply_to")]
+    retry: bool,
     /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
     /// tried in the order given.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
@@ -172,9 +196,12 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<u8, Error> {
         [queue] => queue.clone(),
         _ => usage_error("calls go to one --queue".to_owned()),
     };
-    let config = ClientConfig::from(connection)
+    let mut config = ClientConfig::from(connection)
         .call_timeout(Duration::from_secs_f64(args.timeout))
         .require_consumer(!args.wait_for_server);
+    if args.retry {
+        config = config.retry(RetryPolicy::new().attempts(u32::MAX));
+    }
     let client = RpcClient::connect(config)?;
     let code = match &args.reply_to {
         Some(results) => submit(&client, &queue, results, inputs(args))?,
@@ -215,25 +242,45 @@ fn answer(
     inputs: impl Iterator<Item = String>,
 ) -> u8 {
     let timeout = client.config().get_call_timeout();
-    let (sender, sent) =
-        crossbeam_channel::bounded::<(String, Result<PendingReply, Error>)>(WINDOW);
+    let (sender, sent) = crossbeam_channel::bounded::<(String, Sent)>(WINDOW);
     let printer = Printer {
         json: args.json,
         keep_going: args.keep_going,
         service: args.service,
     };
+    let target = args.routing_key.as_deref().unwrap_or(queue);
     std::thread::scope(|scope| {
         let printing = scope.spawn(|| printer.print_all(sent));
         for input in inputs {
             let request = input.trim().to_owned();
-            let pending = client.send_with_timeout(queue, request.as_bytes(), timeout);
-            if sender.send((request, pending)).is_err() {
+            let mut call = client.request(target, request.as_bytes()).timeout(timeout);
+            if let Some(exchange) = &args.exchange {
+                call = call.exchange(exchange);
+            }
+            if let Some(priority) = args.priority {
+                call = call.priority(priority);
+            }
+            for (name, value) in &args.headers {
+                call = call.header(name, value);
+            }
+            // A retried call is made whole before the next, since only a call can be retried.
+            let sent = match args.retry {
+                true => Sent::Answered(call.call().map(Response::into_body)),
+                false => Sent::Pending(call.send()),
+            };
+            if sender.send((request, sent)).is_err() {
                 break;
             }
         }
         drop(sender);
         printing.join().unwrap_or(exit::IO)
     })
+}
+
+/// A request on its way to the printer: sent, or (retried) answered already.
+enum Sent {
+    Pending(Result<PendingReply, Error>),
+    Answered(Result<Vec<u8>, Error>),
 }
 
 struct Printer {
@@ -255,14 +302,15 @@ fn shortened(input: &str) -> String {
 
 impl Printer {
     /// Prints every answer in order; returns the exit code (the worst seen with --keep-going).
-    fn print_all(
-        &self,
-        sent: crossbeam_channel::Receiver<(String, Result<PendingReply, Error>)>,
-    ) -> u8 {
+    fn print_all(&self, sent: crossbeam_channel::Receiver<(String, Sent)>) -> u8 {
         let mut stdout = std::io::stdout().lock();
         let mut code = exit::OK;
-        for (input, pending) in sent {
-            let outcome = pending.and_then(PendingReply::wait).and_then(|reply| {
+        for (input, sent) in sent {
+            let reply = match sent {
+                Sent::Pending(pending) => pending.and_then(PendingReply::wait),
+                Sent::Answered(reply) => reply,
+            };
+            let outcome = reply.and_then(|reply| {
                 match self.service {
                     Service::Fib => parse_biguint(&reply).map(drop)?,
                     Service::Add => parse_bigint(&reply).map(drop)?,

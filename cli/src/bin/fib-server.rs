@@ -48,6 +48,10 @@ struct Args {
     /// How to declare queues that do not exist: quorum or classic.
     #[arg(long, default_value = "quorum", env = "FIB_RPC_QUEUE_TYPE")]
     queue_type: QueueType,
+    /// Declare queues with x-max-priority N, so that requests of higher priority (up to N) are
+    /// served first; needs --queue-type classic.
+    #[arg(long, env = "FIB_RPC_MAX_PRIORITY", value_name = "N")]
+    max_priority: Option<u8>,
     /// Seconds a stop may spend finishing the requests in hand; those still in hand then go
     /// back to the queue for another server.
     #[arg(long, env = "FIB_RPC_DRAIN_TIMEOUT", value_name = "SECONDS", default_value_t = 30.0, value_parser = fib_rpc_cli::seconds)]
@@ -148,6 +152,9 @@ fn start(args: &Args, name: &str, queue: &str) -> anyhow::Result<ServerHandle> {
         .prefetch(args.prefetch);
     if let Some(workers) = args.workers {
         config = config.workers(workers);
+    }
+    if let Some(max) = args.max_priority {
+        config = config.max_priority(max);
     }
     let (workers, prefetch) = (config.get_workers(), config.get_prefetch());
     let server = match name {

@@ -3,5 +3,6 @@
 
 mod cli;
 mod operations;
+mod options;
 mod pipeline;
 mod services;
