@@ -47,7 +47,9 @@
 //! * Client: one connection, one exclusive server-named callback queue, consumed without acks.
 //!   Requests are published `mandatory` (an unroutable request comes back at once as
 //!   [`Error::NoServer`]) with `expiration` = the call's timeout (a request nobody took in time is
-//!   dropped by the broker rather than computed for a caller who has gone).
+//!   dropped by the broker rather than computed for a caller who has gone). A [`Call`] may add
+//!   an exchange, a priority, headers and a W3C trace context; nothing is sent that a call did
+//!   not ask for. Inside a handler, a call inherits the served request's deadline and trace.
 //! * Server: the request queue is declared durable, `x-queue-type: quorum` by default, as the
 //!   official tutorials do; a queue that already exists with other arguments is used as it is.
 //!   A pool of worker threads, each with its own channel and prefetch; a request is acked only
@@ -73,7 +75,8 @@
 //! Source layout, each layer importing only from those listed before it:
 //!
 //! * `error`, `config/` (the `connection`, `client` and `server` settings; the driver checks
-//!   the URLs), `deadline` (timeout arithmetic), `util`.
+//!   the URLs), `deadline` (timeout arithmetic), `retry` ([`RetryPolicy`]), `context` (the
+//!   deadline and [`TraceContext`] a worker thread's calls inherit), `util`.
 //! * `driver/`: everything that opens and guards a connection. `amqp` opens one on a socket of
 //!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
 //!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
@@ -81,8 +84,9 @@
 //!   opens channels and declares queues; `failure` reads the driver's errors. The layers above
 //!   name amiquip's types through `driver`.
 //! * [`protocol`]: the one wire module (properties, header names, reply codes, the deadline
-//!   header's reader).
-//! * [`handler`]; `client/`: [`RpcClient`] (`mod.rs`), `session` (one connection's state),
+//!   header's reader); `message` (application headers and [`Response`]).
+//! * [`handler`]; `client/`: [`RpcClient`] (`mod.rs`), `call` ([`Call`], a call's options and
+//!   retries), `session` (one connection's state),
 //!   `pending` (who waits for which reply), `router` (replies and returns to their calls),
 //!   `presence` (whether a request queue exists and is served), `submit` (publisher
 //!   confirms), `results` ([`ResultConsumer`]); `server/`: the handles (`mod.rs`),
