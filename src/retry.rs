@@ -110,14 +110,6 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// When the attempt that starts at `now` gives up, within the call's `deadline`.
-    pub(crate) fn attempt_deadline(&self, now: Instant, deadline: Instant) -> Instant {
-        match self.attempt_timeout {
-            Some(timeout) => crate::deadline::after(now, timeout).min(deadline),
-            None => deadline,
-        }
-    }
-
     /// When to make attempt number `made + 1` after `error`, if at all: `None` if the error is
     /// not retried, the attempts are used up, or the backoff would end at or past `deadline`.
     pub(crate) fn next_attempt(
@@ -142,6 +134,28 @@ impl RetryPolicy {
             .min(self.max_backoff);
         let at = crate::deadline::after(now, backoff);
         (at < deadline).then_some(at)
+    }
+}
+
+/// When attempt number `made` of a call (whose `timeout` ends at `deadline`), starting `now`,
+/// gives up, and its timeout: the call's for a first attempt, so that its errors and its
+/// request's expiration say what the caller asked for; what is left of it for a later one; at
+/// most the policy's attempt timeout.
+pub(crate) fn attempt_budget(
+    policy: Option<&RetryPolicy>,
+    made: u32,
+    now: Instant,
+    deadline: Instant,
+    timeout: Duration,
+) -> (Instant, Duration) {
+    let left = match made {
+        1 => timeout,
+        _ => deadline.saturating_duration_since(now),
+    };
+    match policy.and_then(RetryPolicy::get_attempt_timeout) {
+        Some(limit) if limit < left => (crate::deadline::after(now, limit), limit),
+        _ if made == 1 => (deadline, timeout),
+        _ => (deadline, left),
     }
 }
 
@@ -204,13 +218,35 @@ mod tests {
         assert!(idempotent
             .next_attempt(&timed_out(), 1, now, deadline)
             .is_some());
+    }
+
+    #[test]
+    fn each_attempt_gets_what_is_left_of_the_call_at_most_its_own_timeout() {
+        let start = Instant::now();
+        let (timeout, deadline) = (Duration::from_secs(2), start + Duration::from_secs(2));
+        let later = start + Duration::from_millis(1500);
+        let plain = RetryPolicy::new();
         assert_eq!(
-            idempotent.attempt_deadline(now, deadline),
-            now + Duration::from_millis(500)
+            attempt_budget(Some(&plain), 1, start, deadline, timeout),
+            (deadline, timeout)
         );
         assert_eq!(
-            idempotent.attempt_deadline(now, now + Duration::from_millis(100)),
-            now + Duration::from_millis(100)
+            attempt_budget(Some(&plain), 2, later, deadline, timeout),
+            (deadline, Duration::from_millis(500))
+        );
+        let idempotent = plain.retry_timeouts(Duration::from_millis(800));
+        let ms = Duration::from_millis;
+        assert_eq!(
+            attempt_budget(Some(&idempotent), 1, start, deadline, timeout),
+            (start + ms(800), ms(800))
+        );
+        assert_eq!(
+            attempt_budget(Some(&idempotent), 3, later, deadline, timeout),
+            (deadline, ms(500))
+        );
+        assert_eq!(
+            attempt_budget(None, 1, start, deadline, timeout),
+            (deadline, timeout)
         );
     }
 

@@ -169,13 +169,9 @@ impl<'a> Call<'a> {
         let mut made = 0;
         loop {
             made += 1;
-            let now = Instant::now();
-            let attempt_deadline = match &policy {
-                Some(policy) => policy.attempt_deadline(now, prepared.deadline),
-                None => prepared.deadline,
-            };
+            let (deadline, timeout) = prepared.attempt(made, Instant::now());
             let error = match prepared
-                .send_until(attempt_deadline)
+                .send_until(deadline, timeout)
                 .and_then(PendingReply::wait_response)
             {
                 Ok(response) => return Ok(response),
@@ -203,7 +199,7 @@ impl<'a> Call<'a> {
     /// [`call`](Self::call).
     pub fn send(self) -> Result<PendingReply> {
         let prepared = self.prepare()?;
-        prepared.send_until(prepared.deadline)
+        prepared.send_until(prepared.deadline, prepared.timeout)
     }
 
     /// The options resolved: the deadline (the thread's request's, if sooner), the headers to
@@ -211,12 +207,15 @@ impl<'a> Call<'a> {
     fn prepare(self) -> Result<Prepared<'a>> {
         let now = Instant::now();
         let client = self.client;
-        let mut deadline = match (self.deadline, self.timeout) {
-            (Some(deadline), _) => deadline,
-            (None, timeout) => {
-                crate::deadline::after(now, timeout.unwrap_or(client.config.call_timeout))
-            }
+        let own_timeout = match self.deadline {
+            Some(_) => None,
+            None => Some(self.timeout.unwrap_or(client.config.call_timeout)),
         };
+        let own_deadline = match (self.deadline, own_timeout) {
+            (Some(deadline), _) => deadline,
+            (None, timeout) => crate::deadline::after(now, timeout.unwrap_or_default()),
+        };
+        let mut deadline = own_deadline;
         let mut trace = self.trace;
         if !self.detached {
             if let Some(serving) = context::serving() {
@@ -228,7 +227,11 @@ impl<'a> Call<'a> {
                 }
             }
         }
-        let timeout = deadline.saturating_duration_since(now);
+        // The timeout a caller set is the one its errors and its request's expiration state.
+        let timeout = match own_timeout {
+            Some(timeout) if deadline == own_deadline => timeout,
+            _ => deadline.saturating_duration_since(now),
+        };
         if timeout.is_zero() {
             return Err(Error::Timeout {
                 queue: self.target.to_owned(),
@@ -261,6 +264,7 @@ impl<'a> Call<'a> {
             },
             correlation_id: Uuid::new_v4().to_string(),
             deadline,
+            timeout,
             retry: self.retry.or_else(|| client.config.retry.clone()),
         })
     }
@@ -274,12 +278,22 @@ struct Prepared<'a> {
     /// answer.
     correlation_id: String,
     deadline: Instant,
+    /// The whole call's timeout, as its caller stated it.
+    timeout: Duration,
     retry: Option<RetryPolicy>,
 }
 
 impl Prepared<'_> {
-    fn send_until(&self, deadline: Instant) -> Result<PendingReply> {
-        self.client
-            .send_request(&self.outgoing, self.correlation_id.clone(), deadline)
+    fn attempt(&self, made: u32, now: Instant) -> (Instant, Duration) {
+        crate::retry::attempt_budget(self.retry.as_ref(), made, now, self.deadline, self.timeout)
+    }
+
+    fn send_until(&self, deadline: Instant, timeout: Duration) -> Result<PendingReply> {
+        self.client.send_request(
+            &self.outgoing,
+            self.correlation_id.clone(),
+            deadline,
+            timeout,
+        )
     }
 }

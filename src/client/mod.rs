@@ -205,15 +205,21 @@ impl RpcClient {
         self.request(queue, body).timeout(timeout).send()
     }
 
-    /// Sends one attempt of a call, under `correlation_id`, giving up at `deadline`.
+    /// Sends one attempt of a call, under `correlation_id`, giving up at `deadline`, when its
+    /// `timeout` (what errors and the request's expiration state) has passed.
     fn send_request(
         &self,
         outgoing: &Outgoing<'_>,
         correlation_id: String,
         deadline: Instant,
+        timeout: Duration,
     ) -> Result<PendingReply> {
         let queue = outgoing.routing_key;
-        let call = Budget::until(queue, deadline);
+        let call = Budget {
+            queue,
+            timeout,
+            deadline,
+        };
         let session = self
             .session(deadline)
             .map_err(call.timed_out(Stage::Connect))?;
@@ -383,15 +389,6 @@ impl<'a> Budget<'a> {
             queue,
             timeout,
             deadline: deadline::after(Instant::now(), timeout),
-        }
-    }
-
-    /// The budget of a call that must end at `deadline`.
-    fn until(queue: &'a str, deadline: Instant) -> Budget<'a> {
-        Budget {
-            queue,
-            timeout: deadline.saturating_duration_since(Instant::now()),
-            deadline,
         }
     }
 
