@@ -168,6 +168,8 @@ pub enum Stage {
     Confirm,
     /// The server's reply.
     Reply,
+    /// Progress or the reply, for longer than the call's idle timeout.
+    Progress,
 }
 
 impl std::fmt::Display for Stage {
@@ -178,6 +180,7 @@ impl std::fmt::Display for Stage {
             Stage::Publish => "the broker to take the request",
             Stage::Confirm => "the broker's confirm of the request",
             Stage::Reply => "the reply",
+            Stage::Progress => "progress or the reply",
         })
     }
 }

@@ -5,15 +5,55 @@ use crate::driver::AmqpProperties;
 use crate::error::HandlerError;
 use crate::message::{read_value, HeaderValue, Response};
 use crate::protocol::{self, CONTENT_TYPE, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-/// A request as a handler sees it: the body, and what the caller said about it.
+/// A request as a handler sees it: the body, and what the caller said about it; and, while the
+/// handler runs, whether the caller has given up ([`is_cancelled`](Self::is_cancelled)) and a
+/// way to tell it how far the work is ([`progress`](Self::progress)).
 #[derive(Debug)]
 pub struct Request<'a> {
     body: &'a [u8],
     properties: &'a AmqpProperties,
     redelivered: bool,
     deadline: Option<SystemTime>,
+    live: Live<'a>,
+}
+
+/// Whether the caller of the request a handler computes has given up; set by the server's
+/// control consumer, read by the handler.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reports a request's progress to its caller: a fraction (checked) and a message.
+pub(crate) type ProgressSink<'a> = &'a dyn Fn(Option<f64>, &str);
+
+/// What the server lets a handler do while it runs.
+#[derive(Default)]
+pub(crate) struct Live<'a> {
+    pub cancel: Option<CancelToken>,
+    /// Set only if the caller asked for progress.
+    pub progress: Option<ProgressSink<'a>>,
+}
+
+impl std::fmt::Debug for Live<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("cancel", &self.cancel)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl<'a> Request<'a> {
@@ -25,6 +65,7 @@ impl<'a> Request<'a> {
             properties,
             redelivered,
             deadline: protocol::header_deadline(properties),
+            live: Live::default(),
         }
     }
 
@@ -34,12 +75,41 @@ impl<'a> Request<'a> {
         properties: &'a AmqpProperties,
         redelivered: bool,
         deadline: Option<SystemTime>,
+        live: Live<'a>,
     ) -> Self {
         Request {
             body,
             properties,
             redelivered,
             deadline,
+            live,
+        }
+    }
+
+    /// True once the caller has given up (its timeout passed, it cancelled, or it dropped the
+    /// call): a long handler checks now and then and stops early; its answer would reach
+    /// nobody, and none is sent.
+    pub fn is_cancelled(&self) -> bool {
+        self.live
+            .cancel
+            .as_ref()
+            .is_some_and(CancelToken::is_cancelled)
+    }
+
+    /// True if the caller asked for progress messages ([`progress`](Self::progress) sends
+    /// nothing otherwise).
+    pub fn wants_progress(&self) -> bool {
+        self.live.progress.is_some()
+    }
+
+    /// Tells the caller how far the work is: `fraction` from 0 to 1 (left out if outside or
+    /// `None`) and a short message. Sent only to a caller that asked for progress
+    /// ([`Call::on_progress`](crate::Call::on_progress)), never to a tutorial client, which
+    /// would take it for the answer. The first ten go at once, then at most 20 a second
+    /// (reports in between are dropped).
+    pub fn progress(&self, fraction: Option<f64>, message: &str) {
+        if let Some(report) = self.live.progress {
+            report(fraction.filter(|f| (0.0..=1.0).contains(f)), message);
         }
     }
 

@@ -58,6 +58,9 @@
 //!   the requeued copy of a request the server computes or just answered is acked, not computed
 //!   again. A connection the broker blocks (a resource alarm) is reported in
 //!   [`ServerStats::blocked`].
+//! * Long calls: a handler may report progress to a caller that asked for it, and sees when
+//!   its caller gave up ([`Request::is_cancelled`]): a caller's timeout, cancel or drop
+//!   publishes a cancel that every server of the queue hears (README, "Long calls").
 //! * Result pipelines ([`RpcClient::submit`], [`ResultConsumer`]): the same protocol with
 //!   `reply_to` naming a durable result queue; persistent, publisher-confirmed requests whose
 //!   results outlive the sender.
@@ -86,12 +89,14 @@
 //! * [`protocol`]: the one wire module (properties, header names, reply codes, the deadline
 //!   header's reader); `message` (application headers and [`Response`]).
 //! * [`handler`]; `client/`: [`RpcClient`] (`mod.rs`), `call` ([`Call`], a call's options and
-//!   retries), `session` (one connection's state),
+//!   retries), `pending_reply` ([`PendingReply`]: waiting, progress, cancels), `session` (one
+//!   connection's state),
 //!   `pending` (who waits for which reply), `router` (replies and returns to their calls),
 //!   `presence` (whether a request queue exists and is served), `submit` (publisher
 //!   confirms), `results` ([`ResultConsumer`]); `server/`: the handles (`mod.rs`),
 //!   `supervisor` (connects, watches, reconnects), `worker`, `reply`, `expiry` (whose clock a
-//!   deadline is on), `recent` (redelivered copies), `stats`. Neither imports the other.
+//!   deadline is on), `recent` (redelivered copies), `cancels` (callers who gave up), `stats`.
+//!   Neither imports the other.
 //! * `admin` ([`QueueAdmin`]), `json`, `services`.
 //!
 //! # Threading
@@ -158,7 +163,7 @@ pub use config::{
 pub use context::TraceContext;
 pub use error::{Error, ErrorKind, HandlerError, Result, Stage};
 pub use handler::{Handler, Request};
-pub use message::{HeaderValue, Response};
+pub use message::{HeaderValue, Progress, Response};
 pub use retry::RetryPolicy;
 pub use server::stats::{Durations, ServerStats};
 pub use server::{RpcServer, ServerHandle, ServerMonitor, ShutdownTrigger};

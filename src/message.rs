@@ -245,6 +245,35 @@ impl From<String> for Response {
     }
 }
 
+/// A progress message of a call that asked for them
+/// ([`Call::on_progress`](crate::Call::on_progress)): how much of the work is done, if the
+/// handler said, and a short message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    fraction: Option<f64>,
+    message: String,
+}
+
+impl Progress {
+    /// A progress report; a fraction that is not a number from 0 to 1 is left out.
+    pub fn new(fraction: Option<f64>, message: impl Into<String>) -> Progress {
+        Progress {
+            fraction: fraction.filter(|f| (0.0..=1.0).contains(f)),
+            message: message.into(),
+        }
+    }
+
+    /// How much of the work is done, from 0 to 1, if the handler said.
+    pub fn fraction(&self) -> Option<f64> {
+        self.fraction
+    }
+
+    /// The handler's message (may be empty).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 /// A response taken apart for publishing.
 #[derive(Debug)]
 pub(crate) struct Parts {

@@ -17,7 +17,7 @@
 
 use crate::driver::{AmqpProperties, AmqpValue, FieldTable};
 use crate::error::{Error, Result};
-use crate::message::Response;
+use crate::message::{Progress, Response};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Value of the AMQP `type` property on error replies.
@@ -31,6 +31,32 @@ pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Request header holding the caller's deadline, in milliseconds since the Unix epoch.
 pub const DEADLINE_HEADER: &str = "x-deadline-ms";
+
+/// Request header (`true`) of a caller that wants progress messages before the reply. Only
+/// such a caller gets them: a tutorial client takes the first message with its
+/// `correlation_id` as the answer.
+pub const PROGRESS_HEADER: &str = "x-fib-rpc-progress";
+
+/// AMQP `type` of a progress message: sent to `reply_to` with the request's `correlation_id`
+/// before the reply; its body is a short UTF-8 message (may be empty).
+pub const PROGRESS_TYPE: &str = "progress";
+
+/// Header of a progress message: how much of the work is done, a double from 0 to 1.
+pub const FRACTION_HEADER: &str = "x-fib-rpc-fraction";
+
+/// AMQP `type` of a cancel: published by a caller that gave up, to [`CANCEL_EXCHANGE`] with
+/// routing key [`cancel_routing_key`] of the request queue, naming the request by its
+/// `reply_to` and `correlation_id`; empty body.
+pub const CANCEL_TYPE: &str = "cancel";
+
+/// The exchange cancels go through: RabbitMQ's predeclared direct exchange, which every server
+/// of a queue binds its own exclusive control queue to, under the same routing key.
+pub const CANCEL_EXCHANGE: &str = "amq.direct";
+
+/// The routing key of the cancels of requests to `queue`.
+pub fn cancel_routing_key(queue: &str) -> String {
+    format!("fib-rpc.cancel.{queue}")
+}
 
 /// W3C Trace Context's header naming the caller's trace and span, sent only when a call has a
 /// trace context (<https://www.w3.org/TR/trace-context/>).
@@ -171,6 +197,65 @@ pub(crate) fn expiration(properties: &AmqpProperties) -> Option<Duration> {
     Some(Duration::from_millis(millis))
 }
 
+/// True if the request's caller asked for progress messages.
+pub(crate) fn wants_progress(properties: &AmqpProperties) -> bool {
+    let header = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get(PROGRESS_HEADER));
+    matches!(header, Some(AmqpValue::Boolean(true)))
+}
+
+/// The properties of a progress message for the request `correlation_id`.
+pub(crate) fn progress_properties(correlation_id: &str, fraction: Option<f64>) -> AmqpProperties {
+    let properties = AmqpProperties::default()
+        .with_correlation_id(correlation_id.to_owned())
+        .with_content_type(CONTENT_TYPE.to_owned())
+        .with_type_(PROGRESS_TYPE.to_owned());
+    match fraction {
+        Some(fraction) => {
+            let mut headers = FieldTable::new();
+            headers.insert(FRACTION_HEADER.to_owned(), AmqpValue::Double(fraction));
+            properties.with_headers(headers)
+        }
+        None => properties,
+    }
+}
+
+/// True if a message to a caller is a progress message, not the reply.
+pub(crate) fn is_progress(properties: &AmqpProperties) -> bool {
+    properties.type_().as_deref() == Some(PROGRESS_TYPE)
+}
+
+/// A progress message as the caller sees it; a fraction outside 0 to 1 is left out.
+pub(crate) fn read_progress(properties: &AmqpProperties, body: &[u8]) -> Progress {
+    let fraction = match properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get(FRACTION_HEADER))
+    {
+        Some(AmqpValue::Double(fraction)) => Some(*fraction),
+        Some(AmqpValue::Float(fraction)) => Some(f64::from(*fraction)),
+        _ => None,
+    };
+    Progress::new(fraction, String::from_utf8_lossy(body).into_owned())
+}
+
+/// The properties of the cancel of the request `correlation_id`.
+pub(crate) fn cancel_properties(correlation_id: &str) -> AmqpProperties {
+    AmqpProperties::default()
+        .with_correlation_id(correlation_id.to_owned())
+        .with_type_(CANCEL_TYPE.to_owned())
+}
+
+/// The request a cancel names, if the message is one.
+pub(crate) fn cancelled_request(properties: &AmqpProperties) -> Option<&str> {
+    if properties.type_().as_deref() != Some(CANCEL_TYPE) {
+        return None;
+    }
+    properties.correlation_id().as_deref()
+}
+
 /// Why fib-rpc replaced a message's headers on arrival (nested too deep, or unparsable
 /// properties), if it did: such a request is answered with an error reply.
 pub(crate) fn rejection(properties: &AmqpProperties) -> Option<String> {
@@ -204,9 +289,47 @@ pub(crate) fn quote(body: &[u8]) -> String {
     text
 }
 
+/// The longest start of `text` of at most `limit` bytes that ends on a character boundary.
+pub(crate) fn truncate_utf8(text: &str, limit: usize) -> &str {
+    let mut end = text.len().min(limit);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_and_cancels_read_back_as_they_were_written() {
+        let progress = progress_properties("c-1", Some(0.25));
+        assert!(is_progress(&progress));
+        assert!(!is_error_reply(&progress));
+        let read = read_progress(&progress, b"a quarter");
+        assert_eq!((read.fraction(), read.message()), (Some(0.25), "a quarter"));
+        let bare = read_progress(&progress_properties("c-1", None), b"");
+        assert_eq!(bare.fraction(), None);
+        let out_of_range = read_progress(&progress_properties("c-1", Some(7.0)), b"");
+        assert_eq!(out_of_range.fraction(), None);
+        assert_eq!(cancelled_request(&cancel_properties("c-9")), Some("c-9"));
+        assert_eq!(cancelled_request(&progress), None);
+        let mut asked = FieldTable::new();
+        asked.insert(PROGRESS_HEADER.into(), AmqpValue::Boolean(true));
+        assert!(wants_progress(
+            &AmqpProperties::default().with_headers(asked)
+        ));
+        assert!(!wants_progress(&AmqpProperties::default()));
+        assert_eq!(cancel_routing_key("rpc_queue"), "fib-rpc.cancel.rpc_queue");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 3), "hé");
+        assert_eq!(truncate_utf8("abc", 10), "abc");
+    }
 
     #[test]
     fn expiration_is_the_timeout_in_whole_milliseconds_and_never_zero() {

@@ -115,6 +115,7 @@ impl Collector for Metrics {
                 ("expired", stats.expired),
                 ("unanswerable", stats.unanswerable),
                 ("duplicate", stats.duplicates),
+                ("cancelled", stats.cancelled),
             ] {
                 let labels = [("queue", *queue), ("outcome", outcome)];
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
@@ -163,6 +164,16 @@ impl Collector for Metrics {
             &snapshots,
             |stats| f64::from(u8::from(stats.blocked.is_some())),
         )?;
+        let mut family = encoder.encode_descriptor(
+            "fib_rpc_cancels_received",
+            "Cancels heard from callers who gave up, whether or not this server had the request.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (queue, stats) in &snapshots {
+            ConstCounter::new(stats.cancels_received)
+                .encode(family.encode_family(&[("queue", *queue)])?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "fib_rpc_reconnects",
             "Connections made again after one was lost.",

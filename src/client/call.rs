@@ -1,12 +1,13 @@
 //! One call and its options: [`Call`], made by [`RpcClient::request`].
 
-use super::{Outgoing, PendingReply, RpcClient};
+use super::{OnProgress, Outgoing, PendingReply, RpcClient};
 use crate::context::{self, TraceContext};
 use crate::driver::AmqpValue;
 use crate::error::{Error, Result, Stage};
-use crate::message::{HeaderValue, Headers, Response};
-use crate::protocol::{CONTENT_TYPE, TRACEPARENT_HEADER, TRACESTATE_HEADER};
+use crate::message::{HeaderValue, Headers, Progress, Response};
+use crate::protocol::{CONTENT_TYPE, PROGRESS_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use crate::retry::RetryPolicy;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -51,6 +52,8 @@ pub struct Call<'a> {
     trace: Option<TraceContext>,
     detached: bool,
     retry: Option<RetryPolicy>,
+    on_progress: Option<OnProgress>,
+    idle_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -62,6 +65,8 @@ impl std::fmt::Debug for Call<'_> {
             .field("priority", &self.priority)
             .field("trace", &self.trace)
             .field("detached", &self.detached)
+            .field("progress", &self.on_progress.is_some())
+            .field("idle_timeout", &self.idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -81,6 +86,8 @@ impl<'a> Call<'a> {
             trace: None,
             detached: false,
             retry: None,
+            on_progress: None,
+            idle_timeout: None,
         }
     }
 
@@ -152,6 +159,23 @@ impl<'a> Call<'a> {
         self
     }
 
+    /// Asks the server for progress messages while it works, and hands each to `on_progress`,
+    /// in order, on the thread that waits for the reply. A server that does not report
+    /// progress (or is not fib-rpc) just answers.
+    pub fn on_progress(mut self, on_progress: impl FnMut(&Progress) + Send + 'static) -> Self {
+        self.on_progress = Some(Arc::new(Mutex::new(on_progress)));
+        self
+    }
+
+    /// With [`on_progress`](Self::on_progress): the call fails with [`Error::Timeout`] (stage
+    /// progress) when neither progress nor the reply has come for `idle`, still within its
+    /// whole timeout. A long job that reports now and then can then have a generous timeout
+    /// and still fail fast when it goes silent.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
+    }
+
     /// Makes the call again as `policy` says when an attempt fails, instead of the client's
     /// [`retry`](crate::ClientConfig::retry) policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
@@ -170,9 +194,14 @@ impl<'a> Call<'a> {
         loop {
             made += 1;
             let (deadline, timeout) = prepared.attempt(made, Instant::now());
+            // A retry reuses the correlation id: an attempt that may be retried after a
+            // timeout must not be cancelled, or the servers would skip its retry.
+            let retried_on_timeout = policy
+                .as_ref()
+                .is_some_and(|policy| policy.get_attempt_timeout().is_some());
             let error = match prepared
                 .send_until(deadline, timeout)
-                .and_then(PendingReply::wait_response)
+                .and_then(|pending| pending.wait_for(!retried_on_timeout))
             {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
@@ -182,6 +211,9 @@ impl<'a> Call<'a> {
                 .as_ref()
                 .and_then(|policy| policy.next_attempt(&error, made, now, prepared.deadline));
             let Some(at) = next else {
+                if retried_on_timeout && error.is_timeout() {
+                    prepared.cancel();
+                }
                 return Err(error);
             };
             log::debug!(
@@ -240,6 +272,9 @@ impl<'a> Call<'a> {
             });
         }
         let mut headers = self.headers.checked()?;
+        if self.on_progress.is_some() {
+            headers.insert(PROGRESS_HEADER.to_owned(), AmqpValue::Boolean(true));
+        }
         if let Some(trace) = &trace {
             headers.insert(
                 TRACEPARENT_HEADER.to_owned(),
@@ -261,6 +296,8 @@ impl<'a> Call<'a> {
                 content_type: self.content_type,
                 priority: self.priority,
                 headers,
+                on_progress: self.on_progress,
+                idle_timeout: self.idle_timeout,
             },
             correlation_id: Uuid::new_v4().to_string(),
             deadline,
@@ -286,6 +323,14 @@ struct Prepared<'a> {
 impl Prepared<'_> {
     fn attempt(&self, made: u32, now: Instant) -> (Instant, Duration) {
         crate::retry::attempt_budget(self.retry.as_ref(), made, now, self.deadline, self.timeout)
+    }
+
+    /// Cancels the request, as its last attempt's wait did not.
+    fn cancel(&self) {
+        if self.outgoing.exchange.is_empty() {
+            self.client
+                .cancel(self.outgoing.routing_key, &self.correlation_id);
+        }
     }
 
     fn send_until(&self, deadline: Instant, timeout: Duration) -> Result<PendingReply> {

@@ -2,6 +2,7 @@
 
 mod call;
 mod pending;
+mod pending_reply;
 mod presence;
 pub(crate) mod results;
 mod router;
@@ -17,8 +18,8 @@ use crate::message::Response;
 use crate::protocol::{self, CONTENT_TYPE};
 use crate::util::lock;
 pub use call::Call;
-use crossbeam_channel::Receiver;
-use pending::Outcome;
+use pending_reply::OnProgress;
+pub use pending_reply::PendingReply;
 use session::Session;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Condvar, Mutex};
@@ -254,7 +255,11 @@ impl RpcClient {
             }));
         }
         let reply = session.pending.register(correlation_id.clone(), deadline);
-        let pending = PendingReply {
+        let progress = outgoing.on_progress.as_ref().map(|on_progress| {
+            let receiver = session.pending.register_progress(&correlation_id);
+            (receiver, Arc::clone(on_progress))
+        });
+        let mut pending = PendingReply {
             session: Arc::clone(&session),
             correlation_id,
             reply,
@@ -262,6 +267,11 @@ impl RpcClient {
             timeout: call.timeout,
             deadline,
             size: body.len(),
+            cancel_key: queue_known.then(|| protocol::cancel_routing_key(queue)),
+            progress,
+            idle_timeout: outgoing.idle_timeout,
+            // Until the request is out, there is nothing to cancel.
+            settled: true,
         };
         session.dispatch_ready();
         if let Some(reason) = session.lost_reason() {
@@ -290,7 +300,23 @@ impl RpcClient {
                 })
             })
             .map_err(call.timed_out(Stage::Publish))?;
+        pending.settled = false;
         Ok(pending)
+    }
+
+    /// Tells the servers of `queue` that nobody waits for request `correlation_id` any more,
+    /// as [`PendingReply::cancel`] does, for a request whose `PendingReply` is out of reach (a
+    /// signal handler's thread, say). Sent on the connection there is, if it is alive: a
+    /// cancel that needs a reconnection would come too late to matter.
+    pub fn cancel(&self, queue: &str, correlation_id: &str) {
+        let session = lock(&self.session).session.clone();
+        if let Some(session) = session {
+            session.cancel(
+                &protocol::cancel_routing_key(queue),
+                correlation_id,
+                deadline::from_now(self.config.connection.close_timeout),
+            );
+        }
     }
 
     /// Calls sent whose reply has not arrived, timed out or been dropped yet.
@@ -374,6 +400,9 @@ struct Outgoing<'a> {
     priority: Option<u8>,
     /// Application and trace headers; the deadline header is added to them.
     headers: FieldTable,
+    /// Where progress messages go, if the call asked for them (and its header says so).
+    on_progress: Option<OnProgress>,
+    idle_timeout: Option<Duration>,
 }
 
 /// One call's queue and time budget.
@@ -425,113 +454,6 @@ impl Drop for RpcClient {
         if let Some(session) = self.take_session() {
             let _ = session.close();
         }
-    }
-}
-
-/// A request sent by [`RpcClient::send`] whose reply has not been collected yet.
-///
-/// Dropping it without waiting forgets the call; its reply, if one comes, is discarded.
-pub struct PendingReply {
-    session: Arc<Session>,
-    correlation_id: String,
-    reply: Receiver<Outcome>,
-    queue: String,
-    timeout: Duration,
-    deadline: Instant,
-    /// The request body's size, to tell whether the broker refused this request for its size.
-    size: usize,
-}
-
-impl std::fmt::Debug for PendingReply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingReply")
-            .field("correlation_id", &self.correlation_id)
-            .field("queue", &self.queue)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PendingReply {
-    /// The request's `correlation_id`.
-    pub fn correlation_id(&self) -> &str {
-        &self.correlation_id
-    }
-
-    /// Blocks until the reply arrives or the call's timeout (counted from the send) passes.
-    ///
-    /// While it waits, the caller itself reads the connection's replies and hands each to the
-    /// caller it belongs to: a reply reaches a lone caller with no thread in between.
-    pub fn wait(self) -> Result<Vec<u8>> {
-        self.wait_response().map(Response::into_body)
-    }
-
-    /// [`wait`](Self::wait), for the reply with its content type and headers.
-    pub fn wait_response(self) -> Result<Response> {
-        let session = &self.session;
-        let outcome = loop {
-            let remaining = self.deadline.saturating_duration_since(Instant::now());
-            crossbeam_channel::select! {
-                // A reply that came after the deadline was dropped, and the call with it.
-                recv(self.reply) -> outcome => break outcome.unwrap_or_else(|_| Err(self.timed_out())),
-                recv(session.replies) -> message => match message {
-                    Ok(message) => session.dispatch(message),
-                    Err(_) => session.connection_gone(),
-                },
-                recv(session.returns) -> returned => match returned {
-                    Ok(returned) => router::returned(&session.pending, &returned),
-                    Err(_) => session.publisher_gone(),
-                },
-                recv(session.blocking) -> note => match note {
-                    Ok(note) => session.apply_blocking(note),
-                    Err(_) => session.connection_gone(),
-                },
-                default(remaining) => {
-                    // A reply may have been routed to us in the last instant.
-                    break self.reply.try_recv().unwrap_or_else(|_| Err(self.timed_out()));
-                }
-            }
-        };
-        outcome.map_err(|error| self.explained(error))
-    }
-}
-
-impl PendingReply {
-    fn timed_out(&self) -> Error {
-        match self.session.blocked() {
-            Some(reason) => Error::Blocked {
-                queue: self.queue.clone(),
-                timeout: self.timeout,
-                reason,
-            },
-            None => Error::Timeout {
-                queue: self.queue.clone(),
-                timeout: self.timeout,
-                stage: Stage::Reply,
-            },
-        }
-    }
-
-    /// A lost request channel whose broker named a size limit this request exceeds: the
-    /// request was too large.
-    fn explained(&self, error: Error) -> Error {
-        let Error::ConnectionLost(reason) = &error else {
-            return error;
-        };
-        match protocol::refused_size_limit(reason) {
-            Some(limit) if self.size > limit => Error::TooLarge {
-                what: "the request".to_owned(),
-                size: self.size,
-                limit,
-            },
-            _ => error,
-        }
-    }
-}
-
-impl Drop for PendingReply {
-    fn drop(&mut self) {
-        self.session.pending.forget(&self.correlation_id);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Correlation bookkeeping: which caller waits for which `correlation_id`.
 
 use crate::error::{Error, Result};
-use crate::message::Response;
+use crate::message::{Progress, Response};
 use crate::util::lock;
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::HashMap;
@@ -27,6 +27,8 @@ pub(crate) struct Pending {
 struct Waiter {
     reply: Sender<Outcome>,
     deadline: Instant,
+    /// Where progress messages go, if the caller asked for them.
+    progress: Option<Sender<Progress>>,
 }
 
 impl Pending {
@@ -34,8 +36,32 @@ impl Pending {
     /// finds no one.
     pub fn register(&self, id: String, deadline: Instant) -> Receiver<Outcome> {
         let (reply, receiver) = crossbeam_channel::bounded(1);
-        self.lock().insert(id, Waiter { reply, deadline });
+        let waiter = Waiter {
+            reply,
+            deadline,
+            progress: None,
+        };
+        self.lock().insert(id, waiter);
         receiver
+    }
+
+    /// Also takes the progress messages of `id`, registered already.
+    pub fn register_progress(&self, id: &str) -> Receiver<Progress> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        if let Some(waiter) = self.lock().get_mut(id) {
+            waiter.progress = Some(sender);
+        }
+        receiver
+    }
+
+    /// Hands a progress message to the caller waiting for `id`, if it asked for progress;
+    /// false if nobody takes it.
+    pub fn progress(&self, id: &str, progress: Progress) -> bool {
+        let waiting = self.lock();
+        match waiting.get(id).and_then(|waiter| waiter.progress.as_ref()) {
+            Some(sender) => sender.send(progress).is_ok(),
+            None => false,
+        }
     }
 
     /// Hands `outcome` to the caller waiting for `id`; false if no one is (late, duplicate or

@@ -25,6 +25,12 @@ pub(super) fn reply(pending: &Pending, properties: &AmqpProperties, body: Vec<u8
         log::debug!("discarding a reply without correlation_id");
         return;
     };
+    if protocol::is_progress(properties) {
+        if !pending.progress(id, protocol::read_progress(properties, &body)) {
+            log::debug!("discarding progress nobody waits for: {id}");
+        }
+        return;
+    }
     let outcome = protocol::decode_reply(properties, body);
     if !pending.resolve(id, outcome) {
         log::debug!("discarding a reply nobody waits for (late, duplicate or foreign): {id}");

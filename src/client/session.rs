@@ -15,7 +15,7 @@ use crate::driver::{
     DriverError, Publish, QueueDeclareOptions, Return,
 };
 use crate::error::{Error, Result};
-use crate::protocol::{self, DIRECT_REPLY_TO, NOT_FOUND};
+use crate::protocol::{self, CANCEL_EXCHANGE, DIRECT_REPLY_TO, NOT_FOUND};
 use crate::util::lock;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::HashSet;
@@ -167,6 +167,24 @@ impl Session {
                     self.connection_error(error)
                 }),
             None => self.keeper.publish(publish),
+        }
+    }
+
+    /// Publishes the cancel of request `correlation_id` under `routing_key`, unless the
+    /// connection is gone; a cancel is a courtesy, so failing to send one is only logged.
+    pub fn cancel(&self, routing_key: &str, correlation_id: &str, deadline: Instant) {
+        if self.lost_reason().is_some() {
+            return;
+        }
+        let publish = OwnedPublish {
+            exchange: CANCEL_EXCHANGE.to_owned(),
+            routing_key: routing_key.to_owned(),
+            body: Vec::new(),
+            properties: protocol::cancel_properties(correlation_id),
+            mandatory: false,
+        };
+        if let Err(error) = self.bounded(deadline, "a cancel", || self.publish(publish)) {
+            log::debug!("the cancel of {correlation_id} was not sent: {error}");
         }
     }
 

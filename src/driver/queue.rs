@@ -68,3 +68,25 @@ pub(crate) fn declare_durable(
         Err(error) => Err(Error::broker(format!("declaring queue {queue}"), error)),
     }
 }
+
+/// Declares an exclusive, server-named queue bound to `exchange` under `routing_key`, for
+/// messages to this connection alone; it goes with the connection.
+pub(crate) fn declare_bound_exclusive(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<String> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("", options)
+        .map_err(|e| Error::broker("declaring a control queue", e))?;
+    let name = queue.name().to_owned();
+    channel
+        .queue_bind(name.as_str(), exchange, routing_key, FieldTable::new())
+        .map_err(|e| Error::broker(format!("binding the control queue to {exchange}"), e))?;
+    Ok(name)
+}

@@ -1,5 +1,6 @@
 //! The server: a pool of worker threads serving one request queue with a handler.
 
+mod cancels;
 mod expiry;
 mod recent;
 mod reply;
@@ -11,6 +12,7 @@ use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::handler::Handler;
 use crate::util::lock;
+use cancels::Cancels;
 use crossbeam_channel::Sender;
 use expiry::Clocks;
 use recent::Recent;
@@ -63,6 +65,7 @@ impl RpcServer {
             recent: Recent::default(),
             limit: self.config.connection.max_message_size.into(),
             clocks: Clocks::default(),
+            cancels: Cancels::default(),
         });
         let supervisor = Supervisor {
             config: self.config,

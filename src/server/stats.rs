@@ -24,6 +24,9 @@ pub struct ServerStats {
     pub expired: u64,
     /// Requests dropped because they had no `reply_to`.
     pub unanswerable: u64,
+    /// Requests whose caller gave up (cancelled it, timed out, dropped the call) before they
+    /// were answered: skipped if still queued, not answered if computing.
+    pub cancelled: u64,
     /// Requests taken off the queue and not yet acked.
     pub in_hand: u64,
     /// Connections made again after one was lost.
@@ -43,6 +46,8 @@ pub struct ServerStats {
     /// Worker channels the broker closed (a request held past its consumer timeout, a reply
     /// over its size limit), each replaced by a new channel on the same connection.
     pub channel_losses: u64,
+    /// Cancels heard from callers who gave up, whether or not this server had their request.
+    pub cancels_received: u64,
     /// While the broker blocks this server's connection (a memory or disk alarm), its reason.
     pub blocked: Option<String>,
 }
@@ -50,7 +55,12 @@ pub struct ServerStats {
 impl ServerStats {
     /// Every request taken off the queue and acked.
     pub fn total(&self) -> u64 {
-        self.answered + self.error_replies + self.expired + self.unanswerable + self.duplicates
+        self.answered
+            + self.error_replies
+            + self.expired
+            + self.unanswerable
+            + self.duplicates
+            + self.cancelled
     }
 }
 
@@ -73,12 +83,14 @@ pub(crate) struct Counters {
     pub error_replies: AtomicU64,
     pub expired: AtomicU64,
     pub unanswerable: AtomicU64,
+    pub cancelled: AtomicU64,
     pub in_hand: AtomicU64,
     pub reconnects: AtomicU64,
     pub consuming: AtomicBool,
     pub left_in_hand: AtomicU64,
     pub duplicates: AtomicU64,
     pub channel_losses: AtomicU64,
+    pub cancels_received: AtomicU64,
     blocked: Mutex<Option<String>>,
     connected_at: Mutex<Option<Instant>>,
     durations: [AtomicU64; DURATION_BOUNDS.len() + 1],
@@ -92,12 +104,14 @@ impl Default for Counters {
             error_replies: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             unanswerable: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             in_hand: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             consuming: AtomicBool::new(false),
             left_in_hand: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             channel_losses: AtomicU64::new(0),
+            cancels_received: AtomicU64::new(0),
             blocked: Mutex::new(None),
             connected_at: Mutex::new(None),
             durations: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -117,6 +131,7 @@ impl Counters {
             error_replies: load(&self.error_replies),
             expired: load(&self.expired),
             unanswerable: load(&self.unanswerable),
+            cancelled: load(&self.cancelled),
             in_hand: load(&self.in_hand),
             reconnects: load(&self.reconnects),
             consuming: self.consuming.load(Ordering::Relaxed),
@@ -129,6 +144,7 @@ impl Counters {
             left_in_hand: load(&self.left_in_hand),
             duplicates: load(&self.duplicates),
             channel_losses: load(&self.channel_losses),
+            cancels_received: load(&self.cancels_received),
             blocked: lock(&self.blocked).clone(),
         }
     }

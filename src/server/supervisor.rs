@@ -6,11 +6,13 @@ use super::worker::{ChannelRequest, SessionEnd, Shared, Worker};
 use crate::config::ServerConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};
+use crate::driver::keeper::Keeper;
 use crate::driver::queue;
 use crate::driver::watchdog::Cutter;
-use crate::driver::{Connection, ConnectionBlockedNotification};
+use crate::driver::{Connection, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions};
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::protocol::{self, CANCEL_EXCHANGE};
 use crossbeam_channel::{Receiver, Sender};
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
@@ -18,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A connection's running workers, as the supervisor watches them.
+/// How often the cancels' keeper looks up while no cancel comes: it has nothing else to do.
+const CANCELS_IDLE: Duration = Duration::from_secs(1);
+
 struct Workers {
     /// How each worker ended.
     exits: Receiver<SessionEnd>,
@@ -25,6 +30,8 @@ struct Workers {
     channel_requests: Receiver<ChannelRequest>,
     /// The broker's notices that it blocks (or no longer blocks) the connection.
     blocked: Receiver<ConnectionBlockedNotification>,
+    /// Consumes the cancels of callers who gave up, for as long as the connection lives.
+    cancels: Keeper,
 }
 
 pub(super) struct Supervisor {
@@ -117,6 +124,7 @@ impl Supervisor {
             exits,
             channel_requests,
             mut blocked,
+            cancels: _cancels,
         } = match setup {
             Ok(workers) => workers,
             Err(error) if error.is_connection_gone() => {
@@ -289,6 +297,7 @@ impl Supervisor {
         let blocked = connection
             .listen_for_connection_blocked()
             .map_err(|error| Error::broker("listening for connection.blocked", error))?;
+        let cancels = self.consume_cancels(connection)?;
         self.generation.set(self.generation.get() + 1);
         let (exit_sender, exits) = crossbeam_channel::unbounded();
         let (consuming_sender, consuming) = crossbeam_channel::unbounded();
@@ -330,7 +339,47 @@ impl Supervisor {
             exits,
             channel_requests,
             blocked,
+            cancels,
         })
+    }
+
+    /// Binds a control queue of this connection's to the cancels of the request queue, and
+    /// hands each cancel to the workers: every server of the queue hears every cancel, so the
+    /// one computing the request stops, and one that takes it later skips it.
+    fn consume_cancels(&self, connection: &mut Connection) -> Result<Keeper> {
+        let channel = queue::open_channel(connection)?;
+        let routing_key = protocol::cancel_routing_key(&self.config.queue);
+        let control = queue::declare_bound_exclusive(&channel, CANCEL_EXCHANGE, &routing_key)?;
+        let keeper = Keeper::start(
+            channel,
+            control,
+            ConsumerOptions {
+                no_ack: true,
+                ..ConsumerOptions::default()
+            },
+            CANCELS_IDLE,
+            Box::new(|| true),
+            Box::new(|_| {}),
+        )?;
+        let deliveries = keeper.deliveries().clone();
+        let (shared, counters) = (Arc::clone(&self.shared), Arc::clone(&self.counters));
+        std::thread::Builder::new()
+            .name("fib-rpc-cancels".into())
+            .spawn(move || {
+                // Ends with the connection, when the keeper lets its consumer go.
+                for message in deliveries {
+                    let ConsumerMessage::Delivery(delivery) = message else {
+                        break;
+                    };
+                    if let Some(id) = protocol::cancelled_request(&delivery.properties) {
+                        log::debug!("the caller of request {id} gave up");
+                        shared.cancels.cancel(id.to_owned(), Instant::now());
+                        counters.cancels_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the cancels thread: {e}")))?;
+        Ok(keeper)
     }
 
     fn report_blocking(&self, note: ConnectionBlockedNotification) {

@@ -12,15 +12,17 @@ use crate::deadline;
 use crate::driver::watchdog::Cutter;
 use crate::driver::{
     AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery, DriverError,
-    FieldTable,
+    FieldTable, Publish,
 };
 use crate::error::{Error, HandlerError, Result};
-use crate::handler::{refusal, Handler, Request};
+use crate::handler::{refusal, CancelToken, Handler, Live, ProgressSink, Request};
 use crate::protocol::{self, CONSUMER_TIMEOUT_ARGUMENT, DIRECT_REPLY_TO_PREFIX};
+use crate::server::cancels::Cancels;
 use crate::server::expiry::{Clocks, Taken, Verdict};
 use crate::server::recent::{Key, Recent};
 use crate::server::stats::{count, Counters};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +36,27 @@ pub(crate) struct Shared {
     /// The largest reply the broker takes: the configured limit, lowered by a refusal.
     pub limit: AtomicUsize,
     pub clocks: Clocks,
+    pub cancels: Cancels,
+}
+
+/// After its first [`PROGRESS_BURST`] progress messages, a request sends at most one per this
+/// interval; reports in between are dropped, so a handler that reports in a tight loop cannot
+/// flood the broker.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Progress messages a request sends without pacing.
+const PROGRESS_BURST: usize = 10;
+
+/// How many bytes of a progress message are sent.
+const PROGRESS_MESSAGE_LIMIT: usize = 1024;
+
+/// Ends a request's exposure to cancels when its worker is done with it, however.
+struct Computing<'a>(&'a Cancels, String);
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        self.0.end(&self.1);
+    }
 }
 
 /// How one connection's life ended.
@@ -319,10 +342,58 @@ impl Worker {
             count(&counters.expired);
             return lane.ack(delivery);
         };
+        let correlation_id = properties.correlation_id().as_deref();
+        let cancel = match correlation_id.map(|id| (id, self.shared.cancels.begin(id))) {
+            Some((_, None)) => {
+                log::info!(
+                    "request {} was cancelled by its caller before we took it: skipped",
+                    protocol::quote(&delivery.body)
+                );
+                count(&counters.cancelled);
+                return lane.ack(delivery);
+            }
+            Some((_, token)) => token,
+            None => None,
+        };
+        // Cancels of this request reach it only while it is computed.
+        let _computing = correlation_id.map(|id| Computing(&self.shared.cancels, id.to_owned()));
         if let Some(key) = &key {
             self.shared.recent.hold(key, self.generation);
         }
-        let request = Request::due(&delivery.body, properties, delivery.redelivered, deadline);
+        let progress_channel = lane.channel;
+        let (sent_progress, last_progress) = (Cell::new(0_usize), Cell::new(Instant::now()));
+        let report = |fraction: Option<f64>, message: &str| {
+            let now = Instant::now();
+            let paced = sent_progress.get() >= PROGRESS_BURST
+                && now.duration_since(last_progress.get()) < PROGRESS_INTERVAL;
+            if paced {
+                return;
+            }
+            sent_progress.set(sent_progress.get() + 1);
+            last_progress.set(now);
+            let message = protocol::truncate_utf8(message, PROGRESS_MESSAGE_LIMIT);
+            let properties =
+                protocol::progress_properties(correlation_id.unwrap_or_default(), fraction);
+            let sent = progress_channel.basic_publish(
+                "",
+                Publish::with_properties(message.as_bytes(), reply_to.as_str(), properties),
+            );
+            if let Err(error) = sent {
+                log::debug!("a progress message could not be sent: {error}");
+            }
+        };
+        let live = Live {
+            cancel: cancel.clone(),
+            progress: (correlation_id.is_some() && protocol::wants_progress(properties))
+                .then_some(&report as ProgressSink<'_>),
+        };
+        let request = Request::due(
+            &delivery.body,
+            properties,
+            delivery.redelivered,
+            deadline,
+            live,
+        );
         let trace = request.trace();
         if let Some(trace) = &trace {
             log::debug!(
@@ -347,6 +418,18 @@ impl Worker {
                 outcome
             }
         };
+        drop(request);
+        if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            log::info!(
+                "request {} was cancelled by its caller while we computed it: not answered",
+                protocol::quote(&delivery.body)
+            );
+            if let Some(key) = &key {
+                self.shared.recent.forget(key);
+            }
+            count(&counters.cancelled);
+            return lane.ack(delivery);
+        }
         let reply = Box::new(Reply::new(
             &delivery,
             reply_to,

@@ -4,9 +4,11 @@
 use crate::client::RpcClient;
 use crate::config::DEFAULT_QUEUE;
 use crate::error::{Error, HandlerError, Result};
+use crate::handler::{self, Handler, Request};
 use crate::protocol::quote;
 use num_bigint::BigUint;
 use num_traits::{One, Zero};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// The largest n the Fibonacci service computes by default; fib(100000) has 20899 digits.
@@ -14,22 +16,67 @@ pub const DEFAULT_MAX_N: u64 = 100_000;
 
 /// The Fibonacci service: body = n as ASCII decimal, reply = fib(n) as ASCII decimal, n at most
 /// `max_n`.
-pub fn fibonacci_handler(max_n: u64) -> impl Fn(&[u8]) -> Result<Vec<u8>, HandlerError> {
-    move |body| {
-        let n = parse_bounded_u64(body, max_n)?;
-        Ok(fibonacci(n).to_string().into_bytes())
-    }
+///
+/// A large n takes seconds (fib(20000000) about 6 s in a release build, two thirds of them
+/// writing its 4 million digits): the handler reports progress to a caller that asked for it,
+/// at each tenth of the work it can measure, and stops, unanswered, at the next doubling or
+/// before writing the digits once its caller has given up.
+pub fn fibonacci_handler(max_n: u64) -> impl Handler {
+    handler::with_request(move |request: &Request<'_>| {
+        let n = parse_bounded_u64(request.body(), max_n)?;
+        let cancelled = || HandlerError::new("cancelled: the caller gave up");
+        let mut tenths = 0;
+        let value = fibonacci_stepwise(n, |done| {
+            if request.is_cancelled() {
+                return ControlFlow::Break(());
+            }
+            // The end of computing is reported as the start of writing the digits, below.
+            let computed = done >= 1.0;
+            let done = done * COMPUTING_SHARE;
+            // Truncation is the point: a report per tenth.
+            let reached = (done * 10.0) as u32;
+            if reached > tenths && !computed {
+                tenths = reached;
+                request.progress(Some(done), &format!("fib({n}): computing"));
+            }
+            ControlFlow::Continue(())
+        })
+        .ok_or_else(cancelled)?;
+        if request.is_cancelled() {
+            return Err(cancelled());
+        }
+        request.progress(
+            Some(COMPUTING_SHARE),
+            &format!("fib({n}): writing the digits"),
+        );
+        Ok::<_, HandlerError>(value.to_string().into_bytes())
+    })
 }
+
+/// The part of the work of a large fib(n) that is computing it; writing its decimal digits
+/// takes the rest (measured: 2.2 s and 4.1 s for n = 20000000).
+const COMPUTING_SHARE: f64 = 0.35;
 
 /// fib(n), exact, with fib(0) = 0 and fib(1) = 1.
 ///
 /// Fast doubling takes O(log n) big-integer multiplications, so fib(100000) (20899 digits) costs
 /// well under a millisecond, where the tutorials' recursion would never finish.
 pub fn fibonacci(n: u64) -> BigUint {
+    fibonacci_stepwise(n, |_| ControlFlow::Continue(())).expect("never stopped")
+}
+
+/// [`fibonacci`], telling `step` after each doubling how much of the work is done (from 0 to
+/// 1); `None` if `step` stopped it.
+///
+/// Each doubling multiplies numbers twice as long as the last one's, at about three times its
+/// cost (Karatsuba), so the work done is weighted that way, not counted in steps.
+fn fibonacci_stepwise(n: u64, mut step: impl FnMut(f64) -> ControlFlow<()>) -> Option<BigUint> {
+    let steps = u64::BITS - n.leading_zeros();
+    let total = 3f64.powi(steps as i32) - 1.0;
     // Invariant: (a, b) = (fib(k), fib(k + 1)) for k = the bits of n read so far.
     let mut a = BigUint::zero();
     let mut b = BigUint::one();
-    for bit in (0..u64::BITS - n.leading_zeros()).rev() {
+    for (done, bit) in (0..steps).rev().enumerate() {
         // fib(2k) = fib(k) * (2 fib(k+1) - fib(k)); fib(2k+1) = fib(k)^2 + fib(k+1)^2
         let doubled = &a * ((&b << 1u32) - &a);
         let doubled_next = &a * &a + &b * &b;
@@ -40,8 +87,12 @@ pub fn fibonacci(n: u64) -> BigUint {
             a = doubled;
             b = doubled_next;
         }
+        let done = (3f64.powi(done as i32 + 1) - 1.0) / total;
+        if step(done).is_break() {
+            return None;
+        }
     }
-    a
+    Some(a)
 }
 
 /// Parses a request body as a non-negative decimal integer no larger than `max`.
@@ -214,9 +265,34 @@ mod tests {
     #[test]
     fn the_fibonacci_handler_answers_and_refuses() {
         let handler = fibonacci_handler(1000);
-        assert_eq!(handler(b"10").unwrap(), b"55");
-        assert!(handler(b"1001").unwrap_err().message().contains("1000"));
-        assert!(handler(b"-1").is_err());
+        let properties = crate::driver::AmqpProperties::default();
+        let call = |body: &[u8]| handler.handle(&Request::new(body, &properties, false));
+        assert_eq!(call(b"10").unwrap().body(), b"55");
+        assert!(call(b"1001").unwrap_err().message().contains("1000"));
+        assert!(call(b"-1").is_err());
+    }
+
+    #[test]
+    fn the_work_done_grows_to_all_of_it_and_a_stop_stops_it() {
+        let mut seen = Vec::new();
+        let value = fibonacci_stepwise(1_000_000, |done| {
+            seen.push(done);
+            ControlFlow::Continue(())
+        });
+        assert_eq!(value, Some(fibonacci(1_000_000)));
+        assert_eq!(seen.len(), 20, "one report per bit of n");
+        assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
+        assert!((seen[19] - 1.0).abs() < 1e-12);
+        assert!(seen[9] < 0.001, "the early doublings are cheap: {seen:?}");
+        let mut steps = 0;
+        let stopped = fibonacci_stepwise(1_000_000, |_| {
+            steps += 1;
+            match steps {
+                3 => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            }
+        });
+        assert_eq!((stopped, steps), (None, 3));
     }
 
     const MAX: u64 = 100_000;

@@ -9,4 +9,5 @@ mod interop;
 #[cfg(feature = "json")]
 mod json;
 mod lean;
+mod long_calls;
 mod rpc;
