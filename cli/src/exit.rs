@@ -22,6 +22,8 @@ pub const NO_PERMISSION: u8 = 77;
 pub const SOFTWARE: u8 = 70;
 /// EX_CONFIG: a setting is unusable (a bad URL, zero workers, an unknown service).
 pub const CONFIG: u8 = 78;
+/// Interrupted (Ctrl-C or SIGTERM): 128 + SIGINT, as shells report it.
+pub const INTERRUPTED: u8 = 130;
 
 /// The exit code for an error.
 pub fn code(error: &Error) -> u8 {

@@ -1,10 +1,11 @@
 //! What the fib-rpc command-line tools share: exit codes a script can branch on, one JSON line
-//! encoder, the parsing of seconds and headers, and shell completions and man pages from the clap
+//! encoder, the parsing of seconds and headers, fib-client's progress display, and shell completions and man pages from the clap
 //! definitions. The tools themselves are the binaries of this package.
 
 pub mod docs;
 pub mod exit;
 pub mod operations;
+pub mod progress;
 
 /// One JSON object per line, from `(key, value)` pairs in order.
 pub fn json_line(fields: &[(&str, serde_json::Value)]) -> String {

@@ -8,10 +8,15 @@ use fib_rpc::{
     RpcClient,
 };
 use fib_rpc_cli::docs::DocsArgs;
+use fib_rpc_cli::progress::{Reporter, Shown};
 use fib_rpc_cli::{exit, json_line};
 use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 /// Ask a fib-rpc server: print one answer per input, one per line, in order.
@@ -23,8 +28,8 @@ use std::time::Duration;
 /// Exit codes: 0 ok, 1 a request was refused (error reply), 2 usage, 65 a reply the protocol
 /// does not allow (or a request over the broker's size limit), 69 broker unavailable, no server
 /// or no such queue, 74 stdout failed, 75 timeout (or the broker blocks publishing), 77 the
-/// broker refused the credentials or permissions, 78 bad configuration (URL). With
-/// --keep-going, the worst seen.
+/// broker refused the credentials or permissions, 78 bad configuration (URL), 130 interrupted
+/// (Ctrl-C; the calls in flight are cancelled). With --keep-going, the worst seen.
 #[derive(Parser, Debug)]
 #[command(name = "fib-client", version)]
 struct Args {
@@ -89,6 +94,11 @@ struct Args {
     /// computed twice (at-least-once).
     #[arg(long, conflicts_with = "reply_to")]
     retry: bool,
+    /// With --json: print the progress of long calls as JSON lines,
+    /// {"input":...,"progress":0.4,"message":...}, before each call's own line. (On a
+    /// terminal, a progress bar on stderr shows it anyway.)
+    #[arg(long, requires = "json")]
+    progress: bool,
     /// Broker URL; for a cluster, one per node (repeat the flag, or separate them by commas),
     /// tried in the order given.
     #[arg(long, env = "AMQP_URL", default_value = fib_rpc::DEFAULT_URL, hide_env_values = true, value_delimiter = ',', value_name = "URL")]
@@ -202,16 +212,62 @@ fn call(args: &Args, connection: ConnectionConfig) -> Result<u8, Error> {
     if args.retry {
         config = config.retry(RetryPolicy::new().attempts(u32::MAX));
     }
-    let client = RpcClient::connect(config)?;
+    let client = Arc::new(RpcClient::connect(config)?);
     let code = match &args.reply_to {
         Some(results) => submit(&client, &queue, results, inputs(args))?,
-        None => answer(args, &client, &queue, inputs(args)),
+        None => {
+            let in_flight = InFlight::default();
+            // With --exchange the request queue is not known, and neither is where cancels go.
+            if args.exchange.is_none() {
+                cancel_on_interrupt(Arc::downgrade(&client), &queue, in_flight.clone())?;
+            }
+            answer(args, &client, &queue, inputs(args), &in_flight)
+        }
     };
     // The calls' outcome is the exit code; a close that fails after them changes none of it.
-    if let Err(error) = client.close() {
-        log::warn!("closing the connection: {error}");
+    if let Ok(client) = Arc::try_unwrap(client) {
+        if let Err(error) = client.close() {
+            log::warn!("closing the connection: {error}");
+        }
     }
     Ok(code)
+}
+
+/// The correlation ids of the calls sent and not yet answered.
+type InFlight = Arc<Mutex<HashSet<String>>>;
+
+/// On Ctrl-C (or SIGTERM), cancels every call in flight, so that the servers stop computing
+/// for nobody, and exits 130.
+fn cancel_on_interrupt(
+    client: Weak<RpcClient>,
+    queue: &str,
+    in_flight: InFlight,
+) -> Result<(), Error> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|error| Error::Internal(format!("cannot watch for Ctrl-C: {error}")))?;
+    let queue = queue.to_owned();
+    std::thread::Builder::new()
+        .name("fib-client-interrupt".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                let ids: Vec<String> = lock(&in_flight).drain().collect();
+                if let Some(client) = client.upgrade() {
+                    for id in &ids {
+                        client.cancel(&queue, id);
+                    }
+                }
+                eprintln!("fib-client: interrupted; {} calls cancelled", ids.len());
+                std::process::exit(exit::INTERRUPTED.into());
+            }
+        })
+        .map_err(|error| Error::Internal(format!("cannot watch for Ctrl-C: {error}")))?;
+    Ok(())
+}
+
+fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    in_flight
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn submit(
@@ -240,13 +296,16 @@ fn answer(
     client: &RpcClient,
     queue: &str,
     inputs: impl Iterator<Item = String>,
+    in_flight: &InFlight,
 ) -> u8 {
+    let shown = Shown::choose(std::io::stderr().is_terminal(), args.json, args.progress);
     let timeout = client.config().get_call_timeout();
-    let (sender, sent) = crossbeam_channel::bounded::<(String, Sent)>(WINDOW);
+    let (sender, sent) = crossbeam_channel::bounded::<(String, Sent, Option<Reporter>)>(WINDOW);
     let printer = Printer {
         json: args.json,
         keep_going: args.keep_going,
         service: args.service,
+        in_flight,
     };
     let target = args.routing_key.as_deref().unwrap_or(queue);
     std::thread::scope(|scope| {
@@ -263,12 +322,25 @@ fn answer(
             for (name, value) in &args.headers {
                 call = call.header(name, value);
             }
+            let reporter = match Reporter::start(shown, &request) {
+                Some((reporter, show)) => {
+                    call = call.on_progress(show);
+                    Some(reporter)
+                }
+                None => None,
+            };
             // A retried call is made whole before the next, since only a call can be retried.
             let sent = match args.retry {
                 true => Sent::Answered(call.call().map(Response::into_body)),
-                false => Sent::Pending(call.send()),
+                false => {
+                    let pending = call.send();
+                    if let Ok(pending) = &pending {
+                        lock(in_flight).insert(pending.correlation_id().to_owned());
+                    }
+                    Sent::Pending(pending)
+                }
             };
-            if sender.send((request, sent)).is_err() {
+            if sender.send((request, sent, reporter)).is_err() {
                 break;
             }
         }
@@ -283,10 +355,11 @@ enum Sent {
     Answered(Result<Vec<u8>, Error>),
 }
 
-struct Printer {
+struct Printer<'a> {
     json: bool,
     keep_going: bool,
     service: Service,
+    in_flight: &'a InFlight,
 }
 
 /// How much of an input an error message on stderr quotes.
@@ -300,16 +373,24 @@ fn shortened(input: &str) -> String {
     }
 }
 
-impl Printer {
+impl Printer<'_> {
     /// Prints every answer in order; returns the exit code (the worst seen with --keep-going).
-    fn print_all(&self, sent: crossbeam_channel::Receiver<(String, Sent)>) -> u8 {
+    fn print_all(&self, sent: crossbeam_channel::Receiver<(String, Sent, Option<Reporter>)>) -> u8 {
         let mut stdout = std::io::stdout().lock();
         let mut code = exit::OK;
-        for (input, sent) in sent {
+        for (input, sent, reporter) in sent {
             let reply = match sent {
-                Sent::Pending(pending) => pending.and_then(PendingReply::wait),
+                Sent::Pending(pending) => pending.and_then(|pending| {
+                    let id = pending.correlation_id().to_owned();
+                    let reply = pending.wait();
+                    lock(self.in_flight).remove(&id);
+                    reply
+                }),
                 Sent::Answered(reply) => reply,
             };
+            if let Some(reporter) = reporter {
+                reporter.finish();
+            }
             let outcome = reply.and_then(|reply| {
                 match self.service {
                     Service::Fib => parse_biguint(&reply).map(drop)?,

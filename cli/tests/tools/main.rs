@@ -2,6 +2,7 @@
 //! and exit codes, fib-server's operations, pipelines, and the bundled services.
 
 mod cli;
+mod long_calls;
 mod operations;
 mod options;
 mod pipeline;
