@@ -194,3 +194,71 @@ fn our_server_uses_a_queue_an_old_tutorial_declared_differently() {
     );
     ours.shutdown().unwrap();
 }
+
+/// One of RabbitMQ's own Python tutorial programs in `tests/pika` (pika, Debian's
+/// python3-pika, which scripts/deps.sh installs).
+fn pika(script: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("/usr/bin/python3");
+    command.arg(format!(
+        "{}/tests/pika/{script}",
+        env!("CARGO_MANIFEST_DIR")
+    ));
+    command
+}
+
+#[test]
+fn the_pika_tutorial_client_gets_exactly_the_reply_of_a_handler_that_reports_progress() {
+    let queue = TestQueue::new("pika-client");
+    let server = fib_rpc::RpcServer::new(
+        support::server_config(&queue.name, 1),
+        fib_rpc::handler::with_request(|request: &fib_rpc::Request<'_>| {
+            request.progress(Some(0.5), "half way");
+            let n = fib_rpc::services::parse_bounded_u64(request.body(), 1000)?;
+            Ok::<_, fib_rpc::HandlerError>(fibonacci(n).to_string().into_bytes())
+        }),
+    )
+    .start()
+    .unwrap();
+    let output = pika("rpc_client.py")
+        .args([&support::amqp_url(), &queue.name, "30"])
+        .output()
+        .expect("run the pika tutorial client");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "832040\n");
+    assert_eq!(server.stats().answered, 1);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn our_client_calls_the_pika_tutorial_server_with_and_without_the_options_it_ignores() {
+    use std::io::BufRead;
+    let queue = TestQueue::new("pika-server");
+    let mut server = pika("rpc_server.py")
+        .args([&support::amqp_url(), &queue.name])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the pika tutorial server");
+    let mut ready = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    let client = support::fib_client(&queue.name, TIMEOUT);
+    assert_eq!(client.call(30).unwrap(), fibonacci(30));
+    // Progress asked for, a header and a trace: the tutorial server answers all the same.
+    let reply = client
+        .rpc()
+        .request(&queue.name, b"40")
+        .on_progress(|_| {})
+        .header("tenant", "acme")
+        .trace(fib_rpc::TraceContext::new_root())
+        .call()
+        .unwrap();
+    assert_eq!(reply.body(), fibonacci(40).to_string().as_bytes());
+    let _ = server.kill();
+    let _ = server.wait();
+}
