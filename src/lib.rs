@@ -74,12 +74,19 @@
 //!   at once), and a watchdog shuts it down
 //!   when a driver call outlives its deadline, so every call keeps its timeout during a silent
 //!   network cut.
+//! * Tracing (feature `tracing`, off by default): each call is a
+//!   [`tracing`](https://docs.rs/tracing) span `rpc call`, each delivery a span `rpc serve`,
+//!   with OpenTelemetry's messaging attributes (`messaging.system`,
+//!   `messaging.destination.name`, `messaging.message.conversation_id` = the correlation id,
+//!   `otel.kind`), the ids of the call's [`TraceContext`] and, on failure, `error.type`.
+//!   Without it the library depends on `log` alone.
 //!
 //! Source layout, each layer importing only from those listed before it:
 //!
 //! * `error`, `config/` (the `connection`, `client` and `server` settings; the driver checks
 //!   the URLs), `deadline` (timeout arithmetic), `retry` ([`RetryPolicy`]), `context` (the
-//!   deadline and [`TraceContext`] a worker thread's calls inherit), `util`.
+//!   deadline and [`TraceContext`] a worker thread's calls inherit), `util`, `spans` (feature
+//!   `tracing`).
 //! * `driver/`: everything that opens and guards a connection. `amqp` opens one on a socket of
 //!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
 //!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
@@ -151,6 +158,8 @@ mod retry;
 mod server;
 #[cfg(feature = "fibonacci")]
 pub mod services;
+#[cfg(feature = "tracing")]
+mod spans;
 mod util;
 
 pub use admin::{QueueAdmin, QueueStatus};

@@ -189,41 +189,7 @@ impl<'a> Call<'a> {
     /// Fails as [`RpcClient::call`] does; with retries, with the last attempt's error.
     pub fn call(self) -> Result<Response> {
         let prepared = self.prepare()?;
-        let policy = prepared.retry.clone();
-        let mut made = 0;
-        loop {
-            made += 1;
-            let (deadline, timeout) = prepared.attempt(made, Instant::now());
-            // A retry reuses the correlation id: an attempt that may be retried after a
-            // timeout must not be cancelled, or the servers would skip its retry.
-            let retried_on_timeout = policy
-                .as_ref()
-                .is_some_and(|policy| policy.get_attempt_timeout().is_some());
-            let error = match prepared
-                .send_until(deadline, timeout)
-                .and_then(|pending| pending.wait_for(!retried_on_timeout))
-            {
-                Ok(response) => return Ok(response),
-                Err(error) => error,
-            };
-            let now = Instant::now();
-            let next = policy
-                .as_ref()
-                .and_then(|policy| policy.next_attempt(&error, made, now, prepared.deadline));
-            let Some(at) = next else {
-                if retried_on_timeout && error.is_timeout() {
-                    prepared.cancel();
-                }
-                return Err(error);
-            };
-            log::debug!(
-                "call {} to {:?}: attempt {made} failed ({error}); trying again in {:?}",
-                prepared.correlation_id,
-                prepared.outgoing.routing_key,
-                at.saturating_duration_since(now)
-            );
-            std::thread::sleep(at.saturating_duration_since(now));
-        }
+        prepared.traced(|| prepared.attempts())
     }
 
     /// Sends the request without waiting; the reply is collected with [`PendingReply::wait`]
@@ -231,7 +197,7 @@ impl<'a> Call<'a> {
     /// [`call`](Self::call).
     pub fn send(self) -> Result<PendingReply> {
         let prepared = self.prepare()?;
-        prepared.send_until(prepared.deadline, prepared.timeout)
+        prepared.traced(|| prepared.send_until(prepared.deadline, prepared.timeout))
     }
 
     /// The options resolved: the deadline (the thread's request's, if sooner), the headers to
@@ -287,7 +253,10 @@ impl<'a> Call<'a> {
                 );
             }
         }
+        let correlation_id = Uuid::new_v4().to_string();
         Ok(Prepared {
+            #[cfg(feature = "tracing")]
+            span: crate::spans::call(&self.exchange, self.target, &correlation_id, trace.as_ref()),
             client,
             outgoing: Outgoing {
                 exchange: self.exchange,
@@ -299,7 +268,7 @@ impl<'a> Call<'a> {
                 on_progress: self.on_progress,
                 idle_timeout: self.idle_timeout,
             },
-            correlation_id: Uuid::new_v4().to_string(),
+            correlation_id,
             deadline,
             timeout,
             retry: self.retry.or_else(|| client.config.retry.clone()),
@@ -318,9 +287,57 @@ struct Prepared<'a> {
     /// The whole call's timeout, as its caller stated it.
     timeout: Duration,
     retry: Option<RetryPolicy>,
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
 }
 
 impl Prepared<'_> {
+    /// Runs `work` in the call's span when the feature `tracing` is on.
+    fn traced<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        #[cfg(feature = "tracing")]
+        let work = || crate::spans::within(&self.span, work);
+        work()
+    }
+
+    /// Makes the call, and again as the retry policy says.
+    fn attempts(&self) -> Result<Response> {
+        let policy = self.retry.clone();
+        let mut made = 0;
+        loop {
+            made += 1;
+            let (deadline, timeout) = self.attempt(made, Instant::now());
+            // A retry reuses the correlation id: an attempt that may be retried after a
+            // timeout must not be cancelled, or the servers would skip its retry.
+            let retried_on_timeout = policy
+                .as_ref()
+                .is_some_and(|policy| policy.get_attempt_timeout().is_some());
+            let error = match self
+                .send_until(deadline, timeout)
+                .and_then(|pending| pending.wait_for(!retried_on_timeout))
+            {
+                Ok(response) => return Ok(response),
+                Err(error) => error,
+            };
+            let now = Instant::now();
+            let next = policy
+                .as_ref()
+                .and_then(|policy| policy.next_attempt(&error, made, now, self.deadline));
+            let Some(at) = next else {
+                if retried_on_timeout && error.is_timeout() {
+                    self.cancel();
+                }
+                return Err(error);
+            };
+            log::debug!(
+                "call {} to {:?}: attempt {made} failed ({error}); trying again in {:?}",
+                self.correlation_id,
+                self.outgoing.routing_key,
+                at.saturating_duration_since(now)
+            );
+            std::thread::sleep(at.saturating_duration_since(now));
+        }
+    }
+
     fn attempt(&self, made: u32, now: Instant) -> (Instant, Duration) {
         crate::retry::attempt_budget(self.retry.as_ref(), made, now, self.deadline, self.timeout)
     }

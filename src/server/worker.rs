@@ -403,6 +403,9 @@ impl Worker {
                 trace.span_id()
             );
         }
+        #[cfg(feature = "tracing")]
+        let span =
+            crate::spans::serve(&self.queue, request.correlation_id(), trace.as_ref()).entered();
         let outcome = match refusal(properties) {
             Some(refused) => Err(refused),
             None => {
@@ -418,6 +421,8 @@ impl Worker {
                 outcome
             }
         };
+        #[cfg(feature = "tracing")]
+        crate::spans::served(&span, &outcome);
         drop(request);
         if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             log::info!(

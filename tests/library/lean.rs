@@ -49,6 +49,21 @@ fn without_default_features_there_are_no_big_integers() {
     assert!(!tree.contains("num-bigint"), "{tree}");
 }
 
+/// A program that does not ask for the feature `tracing` gets `log` alone.
+#[test]
+fn tracing_is_a_dependency_only_when_asked_for() {
+    let lists_tracing = |tree: &str| {
+        tree.lines()
+            .any(|line| line.split_whitespace().next() == Some("tracing"))
+    };
+    let tree = library_dependencies(&[]);
+    assert!(!lists_tracing(&tree), "{tree}");
+    assert!(lists_tracing(&library_dependencies(&[
+        "--features",
+        "tracing"
+    ])));
+}
+
 /// Every Rust source file of the library and the tools, with its path.
 fn product_sources() -> Vec<(std::path::PathBuf, String)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

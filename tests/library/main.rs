@@ -1,5 +1,5 @@
 //! The library against the shared broker at 127.0.0.1:5672: calls, concurrency, interop with
-//! the tutorial's peers, JSON, memory, and what the library pulls in.
+//! the tutorial's peers, JSON, memory, tracing spans, and what the library pulls in.
 //! One binary, so that it is linked once.
 
 mod chaos_memory;
@@ -11,3 +11,5 @@ mod json;
 mod lean;
 mod long_calls;
 mod rpc;
+#[cfg(feature = "tracing")]
+mod tracing_spans;
