@@ -3,7 +3,7 @@
 use crate::broker::raw_connection;
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, FieldTable,
-    Publish, QueueDeclareOptions,
+    Publish, Queue, QueueDeclareOptions,
 };
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,21 +15,20 @@ pub struct RawPeer {
     pub reply_queue: String,
 }
 
+/// A server-named queue of this connection's alone.
+fn declare_exclusive(channel: &Channel) -> Queue<'_> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel.queue_declare("", options).unwrap()
+}
+
 impl RawPeer {
     pub fn connect() -> RawPeer {
         let mut connection = raw_connection();
         let channel = connection.open_channel(None).unwrap();
-        let reply_queue = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-            )
-            .unwrap()
-            .name()
-            .to_owned();
+        let reply_queue = declare_exclusive(&channel).name().to_owned();
         RawPeer {
             connection: Some(connection),
             channel,
@@ -97,15 +96,7 @@ pub fn raw_consumer_via_amq_direct(routing_key: &str, reply: &'static [u8]) -> J
     let thread = std::thread::spawn(move || {
         let mut connection = raw_connection();
         let channel = connection.open_channel(None).unwrap();
-        let queue = channel
-            .queue_declare(
-                "",
-                QueueDeclareOptions {
-                    exclusive: true,
-                    ..QueueDeclareOptions::default()
-                },
-            )
-            .unwrap();
+        let queue = declare_exclusive(&channel);
         channel
             .queue_bind(queue.name(), "amq.direct", routing_key, FieldTable::new())
             .unwrap();
