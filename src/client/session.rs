@@ -171,9 +171,12 @@ impl Session {
     }
 
     /// Publishes the cancel of request `correlation_id` under `routing_key`, unless the
-    /// connection is gone; a cancel is a courtesy, so failing to send one is only logged.
+    /// connection is gone or blocked (a publish the broker does not read could only wait, and
+    /// the request is likely still in this client's buffers); a cancel is a courtesy, so
+    /// failing to send one is only logged.
     pub fn cancel(&self, routing_key: &str, correlation_id: &str, deadline: Instant) {
-        if self.lost_reason().is_some() {
+        self.note_blocking();
+        if self.lost_reason().is_some() || self.blocked().is_some() {
             return;
         }
         let publish = OwnedPublish {
