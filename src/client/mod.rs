@@ -306,12 +306,14 @@ impl RpcClient {
 
     /// Tells the servers of `queue` that nobody waits for request `correlation_id` any more,
     /// as [`PendingReply::cancel`] does, for a request whose `PendingReply` is out of reach (a
-    /// signal handler's thread, say). Sent on the connection there is, if it is alive: a
-    /// cancel that needs a reconnection would come too late to matter.
+    /// signal handler's thread, say). Returns once the broker has the cancel, so the process
+    /// may exit at once (within the connection's `close_timeout`). Sent on the connection
+    /// there is, if it is alive: a cancel that needs a reconnection would come too late to
+    /// matter.
     pub fn cancel(&self, queue: &str, correlation_id: &str) {
         let session = lock(&self.session).session.clone();
         if let Some(session) = session {
-            session.cancel(
+            session.cancel_now(
                 &protocol::cancel_routing_key(queue),
                 correlation_id,
                 deadline::from_now(self.config.connection.close_timeout),

@@ -191,6 +191,34 @@ impl Session {
         }
     }
 
+    /// [`cancel`](Self::cancel), returning only once the broker has the cancel, for a caller
+    /// about to exit: the broker handles a channel's methods in order, so once it confirms a
+    /// `basic.qos` sent after the cancel on the same channel, it has read the cancel too.
+    pub fn cancel_now(&self, routing_key: &str, correlation_id: &str, deadline: Instant) {
+        self.note_blocking();
+        if self.lost_reason().is_some() || self.blocked().is_some() {
+            return;
+        }
+        let sent = self.bounded(deadline, "a cancel", || {
+            let mut inspector = self.inspector()?;
+            let channel = inspector.as_ref().expect("opened above");
+            let properties = protocol::cancel_properties(correlation_id);
+            let outcome = channel
+                .basic_publish(
+                    CANCEL_EXCHANGE,
+                    Publish::with_properties(&[], routing_key, properties),
+                )
+                .and_then(|()| channel.qos(0, 0, false));
+            outcome.map_err(|error| {
+                *inspector = None;
+                self.connection_error(error)
+            })
+        });
+        if let Err(error) = sent {
+            log::debug!("the cancel of {correlation_id} was not sent: {error}");
+        }
+    }
+
     /// Runs `work` with the connection, for the rare operations that open channels.
     fn with_connection<T>(&self, work: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         match lock(&self.connection).as_mut() {
@@ -255,7 +283,8 @@ impl Session {
         })
     }
 
-    pub fn consumer_count(&self, queue: &str) -> Result<u32> {
+    /// The inspector channel, opened first if need be.
+    fn inspector(&self) -> Result<std::sync::MutexGuard<'_, Option<Channel>>> {
         let mut inspector = lock(&self.inspector);
         if inspector.is_none() {
             let channel = self.with_connection(|connection| {
@@ -265,6 +294,11 @@ impl Session {
             })?;
             *inspector = Some(channel);
         }
+        Ok(inspector)
+    }
+
+    pub fn consumer_count(&self, queue: &str) -> Result<u32> {
+        let mut inspector = self.inspector()?;
         let channel = inspector.as_ref().expect("opened above");
         match channel.queue_declare_passive(queue) {
             Ok(declared) => Ok(declared.declared_consumer_count().unwrap_or(0)),
