@@ -277,13 +277,19 @@ impl RpcClient {
         if let Some(reason) = session.lost_reason() {
             return Err(Error::ConnectionLost(reason));
         }
+        // What is left of the call when its request goes out is what the server may count
+        // on, and what a call its handler makes inherits: not the whole timeout, part of
+        // which connecting and the server check may have used.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(call.timeout);
         let properties = protocol::with_options(
             protocol::call_properties(
                 &session.reply_queue,
                 &pending.correlation_id,
                 &outgoing.content_type,
                 SystemTime::now(),
-                call.timeout,
+                left,
             ),
             outgoing.priority,
             &outgoing.headers,

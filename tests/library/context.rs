@@ -269,9 +269,11 @@ fn a_call_inside_a_handler_whose_caller_gave_up_fails_at_once() {
     .start()
     .unwrap();
     let client = support::client();
+    // Long enough that A surely takes the request well before it expires, even on a busy
+    // machine; A holds it until the caller has given up.
     let error = client
         .request(&a_queue.name, b"5")
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_secs(2))
         .call()
         .unwrap_err();
     assert!(error.is_timeout(), "{error}");
