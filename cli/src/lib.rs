@@ -1,7 +1,9 @@
 //! What the fib-rpc command-line tools share: exit codes a script can branch on, one JSON line
-//! encoder, the parsing of seconds and headers, fib-client's progress display, and shell completions and man pages from the clap
+//! encoder, the parsing of seconds and headers, fib-client's progress display, fib-bench's CPU
+//! figures, and shell completions and man pages from the clap
 //! definitions. The tools themselves are the binaries of this package.
 
+pub mod cpu;
 pub mod docs;
 pub mod exit;
 pub mod operations;

@@ -14,7 +14,7 @@ use fib_rpc::{
     ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueAdmin, QueueType, ReplyMode,
     RpcClient, RpcServer, ServerConfig,
 };
-use fib_rpc_cli::exit;
+use fib_rpc_cli::{cpu, exit};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use percent_encoding::percent_decode_str;
@@ -68,6 +68,14 @@ struct Args {
     /// Skip the raw limit.
     #[arg(long)]
     no_raw: bool,
+    /// Run fib-rpc's server as a fib-server process of its own (the one beside this binary)
+    /// instead of in this process, so that this process's CPU per call is the client's alone
+    /// and the server's is measured apart.
+    #[arg(long, conflicts_with_all = ["queue", "server_pid"])]
+    spawn_server: bool,
+    /// With --queue: the pid of the server serving it, whose CPU per call is then reported.
+    #[arg(long, requires = "queue", value_name = "PID")]
+    server_pid: Option<u32>,
     /// One JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -93,11 +101,15 @@ enum Mode {
     Direct,
 }
 
-/// One measurement: how many calls, how long, and their latencies.
+/// One measurement: how many calls, how long, their latencies, and the CPU they cost.
 struct Report {
     calls: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// This process's CPU over the measured calls (the server's too when it runs in here).
+    process_cpu: Option<Duration>,
+    /// The server process's, when it runs apart and its pid is known.
+    server_cpu: Option<Duration>,
 }
 
 impl Report {
@@ -120,13 +132,23 @@ impl Report {
         ]
     }
 
+    /// CPU microseconds per call of this process and of the server process, if known.
+    fn cpu_per_call(&self) -> (Option<f64>, Option<f64>) {
+        let per_call = |cpu: Option<Duration>| cpu.and_then(|cpu| cpu::per_call(cpu, self.calls));
+        (per_call(self.process_cpu), per_call(self.server_cpu))
+    }
+
     fn json(&self) -> String {
         let [p50, p90, p99, p999, max] = self.latencies();
+        let number = |value: Option<f64>| value.map_or("null".to_owned(), |v| format!("{v:.1}"));
+        let (process, server) = self.cpu_per_call();
         format!(
-            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{p50},"p90_us":{p90},"p99_us":{p99},"p999_us":{p999},"max_us":{max}}}"#,
+            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{p50},"p90_us":{p90},"p99_us":{p99},"p999_us":{p999},"max_us":{max},"process_cpu_us_per_call":{},"server_cpu_us_per_call":{}}}"#,
             self.calls,
             self.elapsed.as_secs_f64(),
             self.rate(),
+            number(process),
+            number(server),
         )
     }
 
@@ -219,11 +241,13 @@ fn shows_progress(args: &Args, measuring: bool) -> bool {
 }
 
 /// Runs `threads` copies of `body`, each given the shared progress; merges their histograms.
-fn measure<F>(args: &Args, measuring: bool, body: F) -> anyhow::Result<Report>
+/// The CPU used meanwhile is this process's and, if `server` names one, that process's.
+fn measure<F>(args: &Args, measuring: bool, server: Option<u32>, body: F) -> anyhow::Result<Report>
 where
     F: Fn(&Progress) -> anyhow::Result<Histogram<u64>> + Sync,
 {
     let progress = Progress::new(budget(args, measuring), shows_progress(args, measuring));
+    let cpu_before = (cpu::used(None), server.and_then(|pid| cpu::used(Some(pid))));
     let started = Instant::now();
     let histograms = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..args.threads)
@@ -235,6 +259,8 @@ where
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
     let elapsed = started.elapsed();
+    let cpu_after = (cpu::used(None), server.and_then(|pid| cpu::used(Some(pid))));
+    let spent = |before: Option<Duration>, after: Option<Duration>| Some(after? - before?);
     progress.bar.finish_and_clear();
     let mut latency = new_histogram();
     for histogram in &histograms {
@@ -244,6 +270,8 @@ where
         calls: latency.len(),
         elapsed,
         latency,
+        process_cpu: spent(cpu_before.0, cpu_after.0),
+        server_cpu: spent(cpu_before.1, cpu_after.1),
     })
 }
 
@@ -447,7 +475,7 @@ fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     let next_channel = AtomicU64::new(0);
     let run = |measuring| {
         next_channel.store(0, Ordering::Relaxed);
-        measure(args, measuring, |progress| {
+        measure(args, measuring, None, |progress| {
             let index = next_channel.fetch_add(1, Ordering::Relaxed) as usize;
             let caller = callers[index].lock().expect("one thread per caller");
             raw_thread(&caller, &queue, args, progress)
@@ -468,15 +496,20 @@ fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
 fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
     let own_queue = format!("fib-bench-rpc-{}", uuid::Uuid::new_v4());
     let queue = args.queue.clone().unwrap_or_else(|| own_queue.clone());
-    let server = match args.queue {
-        Some(_) => None,
-        None => Some(
+    let mut spawned = match args.spawn_server {
+        true => Some(ServerChild::spawn(args, &queue)?),
+        false => None,
+    };
+    let server_pid = spawned.as_ref().map(ServerChild::pid).or(args.server_pid);
+    let server = match (&args.queue, &spawned) {
+        (None, None) => Some(
             RpcServer::new(
                 server_config(args, connection, &queue),
                 fibonacci_handler(DEFAULT_MAX_N),
             )
             .start()?,
         ),
+        _ => None,
     };
     let config = ClientConfig::from(connection).reply_mode(match args.reply_mode {
         Mode::Queue => ReplyMode::CallbackQueue,
@@ -484,15 +517,21 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     });
     let client = FibonacciRpcClient::new(RpcClient::connect(config)?);
     let run = |measuring| {
-        measure(args, measuring, |progress| {
+        measure(args, measuring, server_pid, |progress| {
             rpc_thread(&client, &queue, args, progress)
         })
     };
     // Warm-up and measurement; a failure of either still cleans up below.
     let report = run(false).and_then(|_| run(true));
     client.close()?;
+    if let Some(child) = spawned.as_mut() {
+        child.stop();
+    }
     if let Some(server) = server {
         server.shutdown()?;
+    }
+    // The queue is ours unless --queue named it.
+    if args.queue.is_none() {
         let mut admin = raw_connection(connection)?;
         admin
             .open_channel(None)?
@@ -500,6 +539,59 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
         admin.close()?;
     }
     report
+}
+
+/// fib-rpc's server as a process of its own, so that its CPU is measured apart.
+struct ServerChild(std::process::Child);
+
+impl ServerChild {
+    /// Starts the fib-server beside this binary on `queue`, as this run's in-process server
+    /// would be set up, and waits until it serves.
+    fn spawn(args: &Args, queue: &str) -> anyhow::Result<ServerChild> {
+        let binary = std::env::current_exe()?.with_file_name("fib-server");
+        let queue_type = match args.queue_type {
+            Kind::Classic => "classic",
+            Kind::Quorum => "quorum",
+        };
+        let mut child = std::process::Command::new(&binary)
+            .args(["--queue", queue, "--queue-type", queue_type])
+            .args(["--workers", &args.workers.to_string()])
+            .args(["--prefetch", &args.prefetch.to_string()])
+            .env("AMQP_URL", args.amqp_url.join(","))
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("all services consuming"));
+        // Its later lines are read and dropped, so that a full pipe never stops it.
+        std::thread::spawn(move || lines.for_each(drop));
+        let mut server = ServerChild(child);
+        if !ready {
+            server.stop();
+            bail!("{} ended before it served", binary.display());
+        }
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// A plain amiquip connection with `TCP_NODELAY`, as fib-rpc opens its own (amiquip leaves
@@ -663,6 +755,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             "fib-rpc reaches {:.2} of the raw calls/s, at {:.2}x its p50 latency",
             rpc.rate() / raw.rate(),
             rpc.micros(0.5) as f64 / raw.micros(0.5) as f64
+        );
+    }
+    for (label, report) in [("raw limit", raw.as_ref()), ("fib-rpc", Some(&rpc))] {
+        let Some((process, server)) = report.map(Report::cpu_per_call) else {
+            continue;
+        };
+        let shown = |value: Option<f64>| value.map_or("?".to_owned(), |v| format!("{v:.1} us"));
+        println!(
+            "{label} CPU per call: this process {}, server process {}",
+            shown(process),
+            shown(server)
         );
     }
     println!("peak RSS of this process: {rss} kB");
