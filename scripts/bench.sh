@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The standard benchmark set: fib-rpc against the raw AMQP limit on this machine's broker, for
-# both queue types, then the prefetch x workers sweep and the memory figures. Prints a markdown
-# report and keeps it in target/bench/results.md.
+# both queue types, then the prefetch x workers sweep, CPU per call and the memory figures.
+# Prints a markdown report and keeps it in target/bench/results.md.
 # BENCH_SECONDS (default 3) and BENCH_ROUNDS (default 3) trade time for steadier numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,6 +99,30 @@ measure() {
             line="$line | $rate"
         done
         echo "$line |"
+    done
+
+    echo
+    echo "## CPU per call (classic queue, fib-server in a process of its own: --spawn-server)"
+    echo
+    echo "Process CPU (user + system, from /proc) over the measured calls, divided by their number."
+    echo "The raw limit runs its server in its own process, so its figure is client and server together."
+    echo
+    echo "| shape | fib-rpc calls/s | client us/call | fib-server us/call | raw client+server us/call |"
+    echo "| --- | ---: | ---: | ---: | ---: |"
+    for shape in "sequential|" "8 threads x 8 in flight, prefetch 10|--threads 8 --in-flight 8 --prefetch 10"; do
+        label=${shape%%|*}
+        read -r -a flags <<<"${shape#*|}"
+        "$bench" --duration "$seconds" --rounds "$rounds" --json --spawn-server "${flags[@]}" 2>/dev/null |
+            python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+raw, rpc = d["raw"], d["rpc"]
+def us(r, key):
+    return "-" if not r or r[key] is None else "{:.1f}".format(r[key])
+print("| {} | {:.0f} | {} | {} | {} |".format(sys.argv[1], rpc["calls_per_second"],
+    us(rpc, "process_cpu_us_per_call"), us(rpc, "server_cpu_us_per_call"),
+    us(raw, "process_cpu_us_per_call")))
+' "$label"
     done
 
     echo
