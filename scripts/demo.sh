@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end: broker up, release build, a fib-server on rpc_queue, a few calls
-# through the CLI (and one refused request), then a clean stop of the server.
+# through the CLI (and one refused request), a long call with its progress and one cancelled by
+# its timeout, then a clean stop of the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,7 @@ server=target/release/fib-server
 client=target/release/fib-client
 
 echo "== starting fib-server on queue $queue"
-"$server" --queue "$queue" --workers 2 &
+"$server" --queue "$queue" --workers 2 --max-n 20000000 &
 server_pid=$!
 trap 'kill -TERM $server_pid 2>/dev/null || true' EXIT
 
@@ -34,7 +35,16 @@ echo "== fib(1000) has $("$client" --queue "$queue" 1000 | tr -d '\n' | wc -c) d
 
 echo "== a request the server refuses (exit code 1 = remote error)"
 set +e
-"$client" --queue "$queue" 1000000
+"$client" --queue "$queue" 100000000
+echo "exit code $?"
+set -e
+
+echo "== a long call, fib(3000000), with its progress (each line cut at 100 characters)"
+"$client" --queue "$queue" --timeout 120 --json --progress 3000000 | cut -c1-100
+
+echo "== a call whose 0.5 s timeout cancels fib(15000000) on the server (exit code 75)"
+set +e
+"$client" --queue "$queue" --timeout 0.5 15000000
 echo "exit code $?"
 set -e
 

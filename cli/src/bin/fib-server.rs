@@ -209,10 +209,12 @@ fn run(args: Args) -> anyhow::Result<u8> {
     for (name, server) in servers {
         let stats = server.wait()?;
         log::info!(
-            "stopped {name}: {} answered, {} error replies, {} expired skipped, {} without reply_to",
+            "stopped {name}: {} answered, {} error replies, {} expired skipped, {} cancelled by \
+             their callers, {} without reply_to",
             stats.answered,
             stats.error_replies,
             stats.expired,
+            stats.cancelled,
             stats.unanswerable
         );
         if stats.left_in_hand > 0 {
