@@ -3,6 +3,7 @@
 use crate::amqp_url;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -72,7 +73,10 @@ impl ServerProcess {
                 command
             }
         };
+        // A group of its own, so that a wrapper's child (faketime forks the server) goes with
+        // it when the test signals or drops it.
         let mut child = command
+            .process_group(0)
             .args(args)
             .env("AMQP_URL", amqp_url())
             .envs(env.iter().copied())
@@ -108,10 +112,14 @@ impl ServerProcess {
         self.child.id() as i32
     }
 
-    /// Sends a signal (e.g. "TERM", "KILL") to the process.
+    /// Sends a signal (e.g. "TERM", "KILL") to the process and its wrapper, if it has one.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
+            .args([
+                format!("-{signal}"),
+                "--".to_owned(),
+                format!("-{}", self.pid()),
+            ])
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} failed");
@@ -144,6 +152,11 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
+        // The whole group: the server, and the wrapper that started it, if any.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.pid())])
+            .stderr(Stdio::null())
+            .status();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
