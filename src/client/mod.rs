@@ -11,7 +11,6 @@ mod submit;
 
 use crate::config::ClientConfig;
 use crate::deadline;
-use crate::driver::keeper::OwnedPublish;
 use crate::driver::{FieldTable, Publish};
 use crate::error::{Error, Result, Stage};
 use crate::message::Response;
@@ -272,6 +271,7 @@ impl RpcClient {
             idle_timeout: outgoing.idle_timeout,
             // Until the request is out, there is nothing to cancel.
             settled: true,
+            resolved: false,
         };
         session.dispatch_ready();
         if let Some(reason) = session.lost_reason() {
@@ -295,15 +295,13 @@ impl RpcClient {
             &outgoing.headers,
         );
         log::trace!("call {} -> {queue}", pending.correlation_id);
+        let publish = Publish {
+            mandatory: true,
+            ..Publish::with_properties(body, queue, properties)
+        };
         session
             .bounded(deadline, "publishing the request", || {
-                session.publish(OwnedPublish {
-                    exchange: outgoing.exchange.clone(),
-                    routing_key: queue.to_owned(),
-                    body: body.to_vec(),
-                    properties,
-                    mandatory: true,
-                })
+                session.publish(&outgoing.exchange, publish)
             })
             .map_err(call.timed_out(Stage::Publish))?;
         pending.settled = false;

@@ -43,6 +43,8 @@ pub struct PendingReply {
     pub(super) idle_timeout: Option<Duration>,
     /// Answered, failed, or given up on with a cancel sent: nothing more to tell the servers.
     pub(super) settled: bool,
+    /// The outcome came through the pending map, which forgot the call as it handed it over.
+    pub(super) resolved: bool,
 }
 
 impl std::fmt::Debug for PendingReply {
@@ -117,6 +119,7 @@ impl PendingReply {
                 // A reply that came after the deadline was dropped, and the call with it.
                 recv(self.reply) -> outcome => {
                     self.report_progress();
+                    self.resolved = outcome.is_ok();
                     return outcome.unwrap_or_else(|_| Err(self.timed_out(give_up)));
                 }
                 recv(progress) -> report => {
@@ -142,10 +145,9 @@ impl PendingReply {
                 default(remaining) => {
                     // A reply may have been routed to us in the last instant.
                     self.report_progress();
-                    return self
-                        .reply
-                        .try_recv()
-                        .unwrap_or_else(|_| Err(self.timed_out(give_up)));
+                    let outcome = self.reply.try_recv();
+                    self.resolved = outcome.is_ok();
+                    return outcome.unwrap_or_else(|_| Err(self.timed_out(give_up)));
                 }
             }
         }
@@ -214,7 +216,9 @@ impl PendingReply {
 
 impl Drop for PendingReply {
     fn drop(&mut self) {
-        self.session.pending.forget(&self.correlation_id);
+        if !self.resolved {
+            self.session.pending.forget(&self.correlation_id);
+        }
         if !self.settled {
             self.send_cancel();
         }

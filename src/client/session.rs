@@ -155,18 +155,21 @@ impl Session {
         outcome
     }
 
-    /// Publishes a request on the channel that must carry it.
-    pub fn publish(&self, publish: OwnedPublish) -> Result<()> {
+    /// Publishes a message to `exchange` on the channel that must carry it: the request
+    /// channel, borrowing the message, or (direct reply-to) the keeper's, which takes a copy.
+    pub fn publish(&self, exchange: &str, publish: Publish<'_>) -> Result<()> {
         match &self.publisher {
             Some(channel) => lock(channel)
-                .basic_publish(&publish.exchange, publish.as_publish())
+                .basic_publish(exchange, publish)
                 .map_err(|error| {
                     // The channel is gone (the broker closed it, say): so is this session, or
                     // every later call would fail on it too.
                     self.mark_lost(format!("the request channel closed: {error}"));
                     self.connection_error(error)
                 }),
-            None => self.keeper.publish(publish),
+            None => self
+                .keeper
+                .publish(OwnedPublish::from_publish(exchange, publish)),
         }
     }
 
@@ -179,14 +182,11 @@ impl Session {
         if self.lost_reason().is_some() || self.blocked().is_some() {
             return;
         }
-        let publish = OwnedPublish {
-            exchange: CANCEL_EXCHANGE.to_owned(),
-            routing_key: routing_key.to_owned(),
-            body: Vec::new(),
-            properties: protocol::cancel_properties(correlation_id),
-            mandatory: false,
-        };
-        if let Err(error) = self.bounded(deadline, "a cancel", || self.publish(publish)) {
+        let properties = protocol::cancel_properties(correlation_id);
+        let publish = Publish::with_properties(&[], routing_key, properties);
+        if let Err(error) = self.bounded(deadline, "a cancel", || {
+            self.publish(CANCEL_EXCHANGE, publish)
+        }) {
             log::debug!("the cancel of {correlation_id} was not sent: {error}");
         }
     }

@@ -23,6 +23,17 @@ pub(crate) struct OwnedPublish {
 }
 
 impl OwnedPublish {
+    /// A copy of `publish`, to `exchange`, for another thread to send.
+    pub fn from_publish(exchange: &str, publish: Publish<'_>) -> OwnedPublish {
+        OwnedPublish {
+            exchange: exchange.to_owned(),
+            routing_key: publish.routing_key.to_owned(),
+            body: publish.body.to_vec(),
+            properties: publish.properties,
+            mandatory: publish.mandatory,
+        }
+    }
+
     /// The message as amiquip publishes it, borrowing the body.
     pub fn as_publish(&self) -> Publish<'_> {
         Publish {
