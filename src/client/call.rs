@@ -301,16 +301,15 @@ impl Prepared<'_> {
 
     /// Makes the call, and again as the retry policy says.
     fn attempts(&self) -> Result<Response> {
-        let policy = self.retry.clone();
+        let policy = self.retry.as_ref();
+        // A retry reuses the correlation id: an attempt that may be retried after a timeout
+        // must not be cancelled, or the servers would skip its retry.
+        let retried_on_timeout =
+            policy.is_some_and(|policy| policy.get_attempt_timeout().is_some());
         let mut made = 0;
         loop {
             made += 1;
             let (deadline, timeout) = self.attempt(made, Instant::now());
-            // A retry reuses the correlation id: an attempt that may be retried after a
-            // timeout must not be cancelled, or the servers would skip its retry.
-            let retried_on_timeout = policy
-                .as_ref()
-                .is_some_and(|policy| policy.get_attempt_timeout().is_some());
             let error = match self
                 .send_until(deadline, timeout)
                 .and_then(|pending| pending.wait_for(!retried_on_timeout))
@@ -319,9 +318,8 @@ impl Prepared<'_> {
                 Err(error) => error,
             };
             let now = Instant::now();
-            let next = policy
-                .as_ref()
-                .and_then(|policy| policy.next_attempt(&error, made, now, self.deadline));
+            let next =
+                policy.and_then(|policy| policy.next_attempt(&error, made, now, self.deadline));
             let Some(at) = next else {
                 if retried_on_timeout && error.is_timeout() {
                     self.cancel();

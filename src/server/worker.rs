@@ -343,8 +343,8 @@ impl Worker {
             return lane.ack(delivery);
         };
         let correlation_id = properties.correlation_id().as_deref();
-        let cancel = match correlation_id.map(|id| (id, self.shared.cancels.begin(id))) {
-            Some((_, None)) => {
+        let cancel = match correlation_id.map(|id| self.shared.cancels.begin(id)) {
+            Some(None) => {
                 log::info!(
                     "request {} was cancelled by its caller before we took it: skipped",
                     protocol::quote(&delivery.body)
@@ -352,7 +352,7 @@ impl Worker {
                 count(&counters.cancelled);
                 return lane.ack(delivery);
             }
-            Some((_, token)) => token,
+            Some(token) => token,
             None => None,
         };
         // Cancels of this request reach it only while it is computed.
