@@ -205,13 +205,12 @@ impl<'a> Call<'a> {
     fn prepare(self) -> Result<Prepared<'a>> {
         let now = Instant::now();
         let client = self.client;
-        let own_timeout = match self.deadline {
-            Some(_) => None,
-            None => Some(self.timeout.unwrap_or(client.config.call_timeout)),
-        };
-        let own_deadline = match (self.deadline, own_timeout) {
-            (Some(deadline), _) => deadline,
-            (None, timeout) => crate::deadline::after(now, timeout.unwrap_or_default()),
+        let (own_deadline, own_timeout) = match self.deadline {
+            Some(deadline) => (deadline, None),
+            None => {
+                let timeout = self.timeout.unwrap_or(client.config.call_timeout);
+                (crate::deadline::after(now, timeout), Some(timeout))
+            }
         };
         let mut deadline = own_deadline;
         let mut trace = self.trace;

@@ -11,8 +11,8 @@ use crate::driver::keeper::{Keeper, OwnedPublish, Tick};
 use crate::driver::queue;
 use crate::driver::watchdog::{Bounded, Cutter};
 use crate::driver::{
-    Channel, Connection, ConnectionBlockedNotification, ConsumerMessage, ConsumerOptions,
-    DriverError, Publish, QueueDeclareOptions, Return,
+    AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
+    ConsumerOptions, DriverError, Publish, QueueDeclareOptions, Return,
 };
 use crate::error::{Error, Result};
 use crate::protocol::{self, CANCEL_EXCHANGE, DIRECT_REPLY_TO, NOT_FOUND};
@@ -173,48 +173,49 @@ impl Session {
         }
     }
 
-    /// Publishes the cancel of request `correlation_id` under `routing_key`, unless the
-    /// connection is gone or blocked (a publish the broker does not read could only wait, and
-    /// the request is likely still in this client's buffers); a cancel is a courtesy, so
-    /// failing to send one is only logged.
+    /// Publishes the cancel of request `correlation_id` under `routing_key`, without waiting
+    /// for the broker: a call that gave up returns at once, whatever the network does.
     pub fn cancel(&self, routing_key: &str, correlation_id: &str, deadline: Instant) {
-        self.note_blocking();
-        if self.lost_reason().is_some() || self.blocked().is_some() {
-            return;
-        }
-        let properties = protocol::cancel_properties(correlation_id);
-        let publish = Publish::with_properties(&[], routing_key, properties);
-        if let Err(error) = self.bounded(deadline, "a cancel", || {
+        self.send_cancel(correlation_id, deadline, |properties| {
+            let publish = Publish::with_properties(&[], routing_key, properties);
             self.publish(CANCEL_EXCHANGE, publish)
-        }) {
-            log::debug!("the cancel of {correlation_id} was not sent: {error}");
-        }
+        });
     }
 
     /// [`cancel`](Self::cancel), returning only once the broker has the cancel, for a caller
     /// about to exit: the broker handles a channel's methods in order, so once it confirms a
     /// `basic.qos` sent after the cancel on the same channel, it has read the cancel too.
     pub fn cancel_now(&self, routing_key: &str, correlation_id: &str, deadline: Instant) {
-        self.note_blocking();
-        if self.lost_reason().is_some() || self.blocked().is_some() {
-            return;
-        }
-        let sent = self.bounded(deadline, "a cancel", || {
+        self.send_cancel(correlation_id, deadline, |properties| {
             let mut inspector = self.inspector()?;
             let channel = inspector.as_ref().expect("opened above");
-            let properties = protocol::cancel_properties(correlation_id);
+            let publish = Publish::with_properties(&[], routing_key, properties);
             let outcome = channel
-                .basic_publish(
-                    CANCEL_EXCHANGE,
-                    Publish::with_properties(&[], routing_key, properties),
-                )
+                .basic_publish(CANCEL_EXCHANGE, publish)
                 .and_then(|()| channel.qos(0, 0, false));
             outcome.map_err(|error| {
                 *inspector = None;
                 self.connection_error(error)
             })
         });
-        if let Err(error) = sent {
+    }
+
+    /// Sends the cancel of `correlation_id` by `send`, within `deadline`, unless the connection
+    /// is gone or blocked (a publish the broker does not read could only wait, and the request
+    /// is likely still in this client's buffers); a cancel is a courtesy, so failing to send
+    /// one is only logged.
+    fn send_cancel(
+        &self,
+        correlation_id: &str,
+        deadline: Instant,
+        send: impl FnOnce(AmqpProperties) -> Result<()>,
+    ) {
+        self.note_blocking();
+        if self.lost_reason().is_some() || self.blocked().is_some() {
+            return;
+        }
+        let properties = protocol::cancel_properties(correlation_id);
+        if let Err(error) = self.bounded(deadline, "a cancel", || send(properties)) {
             log::debug!("the cancel of {correlation_id} was not sent: {error}");
         }
     }
