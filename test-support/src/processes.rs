@@ -3,7 +3,6 @@
 use crate::amqp_url;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -58,25 +57,7 @@ impl ServerProcess {
     /// Starts the real binary with exactly these arguments and environment (which may name
     /// the broker and the queue), against the test broker unless `env` says otherwise.
     pub fn start_configured(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        ServerProcess::start_under(&[], args, env)
-    }
-
-    /// [`ServerProcess::start_configured`], run by `wrapper` (a command and its arguments,
-    /// e.g. `faketime -f +20s`), or directly if `wrapper` is empty.
-    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let binary = tool("fib-server");
-        let mut command = match wrapper {
-            [] => Command::new(binary),
-            [program, wrapper_args @ ..] => {
-                let mut command = Command::new(program);
-                command.args(wrapper_args).arg(binary);
-                command
-            }
-        };
-        // A group of its own, so that a wrapper's child (faketime forks the server) goes with
-        // it when the test signals or drops it.
-        let mut child = command
-            .process_group(0)
+        let mut child = Command::new(tool("fib-server"))
             .args(args)
             .env("AMQP_URL", amqp_url())
             .envs(env.iter().copied())
@@ -112,14 +93,10 @@ impl ServerProcess {
         self.child.id() as i32
     }
 
-    /// Sends a signal (e.g. "TERM", "KILL") to the process and its wrapper, if it has one.
+    /// Sends a signal (e.g. "TERM", "KILL") to the process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args([
-                format!("-{signal}"),
-                "--".to_owned(),
-                format!("-{}", self.pid()),
-            ])
+            .args([format!("-{signal}"), self.pid().to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill -{signal} failed");
@@ -152,11 +129,6 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        // The whole group: the server, and the wrapper that started it, if any.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.pid())])
-            .stderr(Stdio::null())
-            .status();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -218,4 +190,22 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
 pub fn requests_in_hand(address: &str, queue: &str) -> f64 {
     let series = format!("fib_rpc_requests_in_hand{{queue=\"{queue}\"}}");
     sample(&get(address, "/metrics").1, &series)
+}
+
+/// The environment that runs a process with its wall clock `offset` off (libfaketime's syntax,
+/// e.g. `+20s`) and its monotonic clock left alone. The library is preloaded directly rather
+/// than through the `faketime` wrapper: the wrapper names a POSIX semaphore after its own pid
+/// and leaves it behind when killed, so a later wrapper given the same pid refuses to start.
+pub fn faketime_env(offset: &str) -> Vec<(&'static str, String)> {
+    let multiarch = format!("/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    let library = [multiarch.as_str(), "/usr/lib", "/usr/local/lib"]
+        .iter()
+        .map(|root| PathBuf::from(root).join("faketime/libfaketime.so.1"))
+        .find(|candidate| candidate.exists())
+        .expect("libfaketime.so.1 is not installed: run scripts/deps.sh");
+    vec![
+        ("LD_PRELOAD", library.display().to_string()),
+        ("FAKETIME", offset.to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use support::nodes::{limits_node, PrivateNode};
-use support::processes::ServerProcess;
+use support::processes::{faketime_env, ServerProcess};
 use support::{wait_until, TestQueue};
 
 /// A memory alarm blocks every publisher of the node: the alarm test runs alone (write), the
@@ -499,15 +499,16 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
     server.shutdown().unwrap();
 }
 
-/// Calls a fib-server whose clock is `offset` off its callers' (faketime, the monotonic clock
-/// left alone); every call must be answered, and the skew reported once.
+/// Calls a fib-server whose clock is `offset` off its callers' (libfaketime, the monotonic
+/// clock left alone); every call must be answered, and the skew reported once.
 fn served_despite_skew(offset: &str, reported: &str) {
     let queue = TestQueue::new("skew");
-    let server = ServerProcess::start_under(
-        &["faketime", "-f", offset],
-        &["--queue", &queue.name, "--workers", "1"],
-        &[("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
-    );
+    let skew = faketime_env(offset);
+    let env: Vec<(&str, &str)> = skew
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let server = ServerProcess::start_configured(&["--queue", &queue.name, "--workers", "1"], &env);
     let client = support::fib_client(&queue.name, Duration::from_secs(3));
     for n in [10, 11, 12] {
         let value = client
