@@ -3,25 +3,23 @@
 //! Every run measures two things of the same shape on the same broker: a raw amiquip
 //! publish → consume → reply ping-pong with no RPC layer (the limit), and fib-rpc itself.
 
-use amiquip::{
-    AmqpProperties, AmqpValue, Auth, Channel, Connection, ConnectionOptions, ConnectionTuning,
-    ConsumerMessage, ConsumerOptions, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
-};
+mod processes;
+mod raw;
+
 use anyhow::{bail, Context};
 use clap::{CommandFactory, Parser, ValueEnum};
 use fib_rpc::services::{fibonacci, fibonacci_handler, DEFAULT_MAX_N};
 use fib_rpc::{
-    ClientConfig, ConnectionConfig, FibonacciRpcClient, QueueAdmin, QueueType, ReplyMode,
-    RpcClient, RpcServer, ServerConfig,
+    ClientConfig, ConnectionConfig, QueueAdmin, QueueType, ReplyMode, RpcClient, RpcServer,
+    ServerConfig,
 };
 use fib_rpc_cli::{cpu, exit};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use percent_encoding::percent_decode_str;
-use std::collections::{HashMap, VecDeque};
+use processes::{measure_in_processes, ServerCpu, Side};
+use std::collections::VecDeque;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Measure fib-rpc calls against the raw AMQP round trip on the same broker.
@@ -43,13 +41,25 @@ struct Args {
     /// The n of every request.
     #[arg(long, default_value_t = 10)]
     n: u64,
+    /// Send requests of this many bytes to servers that echo them back, instead of n to
+    /// Fibonacci servers (not with --queue or --spawn-server, whose servers compute fib(n)).
+    #[arg(long, value_name = "BYTES", conflicts_with_all = ["spawn_server", "server_pid"])]
+    body_bytes: Option<usize>,
+    /// Run the clients in this many processes of their own, each with --threads threads and
+    /// a connection of its own, instead of in this process; their CPU is then the clients'
+    /// alone, and this process's (where the servers run) the servers'.
+    #[arg(long, value_name = "P", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    processes: Option<u32>,
+    /// Internal: be one of the client processes of --processes.
+    #[arg(long, hide = true, value_enum, requires = "queue")]
+    client_process: Option<Side>,
     /// Client threads, all sharing one fib-rpc client (one connection).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Calls each thread keeps in flight.
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
-    /// Total calls per measurement (ignored with --duration).
+    /// Total calls per measurement, per process with --processes (ignored with --duration).
     #[arg(long, default_value_t = 5000)]
     calls: u64,
     /// Measure for this many seconds instead of a fixed count.
@@ -106,8 +116,9 @@ struct Report {
     calls: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
-    /// This process's CPU over the measured calls (the server's too when it runs in here).
-    process_cpu: Option<Duration>,
+    /// The clients' CPU over the measured calls: this process's (the servers' too when they run
+    /// in here), or the client processes' together.
+    client_cpu: Option<Duration>,
     /// The server process's, when it runs apart and its pid is known.
     server_cpu: Option<Duration>,
 }
@@ -132,10 +143,10 @@ impl Report {
         ]
     }
 
-    /// CPU microseconds per call of this process and of the server process, if known.
+    /// CPU microseconds per call of the clients and of the server process, if known.
     fn cpu_per_call(&self) -> (Option<f64>, Option<f64>) {
         let per_call = |cpu: Option<Duration>| cpu.and_then(|cpu| cpu::per_call(cpu, self.calls));
-        (per_call(self.process_cpu), per_call(self.server_cpu))
+        (per_call(self.client_cpu), per_call(self.server_cpu))
     }
 
     fn json(&self) -> String {
@@ -143,7 +154,7 @@ impl Report {
         let number = |value: Option<f64>| value.map_or("null".to_owned(), |v| format!("{v:.1}"));
         let (process, server) = self.cpu_per_call();
         format!(
-            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{p50},"p90_us":{p90},"p99_us":{p99},"p999_us":{p999},"max_us":{max},"process_cpu_us_per_call":{},"server_cpu_us_per_call":{}}}"#,
+            r#"{{"calls":{},"seconds":{:.3},"calls_per_second":{:.1},"p50_us":{p50},"p90_us":{p90},"p99_us":{p99},"p999_us":{p999},"max_us":{max},"client_cpu_us_per_call":{},"server_cpu_us_per_call":{}}}"#,
             self.calls,
             self.elapsed.as_secs_f64(),
             self.rate(),
@@ -159,6 +170,30 @@ impl Report {
             self.calls,
             self.rate(),
         )
+    }
+}
+
+/// What every call sends, and the reply it must get.
+struct Workload {
+    body: Vec<u8>,
+    expected: Vec<u8>,
+}
+
+impl Workload {
+    fn of(args: &Args) -> Workload {
+        match args.body_bytes {
+            Some(bytes) => {
+                let body: Vec<u8> = (0..bytes).map(|i| b'a' + (i % 26) as u8).collect();
+                Workload {
+                    expected: body.clone(),
+                    body,
+                }
+            }
+            None => Workload {
+                body: args.n.to_string().into_bytes(),
+                expected: fibonacci(args.n).to_string().into_bytes(),
+            },
+        }
     }
 }
 
@@ -235,6 +270,7 @@ fn budget(args: &Args, measuring: bool) -> Budget {
 
 fn shows_progress(args: &Args, measuring: bool) -> bool {
     measuring
+        && args.client_process.is_none()
         && args
             .duration
             .map_or(args.calls >= 50_000, |seconds| seconds >= 3.0)
@@ -270,7 +306,7 @@ where
         calls: latency.len(),
         elapsed,
         latency,
-        process_cpu: spent(cpu_before.0, cpu_after.0),
+        client_cpu: spent(cpu_before.0, cpu_after.0),
         server_cpu: spent(cpu_before.1, cpu_after.1),
     })
 }
@@ -280,217 +316,42 @@ fn record(histogram: &mut Histogram<u64>, sent: Instant) {
     histogram.saturating_record(micros.max(1));
 }
 
-/// fib-rpc: each thread keeps `in_flight` calls going on the shared client.
+/// fib-rpc: each thread keeps `in_flight` calls going on the shared client, and checks every
+/// reply.
 fn rpc_thread(
-    client: &FibonacciRpcClient,
+    client: &RpcClient,
     queue: &str,
+    workload: &Workload,
     args: &Args,
     progress: &Progress,
 ) -> anyhow::Result<Histogram<u64>> {
-    let body = args.n.to_string();
-    let expected = fibonacci(args.n).to_string().into_bytes();
     let timeout = Duration::from_secs(30);
     let mut histogram = new_histogram();
     let mut window = VecDeque::with_capacity(args.in_flight);
     loop {
         while window.len() < args.in_flight && progress.claim() {
-            let pending = client
-                .rpc()
-                .send_with_timeout(queue, body.as_bytes(), timeout)?;
+            let pending = client.send_with_timeout(queue, &workload.body, timeout)?;
             window.push_back((Instant::now(), pending));
         }
         let Some((sent, pending)) = window.pop_front() else {
             return Ok(histogram);
         };
         let reply = pending.wait()?;
-        if reply != expected {
-            bail!("wrong answer: {}", String::from_utf8_lossy(&reply));
+        if reply != workload.expected {
+            bail!("a wrong reply of {} bytes", reply.len());
         }
         record(&mut histogram, sent);
         progress.finished_one();
     }
 }
 
-/// The raw limit, client side: a channel of its own with an exclusive reply queue.
-struct RawCaller {
-    channel: Channel,
-    reply_queue: String,
-    replies: crossbeam_channel::Receiver<ConsumerMessage>,
-}
-
-impl RawCaller {
-    fn new(channel: Channel) -> anyhow::Result<RawCaller> {
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let reply_queue = channel.queue_declare("", options)?.name().to_owned();
-        let no_ack = ConsumerOptions {
-            no_ack: true,
-            ..ConsumerOptions::default()
-        };
-        let consumer = channel.basic_consume(reply_queue.as_str(), no_ack)?;
-        let replies = consumer.receiver().clone();
-        // The subscription must outlive warm-up and measurement; dropping the handle would
-        // cancel it (and a cancel racing its confirmation can kill an amiquip connection).
-        std::mem::forget(consumer);
-        Ok(RawCaller {
-            channel,
-            reply_queue,
-            replies,
-        })
-    }
-}
-
-/// The raw limit, client side: `in_flight` requests going, replies matched by correlation id.
-fn raw_thread(
-    caller: &RawCaller,
-    queue: &str,
-    args: &Args,
-    progress: &Progress,
-) -> anyhow::Result<Histogram<u64>> {
-    let RawCaller {
-        channel,
-        reply_queue,
-        replies,
-    } = caller;
-    let body = args.n.to_string();
-    let mut histogram = new_histogram();
-    let mut in_flight: HashMap<u64, Instant> = HashMap::with_capacity(args.in_flight);
-    let mut next_id = 0u64;
-    loop {
-        while in_flight.len() < args.in_flight && progress.claim() {
-            let properties = AmqpProperties::default()
-                .with_reply_to(reply_queue.clone())
-                .with_correlation_id(next_id.to_string());
-            channel.basic_publish(
-                "",
-                Publish::with_properties(body.as_bytes(), queue, properties),
-            )?;
-            in_flight.insert(next_id, Instant::now());
-            next_id += 1;
-        }
-        if in_flight.is_empty() {
-            return Ok(histogram);
-        }
-        match replies.recv_timeout(Duration::from_secs(30))? {
-            ConsumerMessage::Delivery(delivery) => {
-                let id: u64 = delivery
-                    .properties
-                    .correlation_id()
-                    .as_deref()
-                    .and_then(|id| id.parse().ok())
-                    .context("a raw reply without our correlation id")?;
-                let sent = in_flight.remove(&id).context("an unknown raw reply")?;
-                record(&mut histogram, sent);
-                progress.finished_one();
-            }
-            other => bail!("raw reply queue closed: {other:?}"),
-        }
-    }
-}
-
-/// The raw limit, server side: one channel per worker, prefetch, reply then ack.
-fn raw_worker(channel: Channel, queue: String, prefetch: u16, stop: Arc<AtomicBool>) {
-    let consume = channel
-        .qos(0, prefetch, false)
-        .and_then(|()| channel.basic_consume(queue, ConsumerOptions::default()));
-    let Ok(consumer) = consume else { return };
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(ConsumerMessage::Delivery(delivery)) =
-            consumer.receiver().recv_timeout(Duration::from_millis(100))
-        else {
-            continue;
-        };
-        let n = std::str::from_utf8(&delivery.body)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .unwrap_or(0);
-        let answer = fibonacci(n).to_string();
-        let mut properties = AmqpProperties::default();
-        if let Some(id) = delivery.properties.correlation_id() {
-            properties = properties.with_correlation_id(id.clone());
-        }
-        let Some(reply_to) = delivery.properties.reply_to().clone() else {
-            continue;
-        };
-        let published = channel.basic_publish(
-            "",
-            Publish::with_properties(answer.as_bytes(), reply_to, properties),
-        );
-        if published.and_then(|()| consumer.ack(delivery)).is_err() {
-            return;
-        }
-    }
-    // Cancel, then wait for the cancellation's own message before the consumer is dropped:
-    // dropping it earlier lets the driver send to a dropped receiver, which kills the connection.
-    if consumer.cancel().is_ok() {
-        for message in consumer.receiver().iter() {
-            if !matches!(message, ConsumerMessage::Delivery(_)) {
-                break;
-            }
-        }
-    }
-}
-
-fn declare(channel: &Channel, queue: &str, kind: Kind) -> anyhow::Result<()> {
-    let mut arguments = FieldTable::new();
-    if let Kind::Quorum = kind {
-        arguments.insert(
-            "x-queue-type".into(),
-            AmqpValue::LongString("quorum".into()),
-        );
-    }
-    channel.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            durable: true,
-            arguments,
-            ..QueueDeclareOptions::default()
-        },
-    )?;
-    Ok(())
-}
-
-fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
-    let queue = format!("fib-bench-raw-{}", uuid::Uuid::new_v4());
-    let mut server_connection = raw_connection(connection)?;
-    let setup = server_connection.open_channel(None)?;
-    declare(&setup, &queue, args.queue_type)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..args.workers)
-        .map(|_| {
-            let channel = server_connection.open_channel(None)?;
-            let (queue, stop) = (queue.clone(), Arc::clone(&stop));
-            let prefetch = args.prefetch;
-            Ok(std::thread::spawn(move || {
-                raw_worker(channel, queue, prefetch, stop)
-            }))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut client_connection = raw_connection(connection)?;
-    let callers = (0..args.threads)
-        .map(|_| RawCaller::new(client_connection.open_channel(None)?).map(std::sync::Mutex::new))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let next_channel = AtomicU64::new(0);
-    let run = |measuring| {
-        next_channel.store(0, Ordering::Relaxed);
-        measure(args, measuring, None, |progress| {
-            let index = next_channel.fetch_add(1, Ordering::Relaxed) as usize;
-            let caller = callers[index].lock().expect("one thread per caller");
-            raw_thread(&caller, &queue, args, progress)
-        })
-    };
-    // Warm-up and measurement; a failure of either still cleans up below.
-    let report = run(false).and_then(|_| run(true));
-    stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        let _ = worker.join();
-    }
-    setup.queue_delete(queue.as_str(), QueueDeleteOptions::default())?;
-    client_connection.close()?;
-    server_connection.close()?;
-    report
+/// The fib-rpc client of this run's shape.
+fn rpc_client(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<RpcClient> {
+    let config = ClientConfig::from(connection).reply_mode(match args.reply_mode {
+        Mode::Queue => ReplyMode::CallbackQueue,
+        Mode::Direct => ReplyMode::DirectReplyTo,
+    });
+    Ok(RpcClient::connect(config)?)
 }
 
 fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
@@ -502,28 +363,40 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     };
     let server_pid = spawned.as_ref().map(ServerChild::pid).or(args.server_pid);
     let server = match (&args.queue, &spawned) {
-        (None, None) => Some(
-            RpcServer::new(
-                server_config(args, connection, &queue),
-                fibonacci_handler(DEFAULT_MAX_N),
-            )
-            .start()?,
-        ),
+        (None, None) => {
+            let config = server_config(args, connection, &queue);
+            let server = match args.body_bytes {
+                Some(_) => RpcServer::new(config, |body: &[u8]| {
+                    Ok::<_, fib_rpc::HandlerError>(body.to_vec())
+                }),
+                None => RpcServer::new(config, fibonacci_handler(DEFAULT_MAX_N)),
+            };
+            Some(server.start()?)
+        }
         _ => None,
     };
-    let config = ClientConfig::from(connection).reply_mode(match args.reply_mode {
-        Mode::Queue => ReplyMode::CallbackQueue,
-        Mode::Direct => ReplyMode::DirectReplyTo,
-    });
-    let client = FibonacciRpcClient::new(RpcClient::connect(config)?);
-    let run = |measuring| {
-        measure(args, measuring, server_pid, |progress| {
-            rpc_thread(&client, &queue, args, progress)
-        })
+    let report = match args.processes {
+        Some(_) => {
+            let cpu = match (&server, server_pid) {
+                (Some(_), _) => ServerCpu::Here,
+                (None, Some(pid)) => ServerCpu::Process(pid),
+                (None, None) => ServerCpu::Unknown,
+            };
+            measure_in_processes(args, Side::Rpc, &queue, cpu)
+        }
+        None => rpc_client(args, connection).and_then(|client| {
+            let workload = Workload::of(args);
+            let run = |measuring| {
+                measure(args, measuring, server_pid, |progress| {
+                    rpc_thread(&client, &queue, &workload, args, progress)
+                })
+            };
+            // Warm-up and measurement; a failure of either still cleans up below.
+            let report = run(false).and_then(|_| run(true));
+            client.close()?;
+            report
+        }),
     };
-    // Warm-up and measurement; a failure of either still cleans up below.
-    let report = run(false).and_then(|_| run(true));
-    client.close()?;
     if let Some(child) = spawned.as_mut() {
         child.stop();
     }
@@ -532,11 +405,7 @@ fn run_rpc(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report>
     }
     // The queue is ours unless --queue named it.
     if args.queue.is_none() {
-        let mut admin = raw_connection(connection)?;
-        admin
-            .open_channel(None)?
-            .queue_delete(own_queue.as_str(), QueueDeleteOptions::default())?;
-        admin.close()?;
+        raw::delete_queue(connection, &own_queue)?;
     }
     report
 }
@@ -594,62 +463,6 @@ impl Drop for ServerChild {
     }
 }
 
-/// A plain amiquip connection with `TCP_NODELAY`, as fib-rpc opens its own (amiquip leaves
-/// Nagle's algorithm on, which would cap the baseline at a few dozen round trips a second);
-/// over amiquip's own TLS for an `amqps://` URL (its `cacertfile` trusted besides the system's
-/// CAs), so that the baseline crosses the same transport as fib-rpc.
-fn raw_connection(connection: &ConnectionConfig) -> anyhow::Result<Connection> {
-    let url = connection
-        .get_urls()
-        .next()
-        .context("no broker URL given")?;
-    let parsed = url::Url::parse(url).context("parsing the AMQP URL")?;
-    let decode = |text: &str| percent_decode_str(text).decode_utf8_lossy().into_owned();
-    let or_guest = |text: String| {
-        if text.is_empty() {
-            "guest".to_owned()
-        } else {
-            text
-        }
-    };
-    let tls = parsed.scheme() == "amqps";
-    let host = parsed.host_str().unwrap_or("localhost").to_owned();
-    let port = parsed.port().unwrap_or(if tls { 5671 } else { 5672 });
-    let stream = std::net::TcpStream::connect((host.as_str(), port))?;
-    stream.set_nodelay(true)?;
-    let vhost = match parsed.path().trim_start_matches('/') {
-        "" => "/".to_owned(),
-        segment => decode(segment),
-    };
-    let options = ConnectionOptions::default()
-        .auth(Auth::Plain {
-            username: or_guest(decode(parsed.username())),
-            password: or_guest(decode(parsed.password().unwrap_or(""))),
-        })
-        .virtual_host(vhost)
-        .information(Some("fib-bench raw".to_owned()));
-    let stream = mio::net::TcpStream::from_stream(stream)?;
-    if !tls {
-        return Ok(Connection::insecure_open_stream(
-            stream,
-            options,
-            ConnectionTuning::default(),
-        )?);
-    }
-    let mut connector = native_tls::TlsConnector::builder();
-    if let Some((_, ca_file)) = parsed.query_pairs().find(|(key, _)| key == "cacertfile") {
-        let pem = std::fs::read(ca_file.as_ref()).context("reading cacertfile")?;
-        connector.add_root_certificate(native_tls::Certificate::from_pem(&pem)?);
-    }
-    Ok(Connection::open_tls_stream(
-        connector.build()?,
-        &host,
-        stream,
-        options,
-        ConnectionTuning::default(),
-    )?)
-}
-
 /// Settings of the server this tool starts.
 fn server_config(args: &Args, connection: &ConnectionConfig, queue: &str) -> ServerConfig {
     ServerConfig::from(connection)
@@ -703,7 +516,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         )
         .into());
     }
+    if args.body_bytes.is_some() && args.queue.is_some() && args.client_process.is_none() {
+        return Err(fib_rpc::Error::Config(
+            "--body-bytes needs servers that echo, which this tool starts: not with --queue"
+                .to_owned(),
+        )
+        .into());
+    }
     let connection = ConnectionConfig::with_urls(&args.amqp_url);
+    if let Some(side) = args.client_process {
+        return processes::run_client_process(&args, side, &connection);
+    }
     // The broker is reached through fib-rpc first, so that refused credentials, a missing vhost
     // or an unreachable broker get fib-rpc's one-line reason and exit code, not the raw
     // baseline's driver error.
@@ -712,20 +535,27 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut rpcs = Vec::new();
     for _ in 0..args.rounds {
         if !args.no_raw {
-            raws.push(run_raw(&args, &connection).context("measuring the raw limit")?);
+            raws.push(raw::run_raw(&args, &connection).context("measuring the raw limit")?);
         }
         rpcs.push(run_rpc(&args, &connection).context("measuring fib-rpc")?);
     }
     let raw = median(raws);
     let rpc = median(rpcs).expect("at least one round");
+    let request = match args.body_bytes {
+        Some(bytes) => format!("{bytes}-byte echo"),
+        None => format!("n={}", args.n),
+    };
+    let clients = match args.processes {
+        Some(processes) => format!("{processes} client processes x "),
+        None => String::new(),
+    };
     let shape = format!(
-        "{:?} queue, {} workers x prefetch {}, {} threads x {} in flight, n={}, replies via {:?}",
+        "{:?} queue, {} workers x prefetch {}, {clients}{} threads x {} in flight, {request}, replies via {:?}",
         args.queue_type,
         args.workers,
         args.prefetch,
         args.threads,
         args.in_flight,
-        args.n,
         args.reply_mode
     )
     .to_lowercase();
@@ -763,7 +593,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let shown = |value: Option<f64>| value.map_or("?".to_owned(), |v| format!("{v:.1} us"));
         println!(
-            "{label} CPU per call: this process {}, server process {}",
+            "{label} CPU per call: clients {}, server process {}",
             shown(process),
             shown(server)
         );
