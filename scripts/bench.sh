@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The standard benchmark set: fib-rpc against the raw AMQP limit on this machine's broker, for
-# both queue types, then the prefetch x workers sweep, CPU per call and the memory figures.
-# Prints a markdown report and keeps it in target/bench/results.md.
-# BENCH_SECONDS (default 3) and BENCH_ROUNDS (default 3) trade time for steadier numbers.
+# both queue types, then the prefetch x workers sweep, CPU per call, the memory figures, and
+# three sweeps (calls in flight, body size, client processes) drawn as SVG charts.
+# Prints a markdown report and keeps it, the sweeps' figures and the charts in target/bench/.
+# BENCH_SECONDS (default 3) and BENCH_ROUNDS (default 3) trade time for steadier numbers;
+# SWEEP_SECONDS (default 2) is each sweep point's measuring time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${BENCH_SECONDS:-3}
 rounds=${BENCH_ROUNDS:-3}
+sweep_seconds=${SWEEP_SECONDS:-2}
 scripts/deps.sh
 scripts/broker.sh
 cargo build --release --quiet --bins
@@ -15,6 +18,7 @@ bench=target/release/fib-bench
 out=target/bench
 mkdir -p "$out"
 report=$out/results.md
+sweeps=$out/sweeps.jsonl
 
 # One markdown row from fib-bench's JSON: shape, raw and fib-rpc figures, fraction.
 row() {
@@ -56,6 +60,7 @@ measure() {
         measure "8 threads x 8 in flight, prefetch 1" --queue-type "$type" --threads 8 --in-flight 8
         measure "8 threads x 8 in flight, prefetch 10" --queue-type "$type" --threads 8 --in-flight 8 --prefetch 10
         measure "8 threads x 8 in flight, prefetch 1, direct reply-to" --queue-type "$type" --threads 8 --in-flight 8 --reply-mode direct
+        measure "8 threads x 8 in flight, prefetch 10, direct reply-to" --queue-type "$type" --threads 8 --in-flight 8 --prefetch 10 --reply-mode direct
     done
 
     echo
@@ -102,30 +107,31 @@ measure() {
     done
 
     echo
-    echo "## CPU per call (classic queue, fib-server in a process of its own: --spawn-server)"
+    echo "## CPU per call (classic queue; the clients in a process of their own: --processes 1)"
     echo
-    echo "Process CPU (user + system, from /proc) over the measured calls, divided by their number."
-    echo "The raw limit runs its server in its own process, so its figure is client and server together."
+    echo "Process CPU (user + system, from /proc) over the measured calls, divided by their number:"
+    echo "the client process's, and that of the process the server runs in, for each side."
     echo
-    echo "| shape | fib-rpc calls/s | client us/call | fib-server us/call | raw client+server us/call |"
-    echo "| --- | ---: | ---: | ---: | ---: |"
-    for shape in "sequential|" "8 threads x 8 in flight, prefetch 10|--threads 8 --in-flight 8 --prefetch 10"; do
+    echo "| shape | fib-rpc calls/s | client us/call | server us/call | raw calls/s | raw client us/call | raw server us/call |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for shape in "sequential|" \
+        "8 threads x 8 in flight, prefetch 10|--threads 8 --in-flight 8 --prefetch 10" \
+        "8 threads x 8 in flight, prefetch 10, direct reply-to|--threads 8 --in-flight 8 --prefetch 10 --reply-mode direct"; do
         label=${shape%%|*}
         read -r -a flags <<<"${shape#*|}"
-        "$bench" --duration "$seconds" --rounds "$rounds" --json --spawn-server "${flags[@]}" 2>/dev/null |
+        "$bench" --duration "$seconds" --rounds "$rounds" --json --processes 1 "${flags[@]}" 2>/dev/null |
             python3 -c '
 import json, sys
 d = json.loads(sys.stdin.read())
 raw, rpc = d["raw"], d["rpc"]
 def us(r, key):
     return "-" if not r or r[key] is None else "{:.1f}".format(r[key])
-print("| {} | {:.0f} | {} | {} | {} |".format(sys.argv[1], rpc["calls_per_second"],
-    us(rpc, "process_cpu_us_per_call"), us(rpc, "server_cpu_us_per_call"),
-    us(raw, "process_cpu_us_per_call")))
+print("| {} | {:.0f} | {} | {} | {:.0f} | {} | {} |".format(sys.argv[1], rpc["calls_per_second"],
+    us(rpc, "client_cpu_us_per_call"), us(rpc, "server_cpu_us_per_call"), raw["calls_per_second"],
+    us(raw, "client_cpu_us_per_call"), us(raw, "server_cpu_us_per_call")))
 ' "$label"
     done
 
-    echo
     echo "## Memory"
     echo
     queue="fib-bench-memory-$$"
@@ -143,5 +149,38 @@ print("| {} | {:.0f} | {} | {} | {} |".format(sys.argv[1], rpc["calls_per_second
     rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
     echo "- fib-server peak RSS under 8 threads x 8 in flight: ${server_kb} kB"
     echo "- client (fib-bench) peak RSS with 1000 calls in flight: ${client_kb} kB"
+
+    echo
+    echo "## How cost grows (classic queue, server with 2 workers x prefetch 10)"
+    echo
+    echo "Each point: ${sweep_seconds} s, one round. Charts: in-flight.svg, body.svg, processes.svg."
+    : >"$sweeps"
+    point() {
+        local name=$1 x=$2 json
+        shift 2
+        json=$("$bench" --duration "$sweep_seconds" --prefetch 10 --json "$@" 2>/dev/null)
+        printf '{"sweep":"%s","x":%s,"bench":%s}\n' "$name" "$x" "$json" >>"$sweeps"
+        echo "$json" | row "$x"
+    }
+    header() {
+        echo
+        echo "### $1"
+        echo
+        echo "| $2 | raw calls/s | raw p50 us | fib-rpc calls/s | p50 us | p99 us | of raw | client RSS kB |"
+        echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    }
+    header "Calls in flight, one client thread" "in flight"
+    for k in 1 2 4 8 16 32 64 128 256 512; do
+        point in-flight "$k" --in-flight "$k"
+    done
+    header "Body size (echo servers, sequential calls)" "bytes"
+    for bytes in 10 100 1000 10000 100000 1048576; do
+        point body "$bytes" --body-bytes "$bytes" --warmup 20
+    done
+    header "Client processes, one call in flight each" "processes"
+    for processes in 1 2 4 8 16 32 64; do
+        point processes "$processes" --processes "$processes" --warmup 100
+    done
 } | tee "$report"
+target/release/bench-charts "$sweeps" "$out" >&2
 echo "(kept in $report)" >&2
