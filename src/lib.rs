@@ -44,7 +44,9 @@
 //!   queue, `reply_to` and `correlation_id` set, body = n in ASCII decimal; the reply goes to
 //!   `reply_to` with the same `correlation_id`, body = the result in ASCII decimal. An error reply
 //!   also sets the AMQP `type` property to `error`, with a readable message as body.
-//! * Client: one connection, one exclusive server-named callback queue, consumed without acks.
+//! * Client: one connection, and exclusive server-named callback queues consumed without acks:
+//!   one while one thread calls, one per calling thread up to eight when several do (so that a
+//!   thread reads its own replies).
 //!   Requests are published `mandatory` (an unroutable request comes back at once as
 //!   [`Error::NoServer`]) with `expiration` = the call's timeout (a request nobody took in time is
 //!   dropped by the broker rather than computed for a caller who has gone). A [`Call`] may add
@@ -111,7 +113,11 @@
 //! [`RpcClient`] and [`FibonacciRpcClient`] are `Send + Sync`: share one behind an `Arc` and
 //! call from any number of threads; each call blocks only its own thread. A client has no
 //! thread in the request path: whichever caller is waiting reads the replies and hands each to
-//! its caller, so a lone caller gets its reply with no thread hop. Each connection has amiquip's
+//! its caller, so a lone caller gets its reply with no thread hop; each of the first eight
+//! calling threads gets a callback queue of its own, so that it too reads its own replies
+//! rather than waking another thread for each (the ninth and later share). With direct
+//! reply-to, requests go out through the thread that owns the consuming channel (amiquip's
+//! channels are not `Sync` and its consumers borrow them), one hop per call. Each connection has amiquip's
 //! I/O thread and one thread of ours that owns the reply consumer and, while no caller waits,
 //! reads and drops stray replies every 50 ms. One process-wide watchdog thread enforces
 //! deadlines. A server runs a supervisor thread and `workers` worker threads.

@@ -1,6 +1,7 @@
-//! The blocking client: one connection, one callback queue, many calls.
+//! The blocking client: one connection, a callback queue per calling thread, many calls.
 
 mod call;
+mod lanes;
 mod pending;
 mod pending_reply;
 mod presence;
@@ -30,14 +31,15 @@ const PERSISTENT: u8 = 2;
 
 /// A blocking RPC client for any request queue that speaks the tutorial-6 protocol.
 ///
-/// One connection and one exclusive, server-named callback queue (or direct reply-to) serve
-/// every call. Waiting callers read the replies and route each to its caller by
+/// One connection and exclusive, server-named callback queues (one per calling thread, up to
+/// eight; or direct reply-to) serve every call. Waiting callers read the replies and route each
+/// to its caller by
 /// `correlation_id`; replies nobody waits for (late replies of timed-out calls, duplicates after
 /// a redelivery, strangers) are logged at debug and dropped. The client is `Send + Sync`: share
 /// it between threads behind an `Arc`.
 ///
 /// If the connection is lost, calls in flight fail with [`Error::ConnectionLost`] and the next
-/// call reconnects with a new callback queue.
+/// call reconnects with new callback queues.
 pub struct RpcClient {
     config: ClientConfig,
     session: Mutex<Slot>,
@@ -253,6 +255,7 @@ impl RpcClient {
                 reason: "no server declared the queue in time".to_owned(),
             }));
         }
+        let lane = session.reply_lane();
         let reply = session.pending.register(correlation_id.clone(), deadline);
         let progress = outgoing.on_progress.as_ref().map(|on_progress| {
             let receiver = session.pending.register_progress(&correlation_id);
@@ -262,6 +265,7 @@ impl RpcClient {
             session: Arc::clone(&session),
             correlation_id,
             reply,
+            lane,
             queue: queue.to_owned(),
             timeout: call.timeout,
             deadline,
@@ -285,7 +289,7 @@ impl RpcClient {
             .min(call.timeout);
         let properties = protocol::with_options(
             protocol::call_properties(
-                &session.reply_queue,
+                &session.lanes.get(pending.lane).queue,
                 &pending.correlation_id,
                 &outgoing.content_type,
                 SystemTime::now(),

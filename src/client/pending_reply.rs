@@ -30,6 +30,8 @@ pub struct PendingReply {
     pub(super) session: Arc<Session>,
     pub(super) correlation_id: String,
     pub(super) reply: Receiver<Outcome>,
+    /// The callback queue its reply comes to (see `lanes`).
+    pub(super) lane: usize,
     pub(super) queue: String,
     pub(super) timeout: Duration,
     pub(super) deadline: Instant,
@@ -130,7 +132,7 @@ impl PendingReply {
                         }
                     }
                 }
-                recv(session.replies) -> message => match message {
+                recv(session.lanes.get(self.lane).replies) -> message => match message {
                     Ok(message) => session.dispatch(message),
                     Err(_) => session.connection_gone(),
                 },

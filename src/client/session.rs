@@ -1,5 +1,6 @@
 //! One connection's worth of client state, replaced wholesale after a connection loss.
 
+use super::lanes::{Lanes, ReplyLane, MAX_LANES};
 use super::pending::Pending;
 use super::presence::Presence;
 use super::router;
@@ -49,12 +50,11 @@ pub(crate) struct Session {
     submitter: Mutex<Option<Submitter>>,
     /// Result queues declared on this connection.
     result_queues: Mutex<HashSet<String>>,
-    pub reply_queue: String,
+    /// The callback queues, one per calling thread up to a limit (one for direct reply-to).
+    pub lanes: Arc<Lanes>,
     /// Which configured endpoint this connection went to.
     pub endpoint: usize,
     pub pending: Pending,
-    /// Replies and the consumer's fate, read by whichever caller is waiting.
-    pub replies: Receiver<ConsumerMessage>,
     /// Mandatory requests the broker could not route.
     pub returns: Receiver<Return>,
     /// Why the connection is gone, once it is.
@@ -115,14 +115,22 @@ impl Session {
             cutter,
             heartbeat,
             close_timeout: config.connection.close_timeout,
+            lanes: Arc::new(Lanes::new(
+                ReplyLane {
+                    queue: reply_queue,
+                    replies: keeper.deliveries().clone(),
+                },
+                match publisher {
+                    Some(_) => MAX_LANES,
+                    None => 1,
+                },
+            )),
             publisher: publisher.map(Mutex::new),
-            replies: keeper.deliveries().clone(),
             keeper,
             inspector: Mutex::new(None),
             presence: Presence::default(),
             submitter: Mutex::new(None),
             result_queues: Mutex::new(HashSet::new()),
-            reply_queue,
             endpoint,
             pending: Pending::default(),
             returns,
@@ -133,6 +141,24 @@ impl Session {
         });
         let _ = this.set(Arc::downgrade(&session));
         Ok(session)
+    }
+
+    /// The lane the calling thread's next call is to get its reply on: its own, or the first
+    /// while its own is being declared.
+    pub fn reply_lane(&self) -> usize {
+        let own = self.lanes.of_this_thread(|index| {
+            let lanes = Arc::clone(&self.lanes);
+            let asked = self
+                .keeper
+                .consume_exclusive(Box::new(move |declared| match declared {
+                    Ok((queue, replies)) => lanes.declared(index, ReplyLane { queue, replies }),
+                    Err(error) => log::debug!("a thread shares the first callback queue: {error}"),
+                }));
+            if let Err(error) = asked {
+                log::debug!("a thread shares the first callback queue: {error}");
+            }
+        });
+        self.lanes.ready(own)
     }
 
     /// Runs `operation`, cutting the connection if it is still running at `deadline`: the
@@ -391,10 +417,8 @@ impl Session {
     /// broker closed answers any call at once with the broker's reason, while one whose
     /// connection went may not answer at all, so it is asked only briefly.
     pub fn publisher_gone(&self) {
-        // A connection the broker closed says so to the reply consumer too.
-        while let Ok(message) = self.replies.try_recv() {
-            self.dispatch(message);
-        }
+        // A connection the broker closed says so to the reply consumers too.
+        self.dispatch_waiting();
         if self.lost_reason().is_some() {
             return;
         }
@@ -421,13 +445,15 @@ impl Session {
     /// Routes whatever has arrived, without blocking; notices a lost connection.
     pub fn dispatch_ready(&self) {
         self.note_blocking();
-        loop {
-            match self.replies.try_recv() {
-                Ok(message) => self.dispatch(message),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    self.connection_gone();
-                    break;
+        for lane in self.lanes.all() {
+            loop {
+                match lane.replies.try_recv() {
+                    Ok(message) => self.dispatch(message),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.connection_gone();
+                        return;
+                    }
                 }
             }
         }
@@ -443,6 +469,15 @@ impl Session {
         }
     }
 
+    /// Dispatches the replies (and consumers' fates) already there, on every lane.
+    fn dispatch_waiting(&self) {
+        for lane in self.lanes.all() {
+            while let Ok(message) = lane.replies.try_recv() {
+                self.dispatch(message);
+            }
+        }
+    }
+
     pub fn dispatch(&self, message: ConsumerMessage) {
         match router::delivery(message) {
             Ok(delivery) => router::reply(&self.pending, &delivery.properties, delivery.body),
@@ -453,9 +488,7 @@ impl Session {
     /// The driver dropped our receivers: its I/O thread has ended, maybe without a last
     /// message. Its own account of why is the connection's close result.
     pub fn connection_gone(&self) {
-        while let Ok(message) = self.replies.try_recv() {
-            self.dispatch(message);
-        }
+        self.dispatch_waiting();
         let mut connection = lock(&self.connection);
         let reason = match connection.take() {
             Some(dead) => match self.close_bounded(dead) {

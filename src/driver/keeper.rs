@@ -4,11 +4,15 @@
 //! yet a client's reply consumer must live as long as its connection, next to callers on any
 //! thread. So a keeper thread owns the channel and its consumer; others read the deliveries
 //! from a cloned receiver and send it what must happen on that very channel (publishing for
-//! direct reply-to, acking). When the keeper's handle is dropped, after its connection has
-//! closed, the thread drops the consumer and the channel, and all they hold is freed.
+//! direct reply-to, acking, consuming one more queue). When the keeper's handle is dropped,
+//! after its connection has closed, the thread drops the consumers and the channel, and all
+//! they hold is freed.
 
 use crate::error::{Error, Result};
-use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
+use amiquip::{
+    AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish,
+    QueueDeclareOptions,
+};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -47,9 +51,15 @@ impl OwnedPublish {
     }
 }
 
+/// A queue the keeper consumes, and its deliveries.
+pub(crate) type Subscribed = (String, Receiver<ConsumerMessage>);
+
 enum Command {
     Publish(OwnedPublish),
     Ack(Delivery, Sender<Result<()>>),
+    /// Declare an exclusive, server-named queue and consume it as the first, then hand the
+    /// outcome on.
+    ConsumeExclusive(Box<dyn FnOnce(Result<Subscribed>) + Send>),
 }
 
 /// Work the keeper does every `interval` while nothing else is asked of it; it stops the
@@ -78,7 +88,7 @@ impl Keeper {
         std::thread::Builder::new()
             .name("fib-rpc-consumer".into())
             .spawn(move || {
-                let consumer = match channel.basic_consume(queue.as_str(), options) {
+                let consumer = match channel.basic_consume(queue.as_str(), options.clone()) {
                     Ok(consumer) => consumer,
                     Err(error) => {
                         let _ = ready_sender
@@ -87,6 +97,7 @@ impl Keeper {
                     }
                 };
                 let _ = ready_sender.send(Ok(consumer.receiver().clone()));
+                let mut consumers = vec![consumer];
                 let mut next_tick = Instant::now() + interval;
                 loop {
                     // Busy or not, the tick keeps its schedule.
@@ -111,13 +122,36 @@ impl Keeper {
                                     .map_err(|e| Error::ConnectionLost(format!("acking: {e}"))),
                             );
                         }
+                        Ok(Command::ConsumeExclusive(then)) => {
+                            let exclusive = QueueDeclareOptions {
+                                exclusive: true,
+                                ..QueueDeclareOptions::default()
+                            };
+                            let subscribed = channel
+                                .queue_declare("", exclusive)
+                                .and_then(|queue| {
+                                    let name = queue.name().to_owned();
+                                    let consumer =
+                                        channel.basic_consume(name.as_str(), options.clone())?;
+                                    Ok((name, consumer))
+                                })
+                                .map(|(name, consumer)| {
+                                    let receiver = consumer.receiver().clone();
+                                    consumers.push(consumer);
+                                    (name, receiver)
+                                })
+                                .map_err(|error| {
+                                    Error::broker("declaring a callback queue", error)
+                                });
+                            then(subscribed);
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                // By now the connection is closed (or about to be), so the consumer's cancel
+                // By now the connection is closed (or about to be), so the consumers' cancels
                 // and the channel's close fail at once instead of waiting on the broker.
-                drop(consumer);
+                drop(consumers);
                 drop(channel);
             })
             .map_err(|e| Error::Internal(format!("cannot start a consumer thread: {e}")))?;
@@ -139,6 +173,18 @@ impl Keeper {
     pub fn publish(&self, publish: OwnedPublish) -> Result<()> {
         self.commands
             .send(Command::Publish(publish))
+            .map_err(|_| Error::ConnectionLost("the consumer thread ended".into()))
+    }
+
+    /// Has the keeper declare an exclusive, server-named queue on its channel and consume it
+    /// as the first queue is, without waiting: `then` gets its name and deliveries, on the
+    /// keeper's thread.
+    pub fn consume_exclusive(
+        &self,
+        then: Box<dyn FnOnce(Result<Subscribed>) + Send>,
+    ) -> Result<()> {
+        self.commands
+            .send(Command::ConsumeExclusive(then))
             .map_err(|_| Error::ConnectionLost("the consumer thread ended".into()))
     }
 

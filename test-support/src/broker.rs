@@ -21,20 +21,28 @@ pub fn broker_address() -> String {
 /// The server-named callback queue of the client connection labelled `connection_name`, as the
 /// broker lists it.
 pub fn callback_queue_of(connection_name: &str) -> String {
+    let queues = callback_queues_of(connection_name);
+    queues
+        .first()
+        .unwrap_or_else(|| panic!("no callback queue owned by {connection_name}"))
+        .clone()
+}
+
+/// Every server-named queue the client connection labelled `connection_name` owns.
+pub fn callback_queues_of(connection_name: &str) -> Vec<String> {
     let connections = rabbitmqctl(None, &["list_connections", "pid", "client_properties"]);
     let pid = connections
         .lines()
         .find(|line| line.contains(connection_name))
         .and_then(|line| line.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no connection named {connection_name}"))
+        .unwrap_or_else(|| panic!("no connection named {connection_name}: {connections}"))
         .to_owned();
-    let queues = rabbitmqctl(None, &["list_queues", "name", "owner_pid"]);
-    queues
+    rabbitmqctl(None, &["list_queues", "name", "owner_pid"])
         .lines()
-        .find(|line| line.ends_with(&pid) && line.starts_with("amq.gen-"))
-        .and_then(|line| line.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no callback queue owned by {pid}: {queues}"))
-        .to_owned()
+        .filter(|line| line.ends_with(&pid) && line.starts_with("amq.gen-"))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Messages ready in `queue` as `rabbitmqctl` lists them (which works for another connection's

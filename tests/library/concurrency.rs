@@ -1,7 +1,7 @@
 //! Many calls in flight on one client: every answer reaches its own caller, nothing leaks.
 
 use fib_rpc::services::fibonacci;
-use fib_rpc::{FibonacciRpcClient, ReplyMode, RpcClient};
+use fib_rpc::{ClientConfig, FibonacciRpcClient, ReplyMode, RpcClient};
 use std::sync::Arc;
 use std::time::Duration;
 use support::TestQueue;
@@ -47,6 +47,46 @@ fn sixteen_threads_share_one_client() {
         .with_timeout(TIMEOUT);
     hammer(client, 16, 500);
     assert_eq!(server.shutdown().unwrap().answered, 8000);
+}
+
+/// A thread reads its own replies when it has a callback queue of its own: a client gets one
+/// per calling thread, up to eight, and one only while one thread calls.
+#[test]
+fn each_calling_thread_gets_a_callback_queue_of_its_own_up_to_eight() {
+    let queue = TestQueue::new("lanes");
+    let server = support::start_fib_server(&queue.name, 2);
+    let name = format!("lanes-{}", uuid::Uuid::new_v4());
+    let connection = support::client_config()
+        .get_connection()
+        .clone()
+        .connection_name(name.as_str());
+    let client =
+        FibonacciRpcClient::new(RpcClient::connect(ClientConfig::from(connection)).unwrap())
+            .with_queue(&queue.name)
+            .with_timeout(TIMEOUT);
+    for n in 0..20 {
+        assert_eq!(client.call(n).unwrap(), fibonacci(n));
+    }
+    assert_eq!(support::callback_queues_of(&name).len(), 1);
+    std::thread::scope(|scope| {
+        for t in 0..12 {
+            let client = &client;
+            scope.spawn(move || {
+                for i in 0..50 {
+                    let n = (t * 31 + i * 7) % 400;
+                    assert_eq!(client.call(n).unwrap(), fibonacci(n), "fib({n}) on {t}");
+                }
+            });
+        }
+    });
+    // The other threads' queues are declared while they call, without holding a call up.
+    support::wait_until("eight callback queues", TIMEOUT, || {
+        support::callback_queues_of(&name).len() >= 8
+    });
+    assert_eq!(support::callback_queues_of(&name).len(), 8);
+    assert_eq!(client.rpc().pending_calls(), 0);
+    client.close().unwrap();
+    assert_eq!(server.shutdown().unwrap().answered, 20 + 12 * 50);
 }
 
 #[test]

@@ -1,0 +1,169 @@
+//! Reply lanes: the callback queues of one connection, one per calling thread up to
+//! [`MAX_LANES`], then shared.
+//!
+//! Every waiting caller reads replies itself and hands on those that are not its own. With one
+//! callback queue for all threads, a reply is usually read by a thread other than its caller's,
+//! which then wakes the caller: two thread wake-ups per reply instead of one, the largest cost
+//! of a client that many threads share (3.2 futex calls per call against a raw client's 0.8).
+//! A thread with a queue of its own reads its own replies. The first thread to call uses the
+//! queue declared with the connection, so a client called from one thread has one queue, as
+//! before; the others are declared by the reply keeper as new threads call, and a thread uses
+//! the first queue until its own is there: no call waits for a declaration.
+
+use crate::driver::ConsumerMessage;
+use crossbeam_channel::Receiver;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// The most callback queues a connection declares.
+pub(crate) const MAX_LANES: usize = 8;
+
+/// One callback queue and its replies.
+pub(crate) struct ReplyLane {
+    pub queue: String,
+    pub replies: Receiver<ConsumerMessage>,
+}
+
+/// The lanes of one connection.
+pub(crate) struct Lanes {
+    /// This connection's number, for the threads' memory of their lane.
+    id: u64,
+    lanes: [OnceLock<ReplyLane>; MAX_LANES],
+    /// Threads given a lane so far.
+    assigned: AtomicUsize,
+    /// How many lanes there may be: one where the reply queue is not ours to multiply (direct
+    /// reply-to).
+    limit: usize,
+}
+
+thread_local! {
+    /// The connection this thread last called on, and its lane there.
+    static LANE: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
+}
+
+impl Lanes {
+    pub fn new(first: ReplyLane, limit: usize) -> Lanes {
+        static CONNECTIONS: AtomicU64 = AtomicU64::new(1);
+        let lanes: [OnceLock<ReplyLane>; MAX_LANES] = Default::default();
+        let _ = lanes[0].set(first);
+        Lanes {
+            id: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
+            lanes,
+            assigned: AtomicUsize::new(0),
+            limit: limit.clamp(1, MAX_LANES),
+        }
+    }
+
+    /// The calling thread's lane; a thread new to this connection gets the next one, which
+    /// `declare` is asked to declare.
+    pub fn of_this_thread(&self, declare: impl FnOnce(usize)) -> usize {
+        let (connection, lane) = LANE.get();
+        if connection == self.id {
+            return lane;
+        }
+        let next = self.assigned.fetch_add(1, Ordering::Relaxed);
+        let lane = next % self.limit;
+        if next > 0 && next < self.limit {
+            declare(lane);
+        }
+        LANE.set((self.id, lane));
+        lane
+    }
+
+    /// Lane `index` once it is declared, or else the first: the lane a call's replies come to.
+    pub fn ready(&self, index: usize) -> usize {
+        match self.lanes[index].get() {
+            Some(_) => index,
+            None => 0,
+        }
+    }
+
+    /// Sets lane `index`, declared.
+    pub fn declared(&self, index: usize, lane: ReplyLane) {
+        let _ = self.lanes[index].set(lane);
+    }
+
+    /// Lane `index`, or the first while that one is not declared (yet, or at all).
+    pub fn get(&self, index: usize) -> &ReplyLane {
+        self.lanes[index]
+            .get()
+            .or_else(|| self.lanes[0].get())
+            .expect("the first lane is set at the start")
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ReplyLane> {
+        self.lanes.iter().filter_map(OnceLock::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lane(queue: &str) -> ReplyLane {
+        ReplyLane {
+            queue: queue.to_owned(),
+            replies: crossbeam_channel::never(),
+        }
+    }
+
+    /// The lane a new thread gets, and whether it was asked to declare it (and did, as
+    /// `declared` says).
+    fn lane_of_new_thread(lanes: &Lanes, declared: Option<&str>) -> (usize, bool) {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let mut asked = false;
+                    let index = lanes.of_this_thread(|index| {
+                        asked = true;
+                        if let Some(queue) = declared {
+                            lanes.declared(index, lane(queue));
+                        }
+                    });
+                    // A thread keeps its lane without asking again.
+                    assert_eq!(lanes.of_this_thread(|_| panic!("asked twice")), index);
+                    (index, asked)
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn the_first_thread_takes_the_first_lane_and_each_next_one_a_new_lane() {
+        let lanes = Lanes::new(lane("first"), MAX_LANES);
+        assert_eq!(lane_of_new_thread(&lanes, None), (0, false));
+        for expected in 1..MAX_LANES {
+            let queue = format!("lane-{expected}");
+            assert_eq!(lane_of_new_thread(&lanes, Some(&queue)), (expected, true));
+            assert_eq!(lanes.ready(expected), expected);
+            assert_eq!(lanes.get(expected).queue, queue);
+        }
+        // Then they are shared, and nothing more is declared.
+        assert_eq!(lane_of_new_thread(&lanes, Some("x")), (0, false));
+        assert_eq!(lane_of_new_thread(&lanes, Some("x")), (1, false));
+        assert_eq!(lanes.all().count(), MAX_LANES);
+    }
+
+    #[test]
+    fn until_its_lane_is_declared_a_thread_uses_the_first() {
+        let lanes = Lanes::new(lane("first"), MAX_LANES);
+        lane_of_new_thread(&lanes, None);
+        let (index, asked) = lane_of_new_thread(&lanes, None);
+        assert!(asked);
+        assert_eq!(lanes.ready(index), 0);
+        assert_eq!(lanes.get(index).queue, "first");
+        assert_eq!(lanes.all().count(), 1);
+        lanes.declared(index, lane("late"));
+        assert_eq!(lanes.ready(index), index);
+    }
+
+    #[test]
+    fn with_one_lane_every_thread_shares_it() {
+        let lanes = Lanes::new(lane("amq.rabbitmq.reply-to"), 1);
+        for _ in 0..3 {
+            assert_eq!(lane_of_new_thread(&lanes, Some("never")), (0, false));
+        }
+    }
+}
