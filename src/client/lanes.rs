@@ -12,7 +12,7 @@
 
 use crate::driver::ConsumerMessage;
 use crossbeam_channel::Receiver;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -37,9 +37,13 @@ pub(crate) struct Lanes {
     limit: usize,
 }
 
+/// How many connections a thread remembers its lane on: a thread that calls on a few clients
+/// in turn keeps its lane on each, and connections it no longer uses fall out.
+const REMEMBERED: usize = 8;
+
 thread_local! {
-    /// The connection this thread last called on, and its lane there.
-    static LANE: Cell<(u64, usize)> = const { Cell::new((0, 0)) };
+    /// The connections this thread called on lately, and its lane on each, newest last.
+    static LANES: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Lanes {
@@ -58,8 +62,13 @@ impl Lanes {
     /// The calling thread's lane; a thread new to this connection gets the next one, which
     /// `declare` is asked to declare.
     pub fn of_this_thread(&self, declare: impl FnOnce(usize)) -> usize {
-        let (connection, lane) = LANE.get();
-        if connection == self.id {
+        let known = LANES.with_borrow(|lanes| {
+            lanes
+                .iter()
+                .find(|(connection, _)| *connection == self.id)
+                .map(|&(_, lane)| lane)
+        });
+        if let Some(lane) = known {
             return lane;
         }
         let next = self.assigned.fetch_add(1, Ordering::Relaxed);
@@ -67,7 +76,12 @@ impl Lanes {
         if next > 0 && next < self.limit {
             declare(lane);
         }
-        LANE.set((self.id, lane));
+        LANES.with_borrow_mut(|lanes| {
+            if lanes.len() == REMEMBERED {
+                lanes.remove(0);
+            }
+            lanes.push((self.id, lane));
+        });
         lane
     }
 
@@ -157,6 +171,32 @@ mod tests {
         assert_eq!(lanes.all().count(), 1);
         lanes.declared(index, lane("late"));
         assert_eq!(lanes.ready(index), index);
+    }
+
+    #[test]
+    fn a_thread_calling_on_several_connections_keeps_its_lane_on_each() {
+        let first = Lanes::new(lane("a0"), MAX_LANES);
+        let second = Lanes::new(lane("b0"), MAX_LANES);
+        lane_of_new_thread(&first, None);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let declare = |lanes: &Lanes| {
+                    lanes.of_this_thread(|index| lanes.declared(index, lane("new")))
+                };
+                let on_first = declare(&first);
+                let on_second = declare(&second);
+                assert_eq!((on_first, on_second), (1, 0));
+                for _ in 0..3 {
+                    assert_eq!(first.of_this_thread(|_| panic!("declared again")), on_first);
+                    assert_eq!(
+                        second.of_this_thread(|_| panic!("declared again")),
+                        on_second
+                    );
+                }
+            });
+        });
+        assert_eq!(first.all().count(), 2);
+        assert_eq!(second.all().count(), 1);
     }
 
     #[test]
