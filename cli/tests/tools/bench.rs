@@ -29,8 +29,10 @@ fn clients_in_processes_of_their_own_report_their_cpu_apart_from_the_servers() {
         let report = &result[side];
         // --calls is per process.
         assert_eq!(report["calls"], 80, "{result}");
+        // Measured, if not necessarily above zero: /proc counts CPU in 10 ms ticks, and 80
+        // calls may take less.
         assert!(
-            report["client_cpu_us_per_call"].as_f64().unwrap() > 0.0,
+            report["client_cpu_us_per_call"].as_f64().is_some(),
             "{result}"
         );
         assert!(
