@@ -13,7 +13,7 @@ use crate::driver::queue;
 use crate::driver::watchdog::{Bounded, Cutter};
 use crate::driver::{
     AmqpProperties, Channel, Connection, ConnectionBlockedNotification, ConsumerMessage,
-    ConsumerOptions, DriverError, Publish, QueueDeclareOptions, Return,
+    ConsumerOptions, DriverError, Publish, Return,
 };
 use crate::error::{Error, Result};
 use crate::protocol::{self, CANCEL_EXCHANGE, DIRECT_REPLY_TO, NOT_FOUND};
@@ -557,18 +557,10 @@ fn subscribe(
 ) -> Result<Subscription> {
     let reply_channel = queue::open_channel(connection)?;
     let (reply_queue, publisher) = match reply_mode {
-        ReplyMode::CallbackQueue => {
-            let options = QueueDeclareOptions {
-                exclusive: true,
-                ..QueueDeclareOptions::default()
-            };
-            let name = reply_channel
-                .queue_declare("", options)
-                .map_err(|e| Error::broker("declaring the callback queue", e))?
-                .name()
-                .to_owned();
-            (name, Some(queue::open_channel(connection)?))
-        }
+        ReplyMode::CallbackQueue => (
+            queue::declare_callback(&reply_channel)?,
+            Some(queue::open_channel(connection)?),
+        ),
         ReplyMode::DirectReplyTo => (DIRECT_REPLY_TO.to_owned(), None),
     };
     let returns = publisher

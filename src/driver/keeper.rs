@@ -8,11 +8,9 @@
 //! after its connection has closed, the thread drops the consumers and the channel, and all
 //! they hold is freed.
 
+use super::queue;
 use crate::error::{Error, Result};
-use amiquip::{
-    AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish,
-    QueueDeclareOptions,
-};
+use amiquip::{AmqpProperties, Channel, ConsumerMessage, ConsumerOptions, Delivery, Publish};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -123,26 +121,14 @@ impl Keeper {
                             );
                         }
                         Ok(Command::ConsumeExclusive(then)) => {
-                            let exclusive = QueueDeclareOptions {
-                                exclusive: true,
-                                ..QueueDeclareOptions::default()
-                            };
-                            let subscribed = channel
-                                .queue_declare("", exclusive)
-                                .and_then(|queue| {
-                                    let name = queue.name().to_owned();
-                                    let consumer =
-                                        channel.basic_consume(name.as_str(), options.clone())?;
-                                    Ok((name, consumer))
-                                })
-                                .map(|(name, consumer)| {
-                                    let receiver = consumer.receiver().clone();
-                                    consumers.push(consumer);
-                                    (name, receiver)
-                                })
-                                .map_err(|error| {
-                                    Error::broker("declaring a callback queue", error)
-                                });
+                            let subscribed = queue::declare_callback(&channel).and_then(|name| {
+                                let consumer = channel
+                                    .basic_consume(name.as_str(), options.clone())
+                                    .map_err(|e| Error::broker("consuming a callback queue", e))?;
+                                let receiver = consumer.receiver().clone();
+                                consumers.push(consumer);
+                                Ok((name, receiver))
+                            });
                             then(subscribed);
                         }
                         Err(RecvTimeoutError::Timeout) => {}

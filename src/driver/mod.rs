@@ -17,6 +17,5 @@ pub(crate) mod watchdog;
 pub(crate) use amiquip::Error as DriverError;
 pub(crate) use amiquip::{
     AmqpProperties, AmqpValue, Channel, Confirm, Connection, ConnectionBlockedNotification,
-    Consumer, ConsumerMessage, ConsumerOptions, Delivery, FieldTable, Publish, QueueDeclareOptions,
-    Return,
+    Consumer, ConsumerMessage, ConsumerOptions, Delivery, FieldTable, Publish, Return,
 };

@@ -69,6 +69,18 @@ pub(crate) fn declare_durable(
     }
 }
 
+/// Declares an exclusive, server-named callback queue; it goes with the connection.
+pub(crate) fn declare_callback(channel: &Channel) -> Result<String> {
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("", options)
+        .map_err(|e| Error::broker("declaring a callback queue", e))?;
+    Ok(queue.name().to_owned())
+}
+
 /// Declares an exclusive, server-named queue bound to `exchange` under `routing_key`, for
 /// messages to this connection alone; it goes with the connection.
 pub(crate) fn declare_bound_exclusive(
