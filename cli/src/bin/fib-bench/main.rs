@@ -173,6 +173,15 @@ impl Report {
     }
 }
 
+/// How an option's value is spelled on the command line, for the processes this tool starts.
+fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("no value is skipped")
+        .get_name()
+        .to_owned()
+}
+
 /// What every call sends, and the reply it must get.
 struct Workload {
     body: Vec<u8>,
@@ -418,12 +427,13 @@ impl ServerChild {
     /// would be set up, and waits until it serves.
     fn spawn(args: &Args, queue: &str) -> anyhow::Result<ServerChild> {
         let binary = std::env::current_exe()?.with_file_name("fib-server");
-        let queue_type = match args.queue_type {
-            Kind::Classic => "classic",
-            Kind::Quorum => "quorum",
-        };
         let mut child = std::process::Command::new(&binary)
-            .args(["--queue", queue, "--queue-type", queue_type])
+            .args([
+                "--queue",
+                queue,
+                "--queue-type",
+                &value_name(args.queue_type),
+            ])
             .args(["--workers", &args.workers.to_string()])
             .args(["--prefetch", &args.prefetch.to_string()])
             .env("AMQP_URL", args.amqp_url.join(","))

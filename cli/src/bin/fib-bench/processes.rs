@@ -4,7 +4,7 @@
 //! merged and their CPU summed, so that the clients' CPU per call is theirs alone and the
 //! servers' (this process, or a server process) is measured apart.
 
-use crate::{measure, new_histogram, Args, Mode, Report, Workload};
+use crate::{measure, new_histogram, value_name, Args, Report, Workload};
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 use fib_rpc::ConnectionConfig;
@@ -118,13 +118,13 @@ impl ClientProcess {
     fn spawn(args: &Args, side: Side, queue: &str) -> anyhow::Result<ClientProcess> {
         let mut command = Command::new(std::env::current_exe()?);
         command
-            .args(["--client-process", side_name(side), "--queue", queue])
+            .args(["--client-process", &value_name(side), "--queue", queue])
             .args(["--threads", &args.threads.to_string()])
             .args(["--in-flight", &args.in_flight.to_string()])
             .args(["--n", &args.n.to_string()])
             .args(["--warmup", &args.warmup.to_string()])
             .args(["--calls", &args.calls.to_string()])
-            .args(["--reply-mode", reply_mode_name(args.reply_mode)]);
+            .args(["--reply-mode", &value_name(args.reply_mode)]);
         if let Some(seconds) = args.duration {
             command.args(["--duration", &seconds.to_string()]);
         }
@@ -162,20 +162,6 @@ impl Drop for ClientProcess {
             let _ = self.process.kill();
             let _ = self.process.wait();
         }
-    }
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Raw => "raw",
-        Side::Rpc => "rpc",
-    }
-}
-
-fn reply_mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Queue => "queue",
-        Mode::Direct => "direct",
     }
 }
 
