@@ -116,6 +116,23 @@ impl ServerProcess {
         }
     }
 
+    /// Where a server started with `--metrics-addr` serves its metrics, as it logged.
+    pub fn metrics_address(&self) -> String {
+        let line = self
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| line.contains("metrics and health on http://"))
+            .cloned()
+            .expect("fib-server says where its metrics are");
+        line.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap()
+            .to_owned()
+    }
+
     /// Log lines that contain `needle`.
     pub fn log_lines_with(&self, needle: &str) -> usize {
         self.log
@@ -141,20 +158,7 @@ pub fn server_with_metrics(url: &str, queue: &str, extra: &[&str]) -> (ServerPro
     let mut args = vec!["--queue", queue, "--metrics-addr", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let server = ServerProcess::start_configured(&args, &[("AMQP_URL", url)]);
-    let line = server
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|line| line.contains("metrics and health on http://"))
-        .cloned()
-        .expect("fib-server says where its metrics are");
-    let address = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_owned();
+    let address = server.metrics_address();
     (server, address)
 }
 
