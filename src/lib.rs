@@ -120,7 +120,8 @@
 //! channels are not `Sync` and its consumers borrow them), one hop per call. Each connection has amiquip's
 //! I/O thread and one thread of ours that owns the reply consumer and, while no caller waits,
 //! reads and drops stray replies every 50 ms. One process-wide watchdog thread enforces
-//! deadlines. A server runs a supervisor thread and `workers` worker threads.
+//! deadlines. A server runs a supervisor thread and `workers` worker threads; a worker waits
+//! on its consumer alone and notices a stop within 50 ms.
 //!
 //! # Limitations
 //!

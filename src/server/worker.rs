@@ -21,7 +21,7 @@ use crate::server::cancels::Cancels;
 use crate::server::expiry::{Clocks, Taken, Verdict};
 use crate::server::recent::{Key, Recent};
 use crate::server::stats::{count, Counters};
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     pub clocks: Clocks,
     pub cancels: Cancels,
 }
+
+/// How often a worker waiting for a request looks whether the server stops.
+const STOP_LOOK_ROUND: Duration = Duration::from_millis(50);
 
 /// After its first [`PROGRESS_BURST`] progress messages, a request sends at most one per this
 /// interval; reports in between are dropped, so a handler that reports in a tight loop cannot
@@ -204,13 +207,8 @@ impl Worker {
                     if lane.consumer.receiver().is_empty() {
                         lane.last_empty = Instant::now();
                     }
-                    crossbeam_channel::select! {
-                        recv(lane.consumer.receiver()) -> message => {
-                            let buffered = lane.buffered_for();
-                            Some((message.unwrap_or(ConsumerMessage::ClientClosedConnection), buffered))
-                        }
-                        recv(self.stop) -> _ => None,
-                    }
+                    self.next_delivery(lane.consumer.receiver())
+                        .map(|message| (message, lane.buffered_for()))
                 }
             };
             let Some((message, buffered_for)) = message else {
@@ -220,6 +218,25 @@ impl Worker {
                 return end;
             }
         }
+    }
+
+    /// The consumer's next message, or `None` on a stop. The worker waits on the consumer
+    /// alone and looks for a stop every [`STOP_LOOK_ROUND`]: waiting on both at once costs a
+    /// lock on each as the worker wakes, and the driver's I/O thread, which has just woken it,
+    /// still holds the consumer's (5.0 futex calls per request against 2.1 alone).
+    fn next_delivery(&self, deliveries: &Receiver<ConsumerMessage>) -> Option<ConsumerMessage> {
+        // Looked for before every wait too, or a worker that always finds a request waiting
+        // would never stop.
+        while matches!(self.stop.try_recv(), Err(TryRecvError::Empty)) {
+            match deliveries.recv_timeout(STOP_LOOK_ROUND) {
+                Ok(message) => return Some(message),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Some(ConsumerMessage::ClientClosedConnection)
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        None
     }
 
     /// Handles one message of the consumer; `Some` if it ends the channel's service.
