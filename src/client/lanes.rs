@@ -13,7 +13,7 @@
 use crate::driver::ConsumerMessage;
 use crossbeam_channel::Receiver;
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// The most callback queues a connection declares.
@@ -30,6 +30,10 @@ pub(crate) struct Lanes {
     /// This connection's number, for the threads' memory of their lane.
     id: u64,
     lanes: [OnceLock<ReplyLane>; MAX_LANES],
+    /// Lanes more than one thread has taken replies on (for good: a lane is never unshared).
+    shared: [AtomicBool; MAX_LANES],
+    /// Callers reading each lane alone (see [`watch`](Lanes::watch)).
+    watchers: [AtomicUsize; MAX_LANES],
     /// Threads given a lane so far.
     assigned: AtomicUsize,
     /// How many lanes there may be: one where the reply queue is not ours to multiply (direct
@@ -54,6 +58,8 @@ impl Lanes {
         Lanes {
             id: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
             lanes,
+            shared: Default::default(),
+            watchers: Default::default(),
             assigned: AtomicUsize::new(0),
             limit: limit.clamp(1, MAX_LANES),
         }
@@ -62,18 +68,14 @@ impl Lanes {
     /// The calling thread's lane; a thread new to this connection gets the next one, which
     /// `declare` is asked to declare.
     pub fn of_this_thread(&self, declare: impl FnOnce(usize)) -> usize {
-        let known = LANES.with_borrow(|lanes| {
-            lanes
-                .iter()
-                .find(|(connection, _)| *connection == self.id)
-                .map(|&(_, lane)| lane)
-        });
-        if let Some(lane) = known {
+        if let Some(lane) = self.remembered() {
             return lane;
         }
         let next = self.assigned.fetch_add(1, Ordering::Relaxed);
         let lane = next % self.limit;
-        if next > 0 && next < self.limit {
+        if next >= self.limit {
+            self.shared[lane].store(true, Ordering::Relaxed);
+        } else if next > 0 {
             declare(lane);
         }
         LANES.with_borrow_mut(|lanes| {
@@ -85,11 +87,41 @@ impl Lanes {
         lane
     }
 
-    /// Lane `index` once it is declared, or else the first: the lane a call's replies come to.
+    /// The calling thread's lane on this connection, if it has one.
+    fn remembered(&self) -> Option<usize> {
+        LANES.with_borrow(|lanes| {
+            lanes
+                .iter()
+                .find(|(connection, _)| *connection == self.id)
+                .map(|&(_, lane)| lane)
+        })
+    }
+
+    /// Lane `index` once it is declared, or else the first, shared from then on: the lane a
+    /// call's replies come to.
     pub fn ready(&self, index: usize) -> usize {
         match self.lanes[index].get() {
             Some(_) => index,
-            None => 0,
+            None => {
+                self.shared[0].store(true, Ordering::Relaxed);
+                0
+            }
+        }
+    }
+
+    /// Whether lane `index` is the calling thread's and no other's: then every reply read on it
+    /// is this thread's (a call waited on by a thread other than its sender's is not).
+    pub fn is_own(&self, index: usize) -> bool {
+        !self.shared[index].load(Ordering::Relaxed) && self.remembered() == Some(index)
+    }
+
+    /// Marks lane `index` as read by a caller waiting on it alone, until the guard drops: the
+    /// others who read every lane leave it to that caller, who would not hear of a reply they
+    /// took until its next look round.
+    pub fn watch(&self, index: usize) -> Watch<'_> {
+        self.watchers[index].fetch_add(1, Ordering::SeqCst);
+        Watch {
+            watchers: &self.watchers[index],
         }
     }
 
@@ -108,6 +140,26 @@ impl Lanes {
 
     pub fn all(&self) -> impl Iterator<Item = &ReplyLane> {
         self.lanes.iter().filter_map(OnceLock::get)
+    }
+
+    /// The lanes no caller waits on alone.
+    pub fn unwatched(&self) -> impl Iterator<Item = &ReplyLane> {
+        self.lanes
+            .iter()
+            .zip(&self.watchers)
+            .filter(|(_, watchers)| watchers.load(Ordering::SeqCst) == 0)
+            .filter_map(|(lane, _)| lane.get())
+    }
+}
+
+/// A caller reading its lane alone; see [`Lanes::watch`].
+pub(crate) struct Watch<'a> {
+    watchers: &'a AtomicUsize,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        self.watchers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -197,6 +249,38 @@ mod tests {
         });
         assert_eq!(first.all().count(), 2);
         assert_eq!(second.all().count(), 1);
+    }
+
+    #[test]
+    fn a_lane_is_its_threads_own_until_another_thread_takes_replies_on_it() {
+        let lanes = Lanes::new(lane("first"), MAX_LANES);
+        let first = lanes.of_this_thread(|_| panic!("the first lane is declared already"));
+        assert_eq!(lanes.ready(first), 0);
+        assert!(lanes.is_own(0));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Not this thread's, nor is the second lane before this thread has one.
+                assert!(!lanes.is_own(0));
+                let second = lanes.of_this_thread(|_| ());
+                assert!(!lanes.is_own(lanes.ready(second)), "borrowing the first");
+                lanes.declared(second, lane("second"));
+                assert!(lanes.is_own(lanes.ready(second)));
+            });
+        });
+        assert!(!lanes.is_own(0), "borrowed once, shared for good");
+    }
+
+    #[test]
+    fn a_watched_lane_is_left_to_its_watcher() {
+        let lanes = Lanes::new(lane("first"), MAX_LANES);
+        lanes.declared(1, lane("second"));
+        let queues = |lanes: &Lanes| -> Vec<String> {
+            lanes.unwatched().map(|lane| lane.queue.clone()).collect()
+        };
+        let watch = lanes.watch(1);
+        assert_eq!(queues(&lanes), ["first"]);
+        drop(watch);
+        assert_eq!(queues(&lanes), ["first", "second"]);
     }
 
     #[test]

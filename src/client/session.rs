@@ -442,10 +442,11 @@ impl Session {
         }
     }
 
-    /// Routes whatever has arrived, without blocking; notices a lost connection.
+    /// Routes whatever has arrived, without blocking, except on the lanes a caller reads
+    /// alone; notices a lost connection.
     pub fn dispatch_ready(&self) {
         self.note_blocking();
-        for lane in self.lanes.all() {
+        for lane in self.lanes.unwatched() {
             loop {
                 match lane.replies.try_recv() {
                     Ok(message) => self.dispatch(message),
