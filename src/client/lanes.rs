@@ -1,4 +1,4 @@
-//! Reply lanes: the callback queues of one connection, one per calling thread up to
+//! Reply lanes: the callback queues of one connection, one per live calling thread up to
 //! [`MAX_LANES`], then shared.
 //!
 //! Every waiting caller reads replies itself and hands on those that are not its own. With one
@@ -8,13 +8,15 @@
 //! A thread with a queue of its own reads its own replies. The first thread to call uses the
 //! queue declared with the connection, so a client called from one thread has one queue, as
 //! before; the others are declared by the reply keeper as new threads call, and a thread uses
-//! the first queue until its own is there: no call waits for a declaration.
+//! the first queue until its own is there: no call waits for a declaration. A thread that ends
+//! gives its lane back for the next new thread, so that a pool that replaces its threads keeps
+//! one lane per thread instead of sharing them all.
 
 use crate::driver::ConsumerMessage;
 use crossbeam_channel::Receiver;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, Weak};
 
 /// The most callback queues a connection declares.
 pub(crate) const MAX_LANES: usize = 8;
@@ -30,12 +32,15 @@ pub(crate) struct Lanes {
     /// This connection's number, for the threads' memory of their lane.
     id: u64,
     lanes: [OnceLock<ReplyLane>; MAX_LANES],
-    /// Lanes more than one thread has taken replies on (for good: a lane is never unshared).
-    shared: [AtomicBool; MAX_LANES],
+    /// Live threads that have each lane as theirs.
+    users: [AtomicUsize; MAX_LANES],
+    /// Lanes whose declaration was asked for.
+    requested: [AtomicBool; MAX_LANES],
+    /// Lanes asked for and not declared (yet, or ever: the declaration failed); their threads
+    /// take replies on the first lane meanwhile.
+    undeclared: AtomicUsize,
     /// Callers reading each lane alone (see [`watch`](Lanes::watch)).
     watchers: [AtomicUsize; MAX_LANES],
-    /// Threads given a lane so far.
-    assigned: AtomicUsize,
     /// How many lanes there may be: one where the reply queue is not ours to multiply (direct
     /// reply-to).
     limit: usize,
@@ -45,9 +50,25 @@ pub(crate) struct Lanes {
 /// in turn keeps its lane on each, and connections it no longer uses fall out.
 const REMEMBERED: usize = 8;
 
+/// A thread's lane on one connection; dropped (the thread ended, or forgot the connection), it
+/// gives the lane back.
+struct Membership {
+    connection: u64,
+    lane: usize,
+    lanes: Weak<Lanes>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Some(lanes) = self.lanes.upgrade() {
+            lanes.users[self.lane].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 thread_local! {
     /// The connections this thread called on lately, and its lane on each, newest last.
-    static LANES: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+    static LANES: RefCell<Vec<Membership>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Lanes {
@@ -58,32 +79,41 @@ impl Lanes {
         Lanes {
             id: CONNECTIONS.fetch_add(1, Ordering::Relaxed),
             lanes,
-            shared: Default::default(),
+            users: Default::default(),
+            requested: Default::default(),
+            undeclared: AtomicUsize::new(0),
             watchers: Default::default(),
-            assigned: AtomicUsize::new(0),
             limit: limit.clamp(1, MAX_LANES),
         }
     }
 
-    /// The calling thread's lane; a thread new to this connection gets the next one, which
-    /// `declare` is asked to declare.
-    pub fn of_this_thread(&self, declare: impl FnOnce(usize)) -> usize {
+    /// The calling thread's lane; a thread new to this connection gets the lane with the
+    /// fewest live threads (the first such), which `declare` is asked to declare if no thread
+    /// had it before.
+    pub fn of_this_thread(self: &Arc<Self>, declare: impl FnOnce(usize)) -> usize {
         if let Some(lane) = self.remembered() {
             return lane;
         }
-        let next = self.assigned.fetch_add(1, Ordering::Relaxed);
-        let lane = next % self.limit;
-        if next >= self.limit {
-            self.shared[lane].store(true, Ordering::Relaxed);
-        } else if next > 0 {
+        let lane = (0..self.limit)
+            .min_by_key(|&index| self.users[index].load(Ordering::SeqCst))
+            .unwrap_or(0);
+        self.users[lane].fetch_add(1, Ordering::SeqCst);
+        if self.lanes[lane].get().is_none() && !self.requested[lane].swap(true, Ordering::SeqCst) {
+            self.undeclared.fetch_add(1, Ordering::SeqCst);
             declare(lane);
         }
-        LANES.with_borrow_mut(|lanes| {
-            if lanes.len() == REMEMBERED {
-                lanes.remove(0);
-            }
-            lanes.push((self.id, lane));
+        let membership = Membership {
+            connection: self.id,
+            lane,
+            lanes: Arc::downgrade(self),
+        };
+        // Dropped outside the borrow: giving a lane back may drop the last of a connection.
+        let forgotten = LANES.with_borrow_mut(|lanes| {
+            let forgotten = (lanes.len() == REMEMBERED).then(|| lanes.remove(0));
+            lanes.push(membership);
+            forgotten
         });
+        drop(forgotten);
         lane
     }
 
@@ -92,27 +122,33 @@ impl Lanes {
         LANES.with_borrow(|lanes| {
             lanes
                 .iter()
-                .find(|(connection, _)| *connection == self.id)
-                .map(|&(_, lane)| lane)
+                .find(|membership| membership.connection == self.id)
+                .map(|membership| membership.lane)
         })
     }
 
-    /// Lane `index` once it is declared, or else the first, shared from then on: the lane a
-    /// call's replies come to.
+    /// Lane `index` once it is declared, or else the first: the lane a call's replies come to.
     pub fn ready(&self, index: usize) -> usize {
         match self.lanes[index].get() {
             Some(_) => index,
-            None => {
-                self.shared[0].store(true, Ordering::Relaxed);
-                0
-            }
+            None => 0,
         }
     }
 
-    /// Whether lane `index` is the calling thread's and no other's: then every reply read on it
-    /// is this thread's (a call waited on by a thread other than its sender's is not).
+    /// Sets lane `index`, declared.
+    pub fn declared(&self, index: usize, lane: ReplyLane) {
+        if self.lanes[index].set(lane).is_ok() {
+            self.undeclared.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether lane `index` is the calling thread's and no other live thread's: then every
+    /// reply read on it is this thread's (a call waited on by a thread other than its sender's
+    /// is not). The first lane is not while threads whose own lane is undeclared use it.
     pub fn is_own(&self, index: usize) -> bool {
-        !self.shared[index].load(Ordering::Relaxed) && self.remembered() == Some(index)
+        self.users[index].load(Ordering::SeqCst) == 1
+            && (index > 0 || self.undeclared.load(Ordering::SeqCst) == 0)
+            && self.remembered() == Some(index)
     }
 
     /// Marks lane `index` as read by a caller waiting on it alone, until the guard drops: the
@@ -123,11 +159,6 @@ impl Lanes {
         Watch {
             watchers: &self.watchers[index],
         }
-    }
-
-    /// Sets lane `index`, declared.
-    pub fn declared(&self, index: usize, lane: ReplyLane) {
-        let _ = self.lanes[index].set(lane);
     }
 
     /// Lane `index`, or the first while that one is not declared (yet, or at all).
@@ -166,6 +197,8 @@ impl Drop for Watch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crossbeam_channel::Sender;
+    use std::thread::JoinHandle;
 
     fn lane(queue: &str) -> ReplyLane {
         ReplyLane {
@@ -174,106 +207,156 @@ mod tests {
         }
     }
 
-    /// The lane a new thread gets, and whether it was asked to declare it (and did, as
-    /// `declared` says).
-    fn lane_of_new_thread(lanes: &Lanes, declared: Option<&str>) -> (usize, bool) {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let mut asked = false;
-                    let index = lanes.of_this_thread(|index| {
-                        asked = true;
-                        if let Some(queue) = declared {
-                            lanes.declared(index, lane(queue));
-                        }
-                    });
-                    // A thread keeps its lane without asking again.
-                    assert_eq!(lanes.of_this_thread(|_| panic!("asked twice")), index);
-                    (index, asked)
-                })
-                .join()
-                .unwrap()
-        })
+    /// A thread that has taken its lane, declaring it as `declared` when asked to, and keeps
+    /// it until it leaves.
+    struct Caller {
+        lane: usize,
+        asked: bool,
+        leave: Sender<()>,
+        thread: JoinHandle<()>,
+    }
+
+    impl Caller {
+        fn arrive(lanes: &Arc<Lanes>, declared: Option<&str>) -> Caller {
+            let (lanes, declared) = (Arc::clone(lanes), declared.map(str::to_owned));
+            let (taken, lane_taken) = crossbeam_channel::bounded(1);
+            let (leave, told_to_leave) = crossbeam_channel::bounded::<()>(0);
+            let thread = std::thread::spawn(move || {
+                let mut asked = false;
+                let index = lanes.of_this_thread(|index| {
+                    asked = true;
+                    if let Some(queue) = &declared {
+                        lanes.declared(index, lane(queue));
+                    }
+                });
+                // A thread keeps its lane without asking again.
+                assert_eq!(lanes.of_this_thread(|_| panic!("asked twice")), index);
+                taken.send((index, asked)).unwrap();
+                let _ = told_to_leave.recv();
+            });
+            let (lane, asked) = lane_taken.recv().expect("the caller took a lane");
+            Caller {
+                lane,
+                asked,
+                leave,
+                thread,
+            }
+        }
+
+        fn taken(&self) -> (usize, bool) {
+            (self.lane, self.asked)
+        }
+
+        fn leave(self) {
+            drop(self.leave);
+            self.thread.join().unwrap();
+        }
     }
 
     #[test]
-    fn the_first_thread_takes_the_first_lane_and_each_next_one_a_new_lane() {
-        let lanes = Lanes::new(lane("first"), MAX_LANES);
-        assert_eq!(lane_of_new_thread(&lanes, None), (0, false));
+    fn the_first_thread_takes_the_first_lane_and_each_next_live_one_a_new_lane() {
+        let lanes = Arc::new(Lanes::new(lane("first"), MAX_LANES));
+        let mut callers = vec![Caller::arrive(&lanes, None)];
+        assert_eq!(callers[0].taken(), (0, false));
         for expected in 1..MAX_LANES {
             let queue = format!("lane-{expected}");
-            assert_eq!(lane_of_new_thread(&lanes, Some(&queue)), (expected, true));
+            callers.push(Caller::arrive(&lanes, Some(&queue)));
+            assert_eq!(callers[expected].taken(), (expected, true));
             assert_eq!(lanes.ready(expected), expected);
             assert_eq!(lanes.get(expected).queue, queue);
         }
         // Then they are shared, and nothing more is declared.
-        assert_eq!(lane_of_new_thread(&lanes, Some("x")), (0, false));
-        assert_eq!(lane_of_new_thread(&lanes, Some("x")), (1, false));
+        callers.push(Caller::arrive(&lanes, Some("x")));
+        callers.push(Caller::arrive(&lanes, Some("x")));
+        assert_eq!(callers[MAX_LANES].taken(), (0, false));
+        assert_eq!(callers[MAX_LANES + 1].taken(), (1, false));
         assert_eq!(lanes.all().count(), MAX_LANES);
+        callers.into_iter().for_each(Caller::leave);
+    }
+
+    #[test]
+    fn a_thread_that_ends_gives_its_lane_to_the_next_new_one() {
+        let lanes = Arc::new(Lanes::new(lane("first"), MAX_LANES));
+        let first = Caller::arrive(&lanes, None);
+        let second = Caller::arrive(&lanes, Some("second"));
+        assert_eq!(second.taken(), (1, true));
+        second.leave();
+        let third = Caller::arrive(&lanes, Some("never"));
+        assert_eq!(third.taken(), (1, false), "the declared lane, free again");
+        first.leave();
+        let fourth = Caller::arrive(&lanes, Some("never"));
+        assert_eq!(fourth.taken(), (0, false));
+        assert_eq!(lanes.all().count(), 2);
+        third.leave();
+        fourth.leave();
     }
 
     #[test]
     fn until_its_lane_is_declared_a_thread_uses_the_first() {
-        let lanes = Lanes::new(lane("first"), MAX_LANES);
-        lane_of_new_thread(&lanes, None);
-        let (index, asked) = lane_of_new_thread(&lanes, None);
-        assert!(asked);
-        assert_eq!(lanes.ready(index), 0);
-        assert_eq!(lanes.get(index).queue, "first");
+        let lanes = Arc::new(Lanes::new(lane("first"), MAX_LANES));
+        let first = Caller::arrive(&lanes, None);
+        let second = Caller::arrive(&lanes, None);
+        assert_eq!(second.taken(), (1, true));
+        assert_eq!(lanes.ready(1), 0);
+        assert_eq!(lanes.get(1).queue, "first");
         assert_eq!(lanes.all().count(), 1);
-        lanes.declared(index, lane("late"));
-        assert_eq!(lanes.ready(index), index);
+        lanes.declared(1, lane("late"));
+        assert_eq!(lanes.ready(1), 1);
+        first.leave();
+        second.leave();
     }
 
     #[test]
     fn a_thread_calling_on_several_connections_keeps_its_lane_on_each() {
-        let first = Lanes::new(lane("a0"), MAX_LANES);
-        let second = Lanes::new(lane("b0"), MAX_LANES);
-        lane_of_new_thread(&first, None);
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                let declare = |lanes: &Lanes| {
-                    lanes.of_this_thread(|index| lanes.declared(index, lane("new")))
-                };
-                let on_first = declare(&first);
-                let on_second = declare(&second);
-                assert_eq!((on_first, on_second), (1, 0));
-                for _ in 0..3 {
-                    assert_eq!(first.of_this_thread(|_| panic!("declared again")), on_first);
-                    assert_eq!(
-                        second.of_this_thread(|_| panic!("declared again")),
-                        on_second
-                    );
-                }
-            });
-        });
+        let first = Arc::new(Lanes::new(lane("a0"), MAX_LANES));
+        let second = Arc::new(Lanes::new(lane("b0"), MAX_LANES));
+        let other = Caller::arrive(&first, None);
+        let declare =
+            |lanes: &Arc<Lanes>| lanes.of_this_thread(|index| lanes.declared(index, lane("new")));
+        let on_first = declare(&first);
+        let on_second = declare(&second);
+        assert_eq!((on_first, on_second), (1, 0));
+        for _ in 0..3 {
+            assert_eq!(first.of_this_thread(|_| panic!("declared again")), on_first);
+            assert_eq!(
+                second.of_this_thread(|_| panic!("declared again")),
+                on_second
+            );
+        }
         assert_eq!(first.all().count(), 2);
         assert_eq!(second.all().count(), 1);
+        other.leave();
     }
 
     #[test]
-    fn a_lane_is_its_threads_own_until_another_thread_takes_replies_on_it() {
-        let lanes = Lanes::new(lane("first"), MAX_LANES);
-        let first = lanes.of_this_thread(|_| panic!("the first lane is declared already"));
-        assert_eq!(lanes.ready(first), 0);
+    fn a_lane_is_its_threads_own_while_no_other_live_thread_takes_replies_on_it() {
+        let lanes = Arc::new(Lanes::new(lane("first"), MAX_LANES));
+        assert_eq!(lanes.of_this_thread(|_| panic!("declared already")), 0);
         assert!(lanes.is_own(0));
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                // Not this thread's, nor is the second lane before this thread has one.
-                assert!(!lanes.is_own(0));
-                let second = lanes.of_this_thread(|_| ());
-                assert!(!lanes.is_own(lanes.ready(second)), "borrowing the first");
-                lanes.declared(second, lane("second"));
-                assert!(lanes.is_own(lanes.ready(second)));
-            });
-        });
-        assert!(!lanes.is_own(0), "borrowed once, shared for good");
+        // A thread whose lane is not declared yet takes its replies on the first.
+        let waiting = Caller::arrive(&lanes, None);
+        assert!(!lanes.is_own(0), "another thread's replies may come to it");
+        lanes.declared(waiting.lane, lane("second"));
+        assert!(lanes.is_own(0));
+        let mut others: Vec<Caller> = (2..MAX_LANES)
+            .map(|index| Caller::arrive(&lanes, Some(&format!("lane-{index}"))))
+            .collect();
+        assert!(lanes.is_own(0));
+        // Every lane has a thread: the next new one shares the first.
+        others.push(Caller::arrive(&lanes, Some("never")));
+        assert!(!lanes.is_own(0));
+        others.pop().unwrap().leave();
+        assert!(lanes.is_own(0), "the thread it shared with ended");
+        assert!(!lanes.is_own(1), "not this thread's");
+        waiting.leave();
+        others.into_iter().for_each(Caller::leave);
     }
 
     #[test]
     fn a_watched_lane_is_left_to_its_watcher() {
-        let lanes = Lanes::new(lane("first"), MAX_LANES);
-        lanes.declared(1, lane("second"));
+        let lanes = Arc::new(Lanes::new(lane("first"), MAX_LANES));
+        let first = Caller::arrive(&lanes, None);
+        let second = Caller::arrive(&lanes, Some("second"));
         let queues = |lanes: &Lanes| -> Vec<String> {
             lanes.unwatched().map(|lane| lane.queue.clone()).collect()
         };
@@ -281,13 +364,19 @@ mod tests {
         assert_eq!(queues(&lanes), ["first"]);
         drop(watch);
         assert_eq!(queues(&lanes), ["first", "second"]);
+        first.leave();
+        second.leave();
     }
 
     #[test]
     fn with_one_lane_every_thread_shares_it() {
-        let lanes = Lanes::new(lane("amq.rabbitmq.reply-to"), 1);
-        for _ in 0..3 {
-            assert_eq!(lane_of_new_thread(&lanes, Some("never")), (0, false));
+        let lanes = Arc::new(Lanes::new(lane("amq.rabbitmq.reply-to"), 1));
+        let callers: Vec<Caller> = (0..3)
+            .map(|_| Caller::arrive(&lanes, Some("never")))
+            .collect();
+        for caller in &callers {
+            assert_eq!(caller.taken(), (0, false));
         }
+        callers.into_iter().for_each(Caller::leave);
     }
 }

@@ -119,9 +119,9 @@ impl PendingReply {
     /// Waits on this thread's own lane alone, the common case: waiting on several channels at
     /// once costs a lock on each as the caller wakes, and the driver's I/O thread, which has
     /// just woken it, still holds the lane's (sequentially 5.1 futex calls per call against a
-    /// raw client's 2.1; 2.2 alone). What comes another way (a returned request, a lost connection, a
-    /// reply another reader took before this caller began watching) is looked for at least
-    /// every [`LOOK_ROUND`].
+    /// raw client's 2.1; 2.2 alone). What may come another way is looked for at least every
+    /// [`LOOK_ROUND`]: a returned request, a closed request channel, or a reply that another
+    /// thread read as it began to share this lane.
     fn receive_alone(&mut self) -> Outcome {
         let session = Arc::clone(&self.session);
         let _watch = session.lanes.watch(self.lane);

@@ -68,10 +68,14 @@ fn each_calling_thread_gets_a_callback_queue_of_its_own_up_to_eight() {
         assert_eq!(client.call(n).unwrap(), fibonacci(n));
     }
     assert_eq!(support::callback_queues_of(&name).len(), 1);
+    // All twelve are alive at once: a thread that ends gives its queue to the next new one.
+    let all_calling = std::sync::Barrier::new(12);
     std::thread::scope(|scope| {
         for t in 0..12 {
-            let client = &client;
+            let (client, all_calling) = (&client, &all_calling);
             scope.spawn(move || {
+                assert_eq!(client.call(t).unwrap(), fibonacci(t));
+                all_calling.wait();
                 for i in 0..50 {
                     let n = (t * 31 + i * 7) % 400;
                     assert_eq!(client.call(n).unwrap(), fibonacci(n), "fib({n}) on {t}");
@@ -86,7 +90,7 @@ fn each_calling_thread_gets_a_callback_queue_of_its_own_up_to_eight() {
     assert_eq!(support::callback_queues_of(&name).len(), 8);
     assert_eq!(client.rpc().pending_calls(), 0);
     client.close().unwrap();
-    assert_eq!(server.shutdown().unwrap().answered, 20 + 12 * 50);
+    assert_eq!(server.shutdown().unwrap().answered, 20 + 12 * 51);
 }
 
 #[test]
