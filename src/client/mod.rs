@@ -5,6 +5,7 @@ mod lanes;
 mod pending;
 mod pending_reply;
 mod presence;
+mod publishers;
 pub(crate) mod results;
 mod router;
 mod session;
@@ -305,7 +306,7 @@ impl RpcClient {
         };
         session
             .bounded(deadline, "publishing the request", || {
-                session.publish(&outgoing.exchange, publish)
+                session.publish(pending.lane, &outgoing.exchange, publish)
             })
             .map_err(call.timed_out(Stage::Publish))?;
         pending.settled = false;

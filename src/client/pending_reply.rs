@@ -188,9 +188,9 @@ impl PendingReply {
                     Ok(message) => session.dispatch(message),
                     Err(_) => session.connection_gone(),
                 },
-                recv(session.returns) -> returned => match returned {
+                recv(session.returns_of(self.lane)) -> returned => match returned {
                     Ok(returned) => router::returned(&session.pending, &returned),
-                    Err(_) => session.publisher_gone(),
+                    Err(_) => session.publisher_gone(self.lane),
                 },
                 recv(session.blocking) -> note => match note {
                     Ok(note) => session.apply_blocking(note),

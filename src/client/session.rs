@@ -3,6 +3,7 @@
 use super::lanes::{Lanes, ReplyLane, MAX_LANES};
 use super::pending::Pending;
 use super::presence::Presence;
+use super::publishers::{Publisher, Publishers};
 use super::router;
 use super::submit::Submitter;
 use crate::config::{ClientConfig, QueueType, ReplyMode};
@@ -37,9 +38,8 @@ pub(crate) struct Session {
     cutter: Arc<Cutter>,
     heartbeat: Duration,
     close_timeout: Duration,
-    /// Requests go out here; `None` with direct reply-to, which demands that requests go out
-    /// on the consuming channel, the keeper's.
-    publisher: Option<Mutex<Channel>>,
+    /// Requests go out on these, one channel per lane.
+    publishers: Publishers,
     keeper: Keeper,
     /// For passive declarations, which close their channel when the queue is missing; opened
     /// on first use so that a failed check never disturbs publishing.
@@ -55,8 +55,9 @@ pub(crate) struct Session {
     /// Which configured endpoint this connection went to.
     pub endpoint: usize,
     pub pending: Pending,
-    /// Mandatory requests the broker could not route.
-    pub returns: Receiver<Return>,
+    /// Mandatory requests the broker could not route, of the first lane's channel (or with
+    /// direct reply-to, the keeper's).
+    returns: Receiver<Return>,
     /// Why the connection is gone, once it is.
     lost: Mutex<Option<String>>,
     /// The broker's notices that it blocks (or no longer blocks) publishing on this connection.
@@ -125,7 +126,10 @@ impl Session {
                     None => 1,
                 },
             )),
-            publisher: publisher.map(Mutex::new),
+            publishers: Publishers::new(publisher.map(|channel| Publisher {
+                channel: Mutex::new(channel),
+                returns: returns.clone(),
+            })),
             keeper,
             inspector: Mutex::new(None),
             presence: Presence::default(),
@@ -181,11 +185,12 @@ impl Session {
         outcome
     }
 
-    /// Publishes a message to `exchange` on the channel that must carry it: the request
-    /// channel, borrowing the message, or (direct reply-to) the keeper's, which takes a copy.
-    pub fn publish(&self, exchange: &str, publish: Publish<'_>) -> Result<()> {
-        match &self.publisher {
-            Some(channel) => lock(channel)
+    /// Publishes a message to `exchange` on the channel that must carry it: lane `lane`'s
+    /// request channel, borrowing the message, or (direct reply-to) the keeper's, which takes a
+    /// copy.
+    pub fn publish(&self, lane: usize, exchange: &str, publish: Publish<'_>) -> Result<()> {
+        match self.publisher(lane) {
+            Some(publisher) => lock(&publisher.channel)
                 .basic_publish(exchange, publish)
                 .map_err(|error| {
                     // The channel is gone (the broker closed it, say): so is this session, or
@@ -199,12 +204,26 @@ impl Session {
         }
     }
 
+    /// Lane `lane`'s request channel, opened first if need be (see [`Publishers::get`]).
+    fn publisher(&self, lane: usize) -> Option<&Publisher> {
+        self.publishers
+            .get(lane, || self.with_connection(Publisher::open))
+    }
+
+    /// The returned requests of lane `lane`'s channel.
+    pub fn returns_of(&self, lane: usize) -> &Receiver<Return> {
+        match self.publishers.opened(lane) {
+            Some(publisher) if lane > 0 => &publisher.returns,
+            _ => &self.returns,
+        }
+    }
+
     /// Publishes the cancel of request `correlation_id` under `routing_key`, without waiting
     /// for the broker: a call that gave up returns at once, whatever the network does.
     pub fn cancel(&self, routing_key: &str, correlation_id: &str, deadline: Instant) {
         self.send_cancel(correlation_id, deadline, |properties| {
             let publish = Publish::with_properties(&[], routing_key, properties);
-            self.publish(CANCEL_EXCHANGE, publish)
+            self.publish(0, CANCEL_EXCHANGE, publish)
         });
     }
 
@@ -416,17 +435,17 @@ impl Session {
     /// or the whole connection went. The channel itself tells which, and why: a channel the
     /// broker closed answers any call at once with the broker's reason, while one whose
     /// connection went may not answer at all, so it is asked only briefly.
-    pub fn publisher_gone(&self) {
+    pub fn publisher_gone(&self, lane: usize) {
         // A connection the broker closed says so to the reply consumers too.
         self.dispatch_waiting();
         if self.lost_reason().is_some() {
             return;
         }
-        let closed = self.publisher.as_ref().and_then(|channel| {
+        let closed = self.publishers.opened(lane).and_then(|publisher| {
             let asked = self
                 .cutter
                 .bounded(deadline::from_now(CHANNEL_REASON_WAIT), || {
-                    lock(channel).qos(0, 0, false)
+                    lock(&publisher.channel).qos(0, 0, false)
                 })
                 .outcome;
             match asked {
@@ -458,13 +477,19 @@ impl Session {
                 }
             }
         }
-        loop {
-            match self.returns.try_recv() {
-                Ok(returned) => router::returned(&self.pending, &returned),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    self.publisher_gone();
-                    break;
+        let others = self
+            .publishers
+            .others()
+            .map(|(lane, publisher)| (lane, &publisher.returns));
+        for (lane, returns) in std::iter::once((0, &self.returns)).chain(others) {
+            loop {
+                match returns.try_recv() {
+                    Ok(returned) => router::returned(&self.pending, &returned),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.publisher_gone(lane);
+                        return;
+                    }
                 }
             }
         }

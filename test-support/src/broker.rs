@@ -45,6 +45,17 @@ pub fn callback_queues_of(connection_name: &str) -> Vec<String> {
         .collect()
 }
 
+/// How many channels the client connection labelled `connection_name` has open.
+pub fn channels_of(connection_name: &str) -> u32 {
+    let connections = rabbitmqctl(None, &["list_connections", "client_properties", "channels"]);
+    connections
+        .lines()
+        .find(|line| line.contains(connection_name))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|channels| channels.parse().ok())
+        .unwrap_or_else(|| panic!("no connection named {connection_name}: {connections}"))
+}
+
 /// Messages ready in `queue` as `rabbitmqctl` lists them (which works for another connection's
 /// exclusive queue too); `None` if there is no such queue.
 pub fn queue_messages(queue: &str) -> Option<u32> {

@@ -2,7 +2,7 @@
 
 use fib_rpc::services::fibonacci;
 use fib_rpc::{ClientConfig, FibonacciRpcClient, ReplyMode, RpcClient};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 use support::TestQueue;
 
@@ -52,7 +52,7 @@ fn sixteen_threads_share_one_client() {
 /// A thread reads its own replies when it has a callback queue of its own: a client gets one
 /// per calling thread, up to eight, and one only while one thread calls.
 #[test]
-fn each_calling_thread_gets_a_callback_queue_of_its_own_up_to_eight() {
+fn each_calling_thread_gets_a_callback_queue_and_a_request_channel_of_its_own_up_to_eight() {
     let queue = TestQueue::new("lanes");
     let server = support::start_fib_server(&queue.name, 2);
     let name = format!("lanes-{}", uuid::Uuid::new_v4());
@@ -68,14 +68,24 @@ fn each_calling_thread_gets_a_callback_queue_of_its_own_up_to_eight() {
         assert_eq!(client.call(n).unwrap(), fibonacci(n));
     }
     assert_eq!(support::callback_queues_of(&name).len(), 1);
-    // All twelve are alive at once: a thread that ends gives its queue to the next new one.
-    let all_calling = std::sync::Barrier::new(12);
+    let channels_of_one_thread = support::channels_of(&name);
+    // All twelve are alive at once (a thread that ends gives its queue to the next new one);
+    // the other threads' queues are declared while they call, without holding a call up, and
+    // they go on calling once all eight are there.
+    let (all_calling, declared) = (Barrier::new(12), Barrier::new(12));
     std::thread::scope(|scope| {
         for t in 0..12 {
-            let (client, all_calling) = (&client, &all_calling);
+            let (client, name) = (&client, &name);
+            let (all_calling, declared) = (&all_calling, &declared);
             scope.spawn(move || {
                 assert_eq!(client.call(t).unwrap(), fibonacci(t));
                 all_calling.wait();
+                if t == 0 {
+                    support::wait_until("eight callback queues", TIMEOUT, || {
+                        support::callback_queues_of(name).len() >= 8
+                    });
+                }
+                declared.wait();
                 for i in 0..50 {
                     let n = (t * 31 + i * 7) % 400;
                     assert_eq!(client.call(n).unwrap(), fibonacci(n), "fib({n}) on {t}");
@@ -83,11 +93,9 @@ fn each_calling_thread_gets_a_callback_queue_of_its_own_up_to_eight() {
             });
         }
     });
-    // The other threads' queues are declared while they call, without holding a call up.
-    support::wait_until("eight callback queues", TIMEOUT, || {
-        support::callback_queues_of(&name).len() >= 8
-    });
     assert_eq!(support::callback_queues_of(&name).len(), 8);
+    // And a request channel each, so that they never wait for one another's publishes.
+    assert_eq!(support::channels_of(&name), channels_of_one_thread + 7);
     assert_eq!(client.rpc().pending_calls(), 0);
     client.close().unwrap();
     assert_eq!(server.shutdown().unwrap().answered, 20 + 12 * 51);
