@@ -113,18 +113,19 @@
 //! [`RpcClient`] and [`FibonacciRpcClient`] are `Send + Sync`: share one behind an `Arc` and
 //! call from any number of threads; each call blocks only its own thread. A client has no
 //! thread in the request path: whichever caller is waiting reads the replies and hands each to
-//! its caller, so a lone caller gets its reply with no thread hop; each of the first eight
-//! calling threads gets a callback queue of its own, so that it too reads its own replies
-//! rather than waking another thread for each (the ninth and later share). A caller with a
+//! its caller, so a lone caller gets its reply with no thread hop; each of up to eight live
+//! calling threads gets a callback queue and a request channel of its own, so that it too reads
+//! its own replies rather than waking another thread for each, and never waits for another's
+//! publish (a ninth shares; a thread that ends gives its queue to the next). A caller with a
 //! queue to itself waits on that queue alone, which wakes it with one futex call instead of
-//! several, and looks every 20 ms for what may come another way (a request the broker
-//! returned, a closed request channel). With direct
-//! reply-to, requests go out through the thread that owns the consuming channel (amiquip's
-//! channels are not `Sync` and its consumers borrow them), one hop per call. Each connection has amiquip's
-//! I/O thread and one thread of ours that owns the reply consumer and, while no caller waits,
-//! reads and drops stray replies every 50 ms. One process-wide watchdog thread enforces
-//! deadlines. A server runs a supervisor thread and `workers` worker threads; a worker waits
-//! on its consumer alone and notices a stop within 50 ms.
+//! several, and looks every 20 ms for what may come another way (a request the broker returned,
+//! a closed request channel). With direct reply-to, requests go out through the thread that
+//! owns the consuming channel (amiquip's channels are not `Sync` and its consumers borrow
+//! them), one hop per call. Each connection has amiquip's I/O thread and one thread of ours
+//! that owns the reply consumer and, while no caller waits, reads and drops stray replies every
+//! 50 ms. One process-wide watchdog thread enforces deadlines. A server runs a supervisor
+//! thread and `workers` worker threads; a worker waits on its consumer alone and notices a stop
+//! within 50 ms.
 //!
 //! # Limitations
 //!
