@@ -3,7 +3,7 @@
 use super::lanes::{Lanes, ReplyLane, MAX_LANES};
 use super::pending::Pending;
 use super::presence::Presence;
-use super::publishers::{Publisher, Publishers};
+use super::publishers::Publishers;
 use super::router;
 use super::submit::Submitter;
 use crate::config::{ClientConfig, QueueType, ReplyMode};
@@ -126,10 +126,7 @@ impl Session {
                     None => 1,
                 },
             )),
-            publishers: Publishers::new(publisher.map(|channel| Publisher {
-                channel: Mutex::new(channel),
-                returns: returns.clone(),
-            })),
+            publishers: Publishers::new(publisher),
             keeper,
             inspector: Mutex::new(None),
             presence: Presence::default(),
@@ -189,8 +186,11 @@ impl Session {
     /// request channel, borrowing the message, or (direct reply-to) the keeper's, which takes a
     /// copy.
     pub fn publish(&self, lane: usize, exchange: &str, publish: Publish<'_>) -> Result<()> {
-        match self.publisher(lane) {
-            Some(publisher) => lock(&publisher.channel)
+        let channel = self
+            .publishers
+            .channel(lane, || self.with_connection(queue::open_publishing));
+        match channel {
+            Some(channel) => lock(channel)
                 .basic_publish(exchange, publish)
                 .map_err(|error| {
                     // The channel is gone (the broker closed it, say): so is this session, or
@@ -204,18 +204,9 @@ impl Session {
         }
     }
 
-    /// Lane `lane`'s request channel, opened first if need be (see [`Publishers::get`]).
-    fn publisher(&self, lane: usize) -> Option<&Publisher> {
-        self.publishers
-            .get(lane, || self.with_connection(Publisher::open))
-    }
-
     /// The returned requests of lane `lane`'s channel.
     pub fn returns_of(&self, lane: usize) -> &Receiver<Return> {
-        match self.publishers.opened(lane) {
-            Some(publisher) if lane > 0 => &publisher.returns,
-            _ => &self.returns,
-        }
+        self.publishers.returns(lane).unwrap_or(&self.returns)
     }
 
     /// Publishes the cancel of request `correlation_id` under `routing_key`, without waiting
@@ -441,11 +432,11 @@ impl Session {
         if self.lost_reason().is_some() {
             return;
         }
-        let closed = self.publishers.opened(lane).and_then(|publisher| {
+        let closed = self.publishers.opened(lane).and_then(|channel| {
             let asked = self
                 .cutter
                 .bounded(deadline::from_now(CHANNEL_REASON_WAIT), || {
-                    lock(&publisher.channel).qos(0, 0, false)
+                    lock(channel).qos(0, 0, false)
                 })
                 .outcome;
             match asked {
@@ -477,10 +468,7 @@ impl Session {
                 }
             }
         }
-        let others = self
-            .publishers
-            .others()
-            .map(|(lane, publisher)| (lane, &publisher.returns));
+        let others = self.publishers.others();
         for (lane, returns) in std::iter::once((0, &self.returns)).chain(others) {
             loop {
                 match returns.try_recv() {
@@ -589,11 +577,7 @@ fn subscribe(
         ),
         ReplyMode::DirectReplyTo => (DIRECT_REPLY_TO.to_owned(), None),
     };
-    let returns = publisher
-        .as_ref()
-        .unwrap_or(&reply_channel)
-        .listen_for_returns()
-        .map_err(|e| Error::broker("listening for returned messages", e))?;
+    let returns = queue::listen_for_returns(publisher.as_ref().unwrap_or(&reply_channel))?;
     let ticking = Arc::clone(this);
     let tick: Tick = Box::new(move || match ticking.get().map(Weak::upgrade) {
         Some(Some(session)) => {

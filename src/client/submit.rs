@@ -16,13 +16,10 @@ pub(super) struct Submitter {
 
 impl Submitter {
     pub fn open(connection: &mut Connection) -> Result<Submitter> {
-        let channel = queue::open_channel(connection)?;
+        let (channel, returns) = queue::open_publishing(connection)?;
         let confirms = channel
             .listen_for_publisher_confirms()
             .map_err(|e| Error::broker("listening for confirms", e))?;
-        let returns = channel
-            .listen_for_returns()
-            .map_err(|e| Error::broker("listening for returned messages", e))?;
         channel
             .enable_publisher_confirms()
             .map_err(|e| Error::broker("enabling publisher confirms", e))?;

@@ -2,7 +2,8 @@
 
 use crate::config::QueueType;
 use crate::error::{Error, Result};
-use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions};
+use amiquip::{AmqpValue, Channel, Connection, FieldTable, QueueDeclareOptions, Return};
+use crossbeam_channel::Receiver;
 
 /// Queue argument naming the queue type.
 const QUEUE_TYPE_ARGUMENT: &str = "x-queue-type";
@@ -18,6 +19,20 @@ pub(crate) fn open_channel(connection: &mut Connection) -> Result<Channel> {
     connection
         .open_channel(None)
         .map_err(|e| Error::broker("opening a channel", e))
+}
+
+/// The mandatory messages published on `channel` that the broker returns unroutable.
+pub(crate) fn listen_for_returns(channel: &Channel) -> Result<Receiver<Return>> {
+    channel
+        .listen_for_returns()
+        .map_err(|e| Error::broker("listening for returned messages", e))
+}
+
+/// A channel to publish on, and the messages the broker returns on it.
+pub(crate) fn open_publishing(connection: &mut Connection) -> Result<(Channel, Receiver<Return>)> {
+    let channel = open_channel(connection)?;
+    let returns = listen_for_returns(&channel)?;
+    Ok((channel, returns))
 }
 
 /// Declares a durable queue of this type (and maximum priority, if given); if it exists with
