@@ -246,15 +246,10 @@ impl RpcClient {
             session
                 .ensure_consumer(queue, deadline)
                 .map_err(call.timed_out(Stage::ServerCheck))?;
-        } else if queue_known
-            && !session
+        } else if queue_known {
+            session
                 .await_queue(queue, deadline)
-                .map_err(call.timed_out(Stage::ServerCheck))?
-        {
-            return Err(call.timed_out(Stage::ServerCheck)(Error::NoServer {
-                queue: queue.to_owned(),
-                reason: "no server declared the queue in time".to_owned(),
-            }));
+                .map_err(call.timed_out(Stage::ServerCheck))?;
         }
         let lane = session.reply_lane();
         let reply = session.pending.register(correlation_id.clone(), deadline);

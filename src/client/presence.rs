@@ -69,42 +69,51 @@ impl Presence {
     }
 
     /// Waits until `queue` exists (a server declares it), asking the broker (`consumers`, which
-    /// fails with [`Error::NoServer`] for a missing queue) every [`QUEUE_POLL_INTERVAL`]; false
-    /// if it still does not exist at `deadline`. The client never declares a request queue
-    /// itself: its settings are the server's to choose.
+    /// fails with [`Error::NoServer`] for a missing queue) every [`QUEUE_POLL_INTERVAL`]; fails
+    /// with [`Error::NoServer`] if it is not there in time. A queue that is there at the first
+    /// ask is used as it is, idle or not: requests wait in it for a server. A queue that appears
+    /// while waited for is used once it has a consumer: a quorum queue is listed (and routes
+    /// requests) before its Raft members run, and a request published in between is lost
+    /// without a word; a consumer is registered through those members. Nothing is given up by
+    /// waiting, since a request nobody takes expires with its call. The client never declares
+    /// a request queue itself: its settings are the server's to choose.
     pub fn await_queue(
         &self,
         queue: &str,
         deadline: Instant,
         mut consumers: impl FnMut() -> Result<u32>,
-    ) -> Result<bool> {
-        let mut announced = false;
+    ) -> Result<()> {
+        let mut waited = false;
         loop {
             let now = Instant::now();
             if lock(&self.declared_until)
                 .get(queue)
                 .is_some_and(|until| *until > now)
             {
-                return Ok(true);
+                return Ok(());
             }
-            match consumers() {
-                Ok(_) => {
+            let reason = match consumers() {
+                Ok(consumers) if consumers > 0 || !waited => {
                     lock(&self.declared_until).insert(queue.to_owned(), now + CONSUMER_CHECK_TTL);
-                    return Ok(true);
+                    return Ok(());
                 }
+                Ok(_) => "the queue was declared but no server consumed it in time",
                 Err(error) if error.is_no_server() => {
-                    if !announced {
+                    if !waited {
                         log::info!("waiting for a server to declare queue {queue}");
-                        announced = true;
+                        waited = true;
                     }
-                    let next = Instant::now() + QUEUE_POLL_INTERVAL;
-                    if next >= deadline {
-                        return Ok(false);
-                    }
-                    std::thread::sleep(QUEUE_POLL_INTERVAL);
+                    "no server declared the queue in time"
                 }
                 Err(error) => return Err(error),
+            };
+            if Instant::now() + QUEUE_POLL_INTERVAL >= deadline {
+                return Err(Error::NoServer {
+                    queue: queue.to_owned(),
+                    reason: reason.to_owned(),
+                });
             }
+            std::thread::sleep(QUEUE_POLL_INTERVAL);
         }
     }
 }
@@ -171,20 +180,58 @@ mod tests {
     fn a_queue_that_never_appears_is_waited_for_until_the_deadline() {
         let presence = Presence::default();
         let deadline = Instant::now() + Duration::from_millis(250);
-        assert!(!presence.await_queue("q", deadline, missing).unwrap());
+        let error = presence.await_queue("q", deadline, missing).unwrap_err();
+        assert!(error.is_no_server(), "{error}");
+        assert!(error.to_string().contains("no server declared"), "{error}");
         assert!(Instant::now() < deadline + QUEUE_POLL_INTERVAL);
     }
 
     #[test]
-    fn a_queue_that_exists_is_remembered() {
+    fn a_queue_that_exists_is_remembered_idle_or_not() {
         let presence = Presence::default();
         let asked = Cell::new(0);
         let count = || {
             asked.set(asked.get() + 1);
             Ok(0)
         };
-        assert!(presence.await_queue("q", later(), count).unwrap());
-        assert!(presence.await_queue("q", later(), count).unwrap());
+        presence.await_queue("q", later(), count).unwrap();
+        presence.await_queue("q", later(), count).unwrap();
         assert_eq!(asked.get(), 1);
+    }
+
+    #[test]
+    fn a_queue_that_appears_while_waited_for_is_used_once_it_has_a_consumer() {
+        let presence = Presence::default();
+        let answers = Cell::new(0);
+        presence
+            .await_queue("q", later(), || {
+                answers.set(answers.get() + 1);
+                match answers.get() {
+                    1 => missing(),
+                    2 | 3 => Ok(0),
+                    _ => Ok(1),
+                }
+            })
+            .unwrap();
+        assert_eq!(answers.get(), 4);
+    }
+
+    #[test]
+    fn a_queue_that_appears_but_is_never_consumed_fails_at_the_deadline() {
+        let presence = Presence::default();
+        let deadline = Instant::now() + Duration::from_millis(350);
+        let answers = Cell::new(0);
+        let error = presence
+            .await_queue("q", deadline, || {
+                answers.set(answers.get() + 1);
+                if answers.get() == 1 {
+                    missing()
+                } else {
+                    Ok(0)
+                }
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("no server consumed"), "{error}");
+        assert!(answers.get() >= 2);
     }
 }

@@ -311,8 +311,9 @@ impl Session {
         })
     }
 
-    /// Waits until `queue` exists (see [`Presence::await_queue`]).
-    pub fn await_queue(&self, queue: &str, deadline: Instant) -> Result<bool> {
+    /// Waits until `queue` exists, and if it had to wait, until it has a consumer (see
+    /// [`Presence::await_queue`]).
+    pub fn await_queue(&self, queue: &str, deadline: Instant) -> Result<()> {
         self.presence.await_queue(queue, deadline, || {
             self.bounded(deadline, "the check for the request queue", || {
                 self.consumer_count(queue)

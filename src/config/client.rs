@@ -114,7 +114,7 @@ impl ClientConfig {
     /// of the broker on a separate channel and a positive answer is trusted for one second, so
     /// the check costs nothing on the hot path. Set false to queue work for a server that will
     /// start within the call's timeout: a call then waits (within its timeout) for a server to
-    /// declare a missing queue, and leaves requests in an idle one.
+    /// declare a missing queue and consume from it, and leaves requests in an idle one.
     pub fn require_consumer(mut self, require: bool) -> Self {
         self.require_consumer = require;
         self

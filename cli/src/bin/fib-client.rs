@@ -46,8 +46,8 @@ struct Args {
     #[arg(long, default_value_t = 5.0, value_parser = fib_rpc_cli::seconds, env = "FIB_RPC_TIMEOUT")]
     timeout: f64,
     /// Wait (within the timeout) for a server to start: requests to an idle queue wait in it,
-    /// and a queue that does not exist yet is waited for. Without this flag both fail at once
-    /// with exit code 69.
+    /// and a queue that does not exist yet is waited for, then its server's consumer. Without
+    /// this flag both fail at once with exit code 69.
     #[arg(long)]
     wait_for_server: bool,
     /// One JSON object per input: {"input":..., "value":...} or {"input":..., "error":...}.
