@@ -173,6 +173,16 @@ impl Lanes {
         self.lanes.iter().filter_map(OnceLock::get)
     }
 
+    /// Lane `index` as [`get`](Self::get) finds it, unless a caller waits on it alone.
+    pub fn unwatched_lane(&self, index: usize) -> Option<&ReplyLane> {
+        let index = if self.lanes[index].get().is_some() {
+            index
+        } else {
+            0
+        };
+        (self.watchers[index].load(Ordering::SeqCst) == 0).then(|| self.get(index))
+    }
+
     /// The lanes no caller waits on alone.
     pub fn unwatched(&self) -> impl Iterator<Item = &ReplyLane> {
         self.lanes
@@ -360,10 +370,18 @@ mod tests {
         let queues = |lanes: &Lanes| -> Vec<String> {
             lanes.unwatched().map(|lane| lane.queue.clone()).collect()
         };
+        let queue_of = |index| lanes.unwatched_lane(index).map(|lane| lane.queue.clone());
         let watch = lanes.watch(1);
         assert_eq!(queues(&lanes), ["first"]);
+        assert_eq!(queue_of(1), None);
+        assert_eq!(queue_of(0).as_deref(), Some("first"));
         drop(watch);
         assert_eq!(queues(&lanes), ["first", "second"]);
+        assert_eq!(queue_of(1).as_deref(), Some("second"));
+        let first_watched = lanes.watch(0);
+        assert_eq!(queue_of(5), None, "an undeclared lane is the first one");
+        drop(first_watched);
+        assert_eq!(queue_of(5).as_deref(), Some("first"));
         first.leave();
         second.leave();
     }

@@ -273,7 +273,7 @@ impl RpcClient {
             settled: true,
             resolved: false,
         };
-        session.dispatch_ready();
+        session.dispatch_lane(pending.lane);
         if let Some(reason) = session.lost_reason() {
             return Err(Error::ConnectionLost(reason));
         }
