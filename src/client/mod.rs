@@ -266,7 +266,7 @@ impl RpcClient {
             timeout: call.timeout,
             deadline,
             size: body.len(),
-            cancel_key: queue_known.then(|| protocol::cancel_routing_key(queue)),
+            cancellable: queue_known,
             progress,
             idle_timeout: outgoing.idle_timeout,
             // Until the request is out, there is nothing to cancel.

@@ -40,9 +40,9 @@ pub struct PendingReply {
     pub(super) deadline: Instant,
     /// The request body's size, to tell whether the broker refused this request for its size.
     pub(super) size: usize,
-    /// Where cancels of this request go; `None` where the request queue is not known (sent
-    /// through a named exchange).
-    pub(super) cancel_key: Option<String>,
+    /// Whether the request queue, to whose servers cancels go, is known: not for a request
+    /// sent through a named exchange.
+    pub(super) cancellable: bool,
     pub(super) progress: Option<(Receiver<Progress>, OnProgress)>,
     /// With progress: the call fails when neither progress nor the reply came for this long.
     pub(super) idle_timeout: Option<Duration>,
@@ -257,10 +257,10 @@ impl PendingReply {
     /// Tells the servers of the request queue that nobody waits for this request any more.
     fn send_cancel(&mut self) {
         self.settled = true;
-        if let Some(key) = &self.cancel_key {
+        if self.cancellable {
             log::debug!("cancelling {} to {}", self.correlation_id, self.queue);
             self.session.cancel(
-                key,
+                &protocol::cancel_routing_key(&self.queue),
                 &self.correlation_id,
                 crate::deadline::from_now(CANCEL_WAIT),
             );
