@@ -471,7 +471,7 @@ impl Session {
     }
 
     /// [`dispatch_ready`](Self::dispatch_ready) for the callers of lane `index` alone, as one
-    /// of them is about to publish: up to sixteen looks fewer with every lane in use. The other
+    /// of them is about to publish: two looks where every lane in use made sixteen. The other
     /// lanes have callers of their own who read them, and the keeper's tick reads them all.
     pub fn dispatch_lane(&self, index: usize) {
         self.note_blocking();
@@ -480,10 +480,7 @@ impl Session {
                 return;
             }
         }
-        match self.publishers.returns(index) {
-            Some(returns) => self.dispatch_returns(index, returns),
-            None => self.dispatch_returns(0, &self.returns),
-        };
+        self.dispatch_returns(index, self.returns_of(index));
     }
 
     /// Dispatches the replies already on `lane`; false if the connection is gone.
