@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_N: u64 = 100_000;
 pub fn fibonacci_handler(max_n: u64) -> impl Handler {
     handler::with_request(move |request: &Request<'_>| {
         let n = parse_bounded_u64(request.body(), max_n)?;
+        // Most callers ask for no progress: their reports are not even written.
+        let reporting = request.wants_progress();
         let cancelled = || HandlerError::new("cancelled: the caller gave up");
         let mut tenths = 0;
         let value = fibonacci_stepwise(n, |done| {
@@ -35,7 +37,7 @@ pub fn fibonacci_handler(max_n: u64) -> impl Handler {
             let done = done * COMPUTING_SHARE;
             // Truncation is the point: a report per tenth.
             let reached = (done * 10.0) as u32;
-            if reached > tenths && !computed {
+            if reporting && reached > tenths && !computed {
                 tenths = reached;
                 request.progress(Some(done), &format!("fib({n}): computing"));
             }
@@ -45,10 +47,12 @@ pub fn fibonacci_handler(max_n: u64) -> impl Handler {
         if request.is_cancelled() {
             return Err(cancelled());
         }
-        request.progress(
-            Some(COMPUTING_SHARE),
-            &format!("fib({n}): writing the digits"),
-        );
+        if reporting {
+            request.progress(
+                Some(COMPUTING_SHARE),
+                &format!("fib({n}): writing the digits"),
+            );
+        }
         Ok::<_, HandlerError>(value.to_string().into_bytes())
     })
 }
