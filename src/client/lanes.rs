@@ -175,11 +175,7 @@ impl Lanes {
 
     /// Lane `index` as [`get`](Self::get) finds it, unless a caller waits on it alone.
     pub fn unwatched_lane(&self, index: usize) -> Option<&ReplyLane> {
-        let index = if self.lanes[index].get().is_some() {
-            index
-        } else {
-            0
-        };
+        let index = self.ready(index);
         (self.watchers[index].load(Ordering::SeqCst) == 0).then(|| self.get(index))
     }
 
