@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The standard benchmark set: fib-rpc against the raw AMQP limit on this machine's broker, for
-# both queue types, then the prefetch x workers sweep, CPU per call, the memory figures, and
-# three sweeps (calls in flight, body size, client processes) drawn as SVG charts.
+# both queue types, then the prefetch x workers sweep, CPU per call, what the messages'
+# properties cost, the memory figures, and three sweeps (calls in flight, body size, client
+# processes) drawn as SVG charts.
 # Prints a markdown report and keeps it, the sweeps' figures and the charts in target/bench/.
 # BENCH_SECONDS (default 3) and BENCH_ROUNDS (default 3) trade time for steadier numbers;
 # SWEEP_SECONDS (default 2) is each sweep point's measuring time.
@@ -132,6 +133,33 @@ print("| {} | {:.0f} | {} | {} | {:.0f} | {} | {} |".format(sys.argv[1], rpc["ca
 ' "$label"
     done
 
+    echo
+    echo "## What the messages carry (classic queue, server with 2 workers)"
+    echo
+    echo "A third side in each round: the raw ping-pong with the properties fib-rpc's messages carry"
+    echo "(content type, expiration, deadline header, mandatory; the reply's content type). Wire of"
+    echo "raw is what those properties cost the broker and the driver; fib-rpc of wire is what"
+    echo "fib-rpc's own code costs on top."
+    echo
+    echo "| shape | raw calls/s | wire calls/s | fib-rpc calls/s | wire of raw | fib-rpc of wire | fib-rpc of raw |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    for shape in "sequential, callback queue|" \
+        "sequential, direct reply-to|--reply-mode direct" \
+        "8 threads x 8 in flight, prefetch 10|--threads 8 --in-flight 8 --prefetch 10" \
+        "8 threads x 8 in flight, prefetch 10, direct reply-to|--threads 8 --in-flight 8 --prefetch 10 --reply-mode direct"; do
+        label=${shape%%|*}
+        read -r -a flags <<<"${shape#*|}"
+        "$bench" --duration "$seconds" --rounds "$rounds" --json --wire-baseline "${flags[@]}" 2>/dev/null |
+            python3 -c '
+import json, sys
+d = json.loads(sys.stdin.read())
+raw, wire, rpc = (d[side]["calls_per_second"] for side in ("raw", "raw_wire", "rpc"))
+print("| {} | {:.0f} | {:.0f} | {:.0f} | {:.2f} | {:.2f} | {:.2f} |".format(
+    sys.argv[1], raw, wire, rpc, wire / raw, rpc / wire, rpc / raw))
+' "$label"
+    done
+
+    echo
     echo "## Memory"
     echo
     queue="fib-bench-memory-$$"

@@ -43,6 +43,26 @@ fn clients_in_processes_of_their_own_report_their_cpu_apart_from_the_servers() {
 }
 
 #[test]
+fn the_raw_limit_with_fib_rpcs_properties_is_measured_as_a_third_side() {
+    let result = bench(&[
+        "--calls",
+        "30",
+        "--wire-baseline",
+        "--processes",
+        "1",
+        "--reply-mode",
+        "direct",
+    ]);
+    for side in ["raw", "raw_wire", "rpc"] {
+        assert_eq!(result[side]["calls"], 30, "{result}");
+    }
+    let fraction = result["fraction_of_raw_wire"].as_f64().unwrap();
+    let expected = result["rpc"]["calls_per_second"].as_f64().unwrap()
+        / result["raw_wire"]["calls_per_second"].as_f64().unwrap();
+    assert!((fraction - expected).abs() < 0.001, "{result}");
+}
+
+#[test]
 fn echo_bodies_and_direct_reply_to_are_measured_on_both_sides() {
     let result = bench(&[
         "--calls",

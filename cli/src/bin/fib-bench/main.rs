@@ -1,7 +1,8 @@
 //! `fib-bench`: latency and throughput of fib-rpc, side by side with the raw AMQP limit.
 //!
 //! Every run measures two things of the same shape on the same broker: a raw amiquip
-//! publish → consume → reply ping-pong with no RPC layer (the limit), and fib-rpc itself.
+//! publish → consume → reply ping-pong with no RPC layer (the limit), and fib-rpc itself;
+//! with `--wire-baseline`, a third: the same ping-pong carrying fib-rpc's message properties.
 
 mod processes;
 mod raw;
@@ -17,6 +18,7 @@ use fib_rpc_cli::{cpu, exit};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use processes::{measure_in_processes, ServerCpu, Side};
+use raw::Wire;
 use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +80,12 @@ struct Args {
     /// Skip the raw limit.
     #[arg(long)]
     no_raw: bool,
+    /// Also measure, in each round, the raw limit with the message properties fib-rpc's calls
+    /// carry (content type, expiration, deadline header, mandatory): what fib-rpc stands at
+    /// against it is its code's cost, and what it stands at against the plain limit beyond
+    /// that is the cost of its messages' contents.
+    #[arg(long, conflicts_with = "no_raw")]
+    wire_baseline: bool,
     /// Run fib-rpc's server as a fib-server process of its own (the one beside this binary)
     /// instead of in this process, so that this process's CPU per call is the client's alone
     /// and the server's is measured apart.
@@ -110,6 +118,10 @@ enum Mode {
     /// RabbitMQ's direct reply-to.
     Direct,
 }
+
+/// The timeout of every fib-rpc call measured, and the expiration of the raw limit's requests
+/// with fib-rpc's message properties.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One measurement: how many calls, how long, their latencies, and the CPU they cost.
 struct Report {
@@ -334,12 +346,11 @@ fn rpc_thread(
     args: &Args,
     progress: &Progress,
 ) -> anyhow::Result<Histogram<u64>> {
-    let timeout = Duration::from_secs(30);
     let mut histogram = new_histogram();
     let mut window = VecDeque::with_capacity(args.in_flight);
     loop {
         while window.len() < args.in_flight && progress.claim() {
-            let pending = client.send_with_timeout(queue, &workload.body, timeout)?;
+            let pending = client.send_with_timeout(queue, &workload.body, CALL_TIMEOUT)?;
             window.push_back((Instant::now(), pending));
         }
         let Some((sent, pending)) = window.pop_front() else {
@@ -542,14 +553,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     // baseline's driver error.
     QueueAdmin::connect(&connection)?.close()?;
     let mut raws = Vec::new();
+    let mut wires = Vec::new();
     let mut rpcs = Vec::new();
     for _ in 0..args.rounds {
         if !args.no_raw {
-            raws.push(raw::run_raw(&args, &connection).context("measuring the raw limit")?);
+            let raw = raw::run_raw(&args, &connection, Wire::Plain);
+            raws.push(raw.context("measuring the raw limit")?);
+        }
+        if args.wire_baseline {
+            let wire = raw::run_raw(&args, &connection, Wire::FibRpc);
+            wires.push(wire.context("measuring the raw limit with fib-rpc's properties")?);
         }
         rpcs.push(run_rpc(&args, &connection).context("measuring fib-rpc")?);
     }
     let raw = median(raws);
+    let wire = median(wires);
     let rpc = median(rpcs).expect("at least one round");
     let request = match args.body_bytes {
         Some(bytes) => format!("{bytes}-byte echo"),
@@ -571,13 +589,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     .to_lowercase();
     let rss = peak_rss_kb().unwrap_or(0);
     if args.json {
-        let raw_json = raw.as_ref().map_or("null".to_owned(), Report::json);
-        let fraction = raw.as_ref().map_or("null".to_owned(), |raw| {
-            format!("{:.3}", rpc.rate() / raw.rate())
-        });
+        let json = |report: Option<&Report>| report.map_or("null".to_owned(), Report::json);
+        let fraction = |of: Option<&Report>, to: &Report| {
+            of.map_or("null".to_owned(), |of| {
+                format!("{:.3}", to.rate() / of.rate())
+            })
+        };
         println!(
-            r#"{{"shape":"{shape}","raw":{raw_json},"rpc":{},"fraction_of_raw":{fraction},"peak_rss_kb":{rss}}}"#,
-            rpc.json()
+            r#"{{"shape":"{shape}","raw":{},"raw_wire":{},"rpc":{},"fraction_of_raw":{},"fraction_of_raw_wire":{},"peak_rss_kb":{rss}}}"#,
+            json(raw.as_ref()),
+            json(wire.as_ref()),
+            rpc.json(),
+            fraction(raw.as_ref(), &rpc),
+            fraction(wire.as_ref(), &rpc),
         );
         return Ok(());
     }
@@ -589,6 +613,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(raw) = &raw {
         println!("{}", raw.row("raw limit"));
     }
+    if let Some(wire) = &wire {
+        println!("{}", wire.row("raw, wire"));
+    }
     println!("{}", rpc.row("fib-rpc"));
     if let Some(raw) = &raw {
         println!(
@@ -597,7 +624,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             rpc.micros(0.5) as f64 / raw.micros(0.5) as f64
         );
     }
-    for (label, report) in [("raw limit", raw.as_ref()), ("fib-rpc", Some(&rpc))] {
+    if let (Some(raw), Some(wire)) = (&raw, &wire) {
+        println!(
+            "with fib-rpc's message properties the raw limit is {:.2} of the plain one; fib-rpc reaches {:.2} of it",
+            wire.rate() / raw.rate(),
+            rpc.rate() / wire.rate()
+        );
+    }
+    let sides = [
+        ("raw limit", raw.as_ref()),
+        ("raw, wire", wire.as_ref()),
+        ("fib-rpc", Some(&rpc)),
+    ];
+    for (label, report) in sides {
         let Some((process, server)) = report.map(Report::cpu_per_call) else {
             continue;
         };

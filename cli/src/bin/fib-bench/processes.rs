@@ -4,6 +4,7 @@
 //! merged and their CPU summed, so that the clients' CPU per call is theirs alone and the
 //! servers' (this process, or a server process) is measured apart.
 
+use crate::raw::{RawClient, Wire};
 use crate::{measure, new_histogram, value_name, Args, Report, Workload};
 use anyhow::{bail, Context};
 use clap::ValueEnum;
@@ -17,6 +18,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Side {
     Raw,
+    /// The raw limit with fib-rpc's message properties.
+    RawWire,
     Rpc,
 }
 
@@ -184,15 +187,17 @@ pub fn run_client_process(
         std::io::stdin().read_line(&mut line)?;
         Ok(())
     };
+    let raw = |wire| -> anyhow::Result<Report> {
+        let client = RawClient::connect(args, connection, wire)?;
+        client.measure(args, queue, &workload, false)?;
+        go()?;
+        let report = client.measure(args, queue, &workload, true);
+        client.close()?;
+        report
+    };
     let report = match side {
-        Side::Raw => {
-            let client = crate::raw::RawClient::connect(args, connection)?;
-            client.measure(args, queue, &workload, false)?;
-            go()?;
-            let report = client.measure(args, queue, &workload, true);
-            client.close()?;
-            report?
-        }
+        Side::Raw => raw(Wire::Plain)?,
+        Side::RawWire => raw(Wire::FibRpc)?,
         Side::Rpc => {
             let client = crate::rpc_client(args, connection)?;
             let run = |measuring| {

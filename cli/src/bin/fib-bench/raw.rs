@@ -1,14 +1,15 @@
 //! The raw limit: plain amiquip publish → consume → reply, with no RPC layer, in the same shape
 //! as the fib-rpc measurement beside it (queue type, workers, prefetch, threads, calls in
-//! flight, reply mode and body).
+//! flight, reply mode and body), with the tutorial's message properties or with fib-rpc's.
 
 use crate::processes::{measure_in_processes, ServerCpu, Side};
-use crate::{measure, record, Args, Kind, Mode, Progress, Report, Workload};
+use crate::{measure, record, Args, Kind, Mode, Progress, Report, Workload, CALL_TIMEOUT};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Connection, ConnectionOptions, ConnectionTuning,
     ConsumerMessage, ConsumerOptions, FieldTable, Publish, QueueDeclareOptions, QueueDeleteOptions,
 };
 use anyhow::{bail, Context};
+use fib_rpc::protocol::{CONTENT_TYPE, DEADLINE_HEADER};
 use fib_rpc::services::fibonacci;
 use fib_rpc::ConnectionConfig;
 use hdrhistogram::Histogram;
@@ -17,10 +18,59 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// RabbitMQ's pseudo-queue for direct reply-to.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The message properties the raw limit's requests and replies carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// `reply_to` and `correlation_id` only, as RabbitMQ's tutorial 6 sends them.
+    Plain,
+    /// Those of fib-rpc's calls: the request also carries its content type, an expiration and
+    /// the deadline header and is published mandatory; the reply carries its content type.
+    /// Against `Plain` it tells what the messages' contents cost the broker and the driver,
+    /// apart from what fib-rpc's own code costs.
+    FibRpc,
+}
+
+impl Wire {
+    /// A request's properties, and whether it is published mandatory.
+    fn request(self, reply_to: &str, correlation_id: String) -> (AmqpProperties, bool) {
+        let plain = AmqpProperties::default()
+            .with_reply_to(reply_to.to_owned())
+            .with_correlation_id(correlation_id);
+        match self {
+            Wire::Plain => (plain, false),
+            Wire::FibRpc => {
+                let deadline = SystemTime::now() + CALL_TIMEOUT;
+                let millis = deadline.duration_since(UNIX_EPOCH).map_or(0, |since| {
+                    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+                });
+                let mut headers = FieldTable::new();
+                headers.insert(DEADLINE_HEADER.to_owned(), AmqpValue::LongLongInt(millis));
+                let properties = plain
+                    .with_content_type(CONTENT_TYPE.to_owned())
+                    .with_expiration(CALL_TIMEOUT.as_millis().to_string())
+                    .with_headers(headers);
+                (properties, true)
+            }
+        }
+    }
+
+    /// A reply's properties.
+    fn reply(self, correlation_id: Option<&String>) -> AmqpProperties {
+        let mut properties = AmqpProperties::default();
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        match self {
+            Wire::Plain => properties,
+            Wire::FibRpc => properties.with_content_type(CONTENT_TYPE.to_owned()),
+        }
+    }
+}
 
 /// The raw limit's server: one channel per worker on a connection of its own.
 pub struct RawServer {
@@ -33,7 +83,11 @@ pub struct RawServer {
 
 impl RawServer {
     /// Declares a request queue of its own and starts the workers on it.
-    pub fn start(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<RawServer> {
+    pub fn start(
+        args: &Args,
+        connection: &ConnectionConfig,
+        wire: Wire,
+    ) -> anyhow::Result<RawServer> {
         let queue = format!("fib-bench-raw-{}", uuid::Uuid::new_v4());
         let mut connection = raw_connection(connection)?;
         let setup = connection.open_channel(None)?;
@@ -45,7 +99,7 @@ impl RawServer {
                 let (queue, stop) = (queue.clone(), Arc::clone(&stop));
                 let (prefetch, echo) = (args.prefetch, args.body_bytes.is_some());
                 Ok(std::thread::spawn(move || {
-                    raw_worker(channel, queue, prefetch, echo, stop)
+                    raw_worker(channel, queue, prefetch, echo, wire, stop)
                 }))
             })
             .collect::<anyhow::Result<_>>()?;
@@ -80,10 +134,15 @@ pub struct RawClient {
     connection: Connection,
     callers: Vec<Mutex<RawCaller>>,
     next_caller: AtomicU64,
+    wire: Wire,
 }
 
 impl RawClient {
-    pub fn connect(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<RawClient> {
+    pub fn connect(
+        args: &Args,
+        connection: &ConnectionConfig,
+        wire: Wire,
+    ) -> anyhow::Result<RawClient> {
         let mut connection = raw_connection(connection)?;
         let callers = (0..args.threads)
             .map(|_| {
@@ -94,6 +153,7 @@ impl RawClient {
             connection,
             callers,
             next_caller: AtomicU64::new(0),
+            wire,
         })
     }
 
@@ -109,7 +169,7 @@ impl RawClient {
         measure(args, measuring, None, |progress| {
             let index = self.next_caller.fetch_add(1, Ordering::Relaxed) as usize;
             let caller = self.callers[index].lock().expect("one thread per caller");
-            raw_thread(&caller, queue, args, workload, progress)
+            raw_thread(&caller, self.wire, queue, args, workload, progress)
         })
     }
 
@@ -120,13 +180,17 @@ impl RawClient {
 }
 
 /// Warm-up, then measurement, of the raw limit with its clients in this process.
-pub fn run_raw(args: &Args, connection: &ConnectionConfig) -> anyhow::Result<Report> {
-    let server = RawServer::start(args, connection)?;
+pub fn run_raw(args: &Args, connection: &ConnectionConfig, wire: Wire) -> anyhow::Result<Report> {
+    let server = RawServer::start(args, connection, wire)?;
+    let side = match wire {
+        Wire::Plain => Side::Raw,
+        Wire::FibRpc => Side::RawWire,
+    };
     let workload = Workload::of(args);
     // Measured, then cleaned up whatever the measurement's outcome.
     let report = match args.processes {
-        Some(_) => measure_in_processes(args, Side::Raw, server.queue(), ServerCpu::Here),
-        None => RawClient::connect(args, connection).and_then(|client| {
+        Some(_) => measure_in_processes(args, side, server.queue(), ServerCpu::Here),
+        None => RawClient::connect(args, connection, wire).and_then(|client| {
             let report = client
                 .measure(args, server.queue(), &workload, false)
                 .and_then(|_| client.measure(args, server.queue(), &workload, true));
@@ -178,6 +242,7 @@ impl RawCaller {
 /// `in_flight` requests going, replies matched by correlation id and checked.
 fn raw_thread(
     caller: &RawCaller,
+    wire: Wire,
     queue: &str,
     args: &Args,
     workload: &Workload,
@@ -188,13 +253,10 @@ fn raw_thread(
     let mut next_id = 0u64;
     loop {
         while in_flight.len() < args.in_flight && progress.claim() {
-            let properties = AmqpProperties::default()
-                .with_reply_to(caller.reply_to.clone())
-                .with_correlation_id(next_id.to_string());
-            caller.channel.basic_publish(
-                "",
-                Publish::with_properties(&workload.body, queue, properties),
-            )?;
+            let (properties, mandatory) = wire.request(&caller.reply_to, next_id.to_string());
+            let mut publish = Publish::with_properties(&workload.body, queue, properties);
+            publish.mandatory = mandatory;
+            caller.channel.basic_publish("", publish)?;
             in_flight.insert(next_id, Instant::now());
             next_id += 1;
         }
@@ -223,7 +285,14 @@ fn raw_thread(
 
 /// One worker: a channel, prefetch, reply then ack; the reply is fib(n), or the body itself
 /// when `echo`.
-fn raw_worker(channel: Channel, queue: String, prefetch: u16, echo: bool, stop: Arc<AtomicBool>) {
+fn raw_worker(
+    channel: Channel,
+    queue: String,
+    prefetch: u16,
+    echo: bool,
+    wire: Wire,
+    stop: Arc<AtomicBool>,
+) {
     let consume = channel
         .qos(0, prefetch, false)
         .and_then(|()| channel.basic_consume(queue, ConsumerOptions::default()));
@@ -244,10 +313,7 @@ fn raw_worker(channel: Channel, queue: String, prefetch: u16, echo: bool, stop: 
                 fibonacci(n).to_string().into_bytes()
             }
         };
-        let mut properties = AmqpProperties::default();
-        if let Some(id) = delivery.properties.correlation_id() {
-            properties = properties.with_correlation_id(id.clone());
-        }
+        let properties = wire.reply(delivery.properties.correlation_id().as_ref());
         let Some(reply_to) = delivery.properties.reply_to().clone() else {
             continue;
         };
