@@ -9,7 +9,6 @@ use crate::protocol::{CONTENT_TYPE, PROGRESS_HEADER, TRACEPARENT_HEADER, TRACEST
 use crate::retry::RetryPolicy;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 /// A call being prepared: its target and body, and the options a call may carry (timeout or
 /// deadline, exchange, priority, headers, trace context, retries). Made by
@@ -252,7 +251,7 @@ impl<'a> Call<'a> {
                 );
             }
         }
-        let correlation_id = Uuid::new_v4().to_string();
+        let correlation_id = client.ids.next();
         Ok(Prepared {
             #[cfg(feature = "tracing")]
             span: crate::spans::call(&self.exchange, self.target, &correlation_id, trace.as_ref()),

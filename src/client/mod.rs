@@ -1,6 +1,7 @@
 //! The blocking client: one connection, a callback queue per calling thread, many calls.
 
 mod call;
+mod ids;
 mod lanes;
 mod pending;
 mod pending_reply;
@@ -19,6 +20,7 @@ use crate::message::Response;
 use crate::protocol::{self, CONTENT_TYPE};
 use crate::util::lock;
 pub use call::Call;
+use ids::CorrelationIds;
 use pending_reply::OnProgress;
 pub use pending_reply::PendingReply;
 use session::Session;
@@ -48,6 +50,7 @@ pub struct RpcClient {
     reconnected: Condvar,
     /// The largest request body the broker takes: the configured limit, lowered by a refusal.
     limit: Arc<AtomicUsize>,
+    ids: CorrelationIds,
 }
 
 /// The live session, and whether some caller is making a new one.
@@ -92,6 +95,7 @@ impl RpcClient {
             }),
             reconnected: Condvar::new(),
             limit,
+            ids: CorrelationIds::new(),
         })
     }
 

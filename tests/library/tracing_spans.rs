@@ -140,9 +140,13 @@ fn a_call_and_its_delivery_are_spans_that_share_the_conversation_and_trace() {
         assert_eq!(span.field("messaging.operation.name"), Some("send"));
         assert_eq!(span.field("otel.kind"), Some("client"));
         let conversation = span.field("messaging.message.conversation_id").unwrap();
-        assert!(uuid::Uuid::parse_str(conversation).is_ok(), "{span:?}");
-        assert_eq!(conversation.len(), 36);
+        assert!(!conversation.is_empty(), "{span:?}");
     }
+    let conversations: std::collections::HashSet<_> = calls
+        .iter()
+        .map(|span| span.field("messaging.message.conversation_id"))
+        .collect();
+    assert_eq!(conversations.len(), 3, "{calls:?}");
     let (echo, fail, unrouted) = (&calls[0], &calls[1], &calls[2]);
     for span in [echo, fail] {
         assert_eq!(span.field("messaging.destination.name"), Some(&*queue.name));
