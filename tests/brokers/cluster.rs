@@ -108,6 +108,14 @@ fn server_log_text(since: Instant, until: Instant) -> String {
         .collect()
 }
 
+/// Every log line in `since..until`, the clients' and the server's, for a failure message.
+fn log_text(since: Instant, until: Instant) -> String {
+    logged(since, until, |_| true)
+        .iter()
+        .map(|(at, text)| format!("\n  {:?} {text}", *at - since))
+        .collect()
+}
+
 /// True if the node lists a connection named `name` (its client properties carry the name).
 fn node_lists_connection(node: &PrivateNode, name: &str) -> bool {
     support::rabbitmqctl(Some(&node.name), &["list_connections", "client_properties"])
@@ -603,8 +611,9 @@ fn rolling_restart(retry: Option<RetryPolicy>) -> usize {
                 connected: true,
             });
             let context = format!(
-                "{program} when {} stopped: {attempts:?}; the server's log:{server_log}",
-                node.name
+                "{program} when {} stopped: {attempts:?}; the log:{}",
+                node.name,
+                log_text(stopped_at, until)
             );
             assert_eq!(attempts.first(), expected_first.as_ref(), "{context}");
             assert!(
