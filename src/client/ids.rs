@@ -21,9 +21,27 @@ impl CorrelationIds {
         }
     }
 
+    /// The prefix, a dash and the count in decimal. Written out by hand: `format!` took
+    /// about a thousand instructions per call (callgrind), three quarters of what preparing
+    /// a call cost.
     pub fn next(&self) -> String {
         let count = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{count}", self.prefix)
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = count;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut id = String::with_capacity(self.prefix.len() + 1 + digits.len() - start);
+        id.push_str(&self.prefix);
+        id.push('-');
+        id.extend(digits[start..].iter().map(|&digit| char::from(digit)));
+        id
     }
 }
 
@@ -41,5 +59,17 @@ mod tests {
         assert_eq!(ids.len(), 2000);
         assert_ne!(first.prefix, second.prefix);
         assert!(first.next().starts_with(&first.prefix));
+    }
+
+    #[test]
+    fn the_count_is_written_in_decimal_after_the_prefix() {
+        let ids = CorrelationIds::new();
+        assert_eq!(ids.next(), format!("{}-0", ids.prefix));
+        ids.next
+            .store(1_234_567_890, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.next(), format!("{}-1234567890", ids.prefix));
+        ids.next
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(ids.next(), format!("{}-{}", ids.prefix, u64::MAX));
     }
 }

@@ -105,13 +105,29 @@ impl RawIds {
 }
 
 /// One property as it stands on the wire (length prefix included).
+#[derive(Clone, Copy)]
 struct Property<'a> {
     index: usize,
     raw: &'a [u8],
 }
 
+/// The properties present in a content header, in wire order. Held on the stack: every header
+/// frame of every message passes through here, on the I/O thread.
+struct Properties<'a> {
+    found: [Property<'a>; BASIC_PROPERTIES.len()],
+    count: usize,
+}
+
+impl<'a> std::ops::Deref for Properties<'a> {
+    type Target = [Property<'a>];
+
+    fn deref(&self) -> &[Property<'a>] {
+        &self.found[..self.count]
+    }
+}
+
 /// The properties of a content header payload, or `None` if they cannot be parsed.
-fn split(payload: &[u8]) -> Option<Vec<Property<'_>>> {
+fn split(payload: &[u8]) -> Option<Properties<'_>> {
     // Whatever class the header names, the driver reads `basic` properties, and so do we.
     let flags = u16::from_be_bytes(
         payload
@@ -124,9 +140,10 @@ fn split(payload: &[u8]) -> Option<Vec<Property<'_>>> {
         return None;
     }
     let mut position = PROPERTIES_OFFSET + 2;
-    // Sized once: every header frame passes through here, and a request (five properties) grew
-    // it twice.
-    let mut properties = Vec::with_capacity(BASIC_PROPERTIES.len());
+    let mut properties = Properties {
+        found: [Property { index: 0, raw: &[] }; BASIC_PROPERTIES.len()],
+        count: 0,
+    };
     for (index, kind) in BASIC_PROPERTIES.iter().enumerate() {
         if flags & (1 << (15 - index)) == 0 {
             continue;
@@ -138,7 +155,8 @@ fn split(payload: &[u8]) -> Option<Vec<Property<'_>>> {
             Kind::Timestamp => 8,
         };
         let raw = payload.get(position..position + length)?;
-        properties.push(Property { index, raw });
+        properties.found[properties.count] = Property { index, raw };
+        properties.count += 1;
         position += length;
     }
     (position == payload.len()).then_some(properties)
@@ -155,7 +173,7 @@ pub(crate) fn sanitize(payload: &[u8], raw_ids: &mut RawIds) -> Option<Vec<u8>> 
         return Some(rejected_properties(payload, "malformed message properties"));
     };
     let mut replaced: Vec<(usize, Vec<u8>)> = Vec::new();
-    for property in &properties {
+    for property in properties.iter() {
         let value = &property.raw[property_prefix(property.index)..];
         match BASIC_PROPERTIES[property.index] {
             Kind::ShortString if std::str::from_utf8(value).is_err() => {
@@ -182,7 +200,7 @@ pub(crate) fn sanitize(payload: &[u8], raw_ids: &mut RawIds) -> Option<Vec<u8>> 
     }
     // Same properties present, so the flags stay as they are.
     let mut rewritten = payload[..PROPERTIES_OFFSET + 2].to_vec();
-    for property in &properties {
+    for property in properties.iter() {
         match replaced.iter().find(|(index, _)| *index == property.index) {
             Some((_, bytes)) => rewritten.extend_from_slice(bytes),
             None => rewritten.extend_from_slice(property.raw),
@@ -198,7 +216,7 @@ pub(crate) fn carries_token(payload: &[u8], raw_ids: &RawIds) -> bool {
 
 fn token_of<'a>(payload: &'a [u8], raw_ids: &RawIds) -> Option<&'a [u8]> {
     let properties = split(payload)?;
-    let correlation = properties.into_iter().find(|p| p.index == CORRELATION_ID)?;
+    let correlation = *properties.iter().find(|p| p.index == CORRELATION_ID)?;
     let token = &correlation.raw[1..];
     let known = std::str::from_utf8(token).is_ok_and(|text| raw_ids.bytes.contains_key(text));
     known.then_some(token)
@@ -214,7 +232,7 @@ pub(crate) fn restore(payload: &[u8], raw_ids: &mut RawIds) -> Option<Vec<u8>> {
     let correlation = properties.iter().find(|p| p.index == CORRELATION_ID)?;
     let raw = raw_ids.take(&correlation.raw[1..])?;
     let mut rewritten = payload[..PROPERTIES_OFFSET + 2].to_vec();
-    for property in &properties {
+    for property in properties.iter() {
         if property.index == CORRELATION_ID {
             rewritten.extend_from_slice(&short_string(&raw));
         } else {
@@ -282,13 +300,17 @@ pub(crate) fn fixed_width(tag: u8) -> Option<usize> {
 /// Anything the driver would stop reading at (an unknown type, a truncated value) ends the scan
 /// of that level, as it ends the driver's.
 fn check_table(contents: &[u8]) -> Result<(), &'static str> {
-    // Each open level: where it ends, and whether its entries have names (tables) or not.
-    let mut levels: Vec<(usize, bool)> = vec![(contents.len(), true)];
+    // Each open level: where it ends, and whether its entries have names (tables) or not; on
+    // the stack, as every request's headers pass through here.
+    let mut levels = [(0, false); MAX_HEADER_DEPTH];
+    levels[0] = (contents.len(), true);
+    let mut depth = 1;
     let mut position = 0;
-    while let Some(&(end, named)) = levels.last() {
+    while depth > 0 {
+        let (end, named) = levels[depth - 1];
         if position >= end {
             position = end;
-            levels.pop();
+            depth -= 1;
             continue;
         }
         if named {
@@ -314,10 +336,11 @@ fn check_table(contents: &[u8]) -> Result<(), &'static str> {
                     continue;
                 }
                 if tag == b'A' || tag == b'F' {
-                    if levels.len() >= MAX_HEADER_DEPTH {
+                    if depth >= MAX_HEADER_DEPTH {
                         return Err("headers nested too deep");
                     }
-                    levels.push((inner_end, tag == b'F'));
+                    levels[depth] = (inner_end, tag == b'F');
+                    depth += 1;
                     continue;
                 }
                 length

@@ -53,7 +53,8 @@ impl Cancels {
     /// A worker takes this request: its token, or `None` if its caller cancelled it already.
     pub fn begin(&self, key: &str) -> Option<CancelToken> {
         let mut inner = lock(&self.inner);
-        if inner.early.remove(key).is_some() {
+        // Early cancels are rare: an empty map is not worth hashing every request's id for.
+        if !inner.early.is_empty() && inner.early.remove(key).is_some() {
             return None;
         }
         let token = CancelToken::default();
