@@ -384,7 +384,13 @@ impl RpcClient {
         let mut first = 0;
         if let Some(dead) = dead {
             let reason = dead.lost_reason().unwrap_or_default();
-            log::info!("reconnecting after connection loss ({reason})");
+            // Named as the connection is, so that one of several clients in a process can be
+            // told from the others.
+            let name = self.config.connection.connection_name.as_deref();
+            log::info!(
+                "{}: reconnecting after connection loss ({reason})",
+                name.unwrap_or(session::CLIENT_NAME)
+            );
             first = dead.endpoint + 1;
             let _ = dead.close();
         }

@@ -31,6 +31,10 @@ const CHANNEL_REASON_WAIT: Duration = Duration::from_millis(200);
 /// How often replies are read while no caller waits for one, so strays never pile up.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// What a client's connection is called, in the broker's list and in the log, unless its
+/// configuration names it.
+pub(super) const CLIENT_NAME: &str = "fib-rpc client";
+
 pub(crate) struct Session {
     /// Closed before the reply keeper lets its consumer go, so that never cancels on a live
     /// connection.
@@ -83,7 +87,7 @@ impl Session {
             heartbeat,
             endpoint,
             address,
-        } = amqp::open(&config.connection, "fib-rpc client", Some(deadline), first)?;
+        } = amqp::open(&config.connection, CLIENT_NAME, Some(deadline), first)?;
         let give_up = deadline.min(deadline::from_now(config.connection.connect_timeout));
         let this: Arc<OnceLock<Weak<Session>>> = Arc::new(OnceLock::new());
         let Bounded { outcome, cut } = cutter.bounded(give_up, || {

@@ -39,11 +39,14 @@ struct Attempt {
 
 /// The connection attempts the program whose connection is named `name` logged in
 /// `since..until`, in order: `NAME: connected to ADDRESS (endpoint i of n)`, or `NAME: cannot
-/// connect to the broker at ADDRESS: …; trying the next endpoint`.
+/// connect to the broker at ADDRESS: …; trying the next endpoint`. (A client's
+/// `NAME: reconnecting after connection loss (…)` says why, and is no attempt.)
 fn attempts_of(name: &str, since: Instant, until: Instant) -> Vec<Attempt> {
     let prefix = format!("{name}: ");
+    let loss = format!("{prefix}reconnecting after connection loss");
     logged(since, until, |record| record.text.starts_with(&prefix))
         .iter()
+        .filter(|(_, text)| !text.starts_with(&loss))
         .map(|(_, text)| {
             let rest = &text[prefix.len()..];
             let (address, connected) = match rest.strip_prefix("connected to ") {
