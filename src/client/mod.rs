@@ -386,11 +386,8 @@ impl RpcClient {
             let reason = dead.lost_reason().unwrap_or_default();
             // Named as the connection is, so that one of several clients in a process can be
             // told from the others.
-            let name = self.config.connection.connection_name.as_deref();
-            log::info!(
-                "{}: reconnecting after connection loss ({reason})",
-                name.unwrap_or(session::CLIENT_NAME)
-            );
+            let name = self.config.connection.name_or(session::CLIENT_NAME);
+            log::info!("{name}: reconnecting after connection loss ({reason})");
             first = dead.endpoint + 1;
             let _ = dead.close();
         }

@@ -155,6 +155,12 @@ impl ConnectionConfig {
     pub fn get_connection_name(&self) -> Option<&str> {
         self.connection_name.as_deref()
     }
+
+    /// The name the connection goes by, in the broker's list and in the log: the configured
+    /// one, else `default` (the kind of program, "fib-rpc client" say).
+    pub(crate) fn name_or<'a>(&'a self, default: &'a str) -> &'a str {
+        self.connection_name.as_deref().unwrap_or(default)
+    }
 }
 
 impl From<&str> for ConnectionConfig {

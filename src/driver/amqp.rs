@@ -40,7 +40,7 @@ pub(crate) fn open(
     deadline: Option<Instant>,
     first: usize,
 ) -> Result<Link> {
-    let name = config.connection_name.as_deref().unwrap_or(default_name);
+    let name = config.name_or(default_name);
     let endpoints = endpoint::parse_all(config)?;
     let count = endpoints.len();
     let mut failures = Vec::new();

@@ -14,11 +14,14 @@ use fib_rpc::{
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::logs::{capture_logs, logged};
+use support::logs::{capture_logs, logged, Logged};
 use support::nodes::{private_nodes, PrivateNode};
 
 /// The thread a server's supervisor runs on, which logs its losses and reconnections.
 const SERVER_THREAD: &str = "fib-rpc-server";
+
+/// What a client logs, after its connection's name, when it reconnects after a loss.
+const LOSS_LINE: &str = "reconnecting after connection loss";
 
 /// The connection name a server on `queue` logs its connections under.
 fn server_name(queue: &str) -> String {
@@ -43,7 +46,7 @@ struct Attempt {
 /// `NAME: reconnecting after connection loss (…)` says why, and is no attempt.)
 fn attempts_of(name: &str, since: Instant, until: Instant) -> Vec<Attempt> {
     let prefix = format!("{name}: ");
-    let loss = format!("{prefix}reconnecting after connection loss");
+    let loss = format!("{prefix}{LOSS_LINE}");
     logged(since, until, |record| record.text.starts_with(&prefix))
         .iter()
         .filter(|(_, text)| !text.starts_with(&loss))
@@ -103,20 +106,17 @@ fn assert_each_attempt_goes_to_the_next_node(
     }
 }
 
-/// The server's log lines in `since..until`, one per line, for a failure message.
-fn server_log_text(since: Instant, until: Instant) -> String {
-    logged(since, until, |record| record.thread == SERVER_THREAD)
+/// The log lines in `since..until` that `keep` keeps, one per line, for a failure message.
+fn log_text(since: Instant, until: Instant, keep: impl Fn(&Logged) -> bool) -> String {
+    logged(since, until, keep)
         .iter()
         .map(|(at, text)| format!("\n  {:?} {text}", *at - since))
         .collect()
 }
 
-/// Every log line in `since..until`, the clients' and the server's, for a failure message.
-fn log_text(since: Instant, until: Instant) -> String {
-    logged(since, until, |_| true)
-        .iter()
-        .map(|(at, text)| format!("\n  {:?} {text}", *at - since))
-        .collect()
+/// The server's log lines in `since..until`, one per line, for a failure message.
+fn server_log_text(since: Instant, until: Instant) -> String {
+    log_text(since, until, |record| record.thread == SERVER_THREAD)
 }
 
 /// True if the node lists a connection named `name` (its client properties carry the name).
@@ -616,7 +616,7 @@ fn rolling_restart(retry: Option<RetryPolicy>) -> usize {
             let context = format!(
                 "{program} when {} stopped: {attempts:?}; the log:{}",
                 node.name,
-                log_text(stopped_at, until)
+                log_text(stopped_at, until, |_| true)
             );
             assert_eq!(attempts.first(), expected_first.as_ref(), "{context}");
             assert!(
@@ -634,7 +634,7 @@ fn rolling_restart(retry: Option<RetryPolicy>) -> usize {
             //   with 541 INTERNAL_ERROR, and the client goes on to the node after (seen once
             //   in twenty runs here).
             if attempts.len() > 1 {
-                let loss = format!("{program}: reconnecting after connection loss");
+                let loss = format!("{program}: {LOSS_LINE}");
                 let crashed_channel = logged(stopped_at, until, |record| {
                     record.text.starts_with(&loss) && record.text.contains("code=541")
                 });
