@@ -1,6 +1,6 @@
 //! The shared broker: where it is, what `rabbitmqctl` lists there, raw connections to it.
 
-use amiquip::Connection;
+use amiquip::{Connection, Consumer};
 use std::process::Command;
 
 /// The broker the suite runs against: `AMQP_URL`, or the local default.
@@ -147,6 +147,17 @@ pub fn raw_connection() -> Connection {
             redact(&amqp_url())
         )
     })
+}
+
+/// Closes a raw connection, then drops its consumer. The other order kills the connection:
+/// dropping a consumer cancels it, and amiquip 0.4 hands the cancel-ok to the cancelling thread
+/// before it tells the consumer's receiver, so a receiver dropped in between makes the I/O
+/// thread fail (`EventLoopClientDropped`), which `close` then returns.
+pub fn close_raw(connection: Connection, consumer: Consumer<'_>) {
+    connection
+        .close()
+        .expect("the raw connection closes cleanly");
+    drop(consumer);
 }
 
 fn redact(url: &str) -> String {

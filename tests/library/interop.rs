@@ -70,10 +70,7 @@ fn tutorial_server(queue: &str, declare: TutorialDeclare, stop: Receiver<()>) ->
                 recv(stop) -> _ => break,
             }
         }
-        // Close with the consumer still alive: dropping it first sends a cancel whose
-        // confirmation would reach a dropped receiver and kill the connection.
-        connection.close().unwrap();
-        drop(consumer);
+        support::close_raw(connection, consumer);
         served
     });
     ready

@@ -496,10 +496,7 @@ fn stray_and_duplicate_replies_never_answer_the_wrong_call() {
                 recv(stop) -> _ => break,
             }
         }
-        // Close with the consumer still alive: dropping it first sends a cancel whose
-        // confirmation would reach a dropped receiver and kill the connection.
-        connection.close().unwrap();
-        drop(consumer);
+        support::close_raw(connection, consumer);
     });
     ready
         .recv_timeout(TIMEOUT)

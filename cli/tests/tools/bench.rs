@@ -155,10 +155,7 @@ fn requests_of(side: &str, queue: &str) -> Vec<Vec<String>> {
                     .unwrap();
                 consumer.ack(delivery).unwrap();
             }
-            // Close with the consumer still alive: dropping it first sends a cancel whose
-            // confirmation would reach a dropped receiver and kill the connection.
-            connection.close().unwrap();
-            drop(consumer);
+            support::close_raw(connection, consumer);
         })
     };
     ready.recv().unwrap();
