@@ -1,6 +1,6 @@
 //! A bare AMQP peer, for requests no well-behaved client sends.
 
-use crate::broker::raw_connection;
+use crate::broker::{close_raw, raw_connection};
 use amiquip::{
     AmqpProperties, AmqpValue, Channel, Connection, ConsumerMessage, ConsumerOptions, FieldTable,
     Publish, Queue, QueueDeclareOptions,
@@ -126,7 +126,7 @@ pub fn raw_consumer_via_amq_direct(routing_key: &str, reply: &'static [u8]) -> J
             }
             other => panic!("no request reached the raw consumer: {other:?}"),
         };
-        let _ = connection.close();
+        close_raw(connection, consumer);
         seen
     });
     ready
