@@ -5,6 +5,7 @@
 //! reaches it. Frames other than content headers are passed through as they are, without
 //! being buffered whole.
 
+use crate::driver::closed::{ClosedChannels, Verdict};
 use crate::driver::frames::{self, RawIds, HEADER_FRAME};
 use crate::driver::handshake::{self, Witness, MAX_CONNECTION_FRAME};
 use crate::driver::tls::TlsTransport;
@@ -181,6 +182,9 @@ struct Inbound {
     header: Vec<u8>,
     /// Bytes of the current frame still to pass through unread.
     passing: usize,
+    /// Bytes of the current frame still to drop: it is for a channel the broker closed.
+    dropping: usize,
+    closed: ClosedChannels,
     /// A content header frame being collected whole (header, payload and end octet).
     collecting: Option<Collecting>,
     /// Bytes ready for amiquip, of which it has taken the first `taken`.
@@ -204,7 +208,11 @@ impl Inbound {
         witness: &Witness,
     ) -> io::Result<()> {
         while !input.is_empty() {
-            if self.passing > 0 {
+            if self.dropping > 0 {
+                let taken = self.dropping.min(input.len());
+                self.dropping -= taken;
+                input = &input[taken..];
+            } else if self.passing > 0 {
                 let taken = self.passing.min(input.len());
                 self.output.extend_from_slice(&input[..taken]);
                 self.passing -= taken;
@@ -226,37 +234,53 @@ impl Inbound {
                     }
                 }
             } else {
-                let taken = (FRAME_HEADER - self.header.len()).min(input.len());
+                let taken = (header_length(&self.header) - self.header.len()).min(input.len());
                 self.header.extend_from_slice(&input[..taken]);
                 input = &input[taken..];
-                if self.header.len() == FRAME_HEADER {
-                    let size = payload_size(&self.header);
-                    if self.header[0] == HEADER_FRAME {
-                        if size > MAX_HEADER_FRAME {
-                            return Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("a {size}-byte message header: no broker sends one"),
-                            ));
-                        }
-                        let total = FRAME_HEADER + size + FRAME_END;
-                        // Grown as the bytes come, not reserved on the peer's word.
-                        let mut frame = Vec::with_capacity(total.min(64 * 1024));
-                        frame.extend_from_slice(&self.header);
-                        self.collecting = Some(Collecting { frame, total });
-                    } else if handshake::is_connection_frame(&self.header)
-                        && size <= MAX_CONNECTION_FRAME
-                    {
-                        let total = FRAME_HEADER + size + FRAME_END;
-                        let mut frame = Vec::with_capacity(total);
-                        frame.extend_from_slice(&self.header);
-                        self.collecting = Some(Collecting { frame, total });
-                    } else {
-                        self.output.extend_from_slice(&self.header);
-                        self.passing = size.saturating_add(FRAME_END);
-                    }
+                if self.header.len() == header_length(&self.header) {
+                    self.begin_frame()?;
                     self.header.clear();
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The header of a frame (and, for a channel's method, its class and method ids) is in
+    /// `header`: drop the frame, collect it whole, or pass it on as it comes.
+    fn begin_frame(&mut self) -> io::Result<()> {
+        let header = &self.header;
+        let size = payload_size(header);
+        let channel = u16::from_be_bytes([header[1], header[2]]);
+        let method = (header.len() > FRAME_HEADER).then(|| {
+            let id = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
+            (id(FRAME_HEADER), id(FRAME_HEADER + 2))
+        });
+        let unread = (FRAME_HEADER + FRAME_END).saturating_add(size) - header.len();
+        if self.closed.judge(header[0], channel, method) == Verdict::Drop {
+            self.dropping = unread;
+            return Ok(());
+        }
+        if header[0] == HEADER_FRAME {
+            if size > MAX_HEADER_FRAME {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a {size}-byte message header: no broker sends one"),
+                ));
+            }
+            let total = FRAME_HEADER + size + FRAME_END;
+            // Grown as the bytes come, not reserved on the peer's word.
+            let mut frame = Vec::with_capacity(total.min(64 * 1024));
+            frame.extend_from_slice(header);
+            self.collecting = Some(Collecting { frame, total });
+        } else if handshake::is_connection_frame(header) && size <= MAX_CONNECTION_FRAME {
+            let total = FRAME_HEADER + size + FRAME_END;
+            let mut frame = Vec::with_capacity(total);
+            frame.extend_from_slice(header);
+            self.collecting = Some(Collecting { frame, total });
+        } else {
+            self.output.extend_from_slice(header);
+            self.passing = unread;
         }
         Ok(())
     }
@@ -285,6 +309,19 @@ impl Inbound {
             self.taken = 0;
         }
         taken
+    }
+}
+
+/// How many bytes of a frame's start are read before it is judged: its header, and for a
+/// channel's method frame the class and method ids too.
+fn header_length(header: &[u8]) -> usize {
+    if header.len() < FRAME_HEADER {
+        return FRAME_HEADER;
+    }
+    let channel = u16::from_be_bytes([header[1], header[2]]);
+    match ClosedChannels::wants_method(header[0], channel) && payload_size(header) >= 4 {
+        true => FRAME_HEADER + 4,
+        false => FRAME_HEADER,
     }
 }
 
@@ -585,6 +622,48 @@ mod tests {
             socket.taken, original,
             "amiquip wrote until the whole frame was out"
         );
+    }
+
+    /// A method frame on `channel` with class and method ids and `arguments`.
+    fn method(channel: u16, class: u16, id: u16, arguments: &[u8]) -> Vec<u8> {
+        let mut payload = class.to_be_bytes().to_vec();
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(arguments);
+        let mut bytes = frame(1, &payload);
+        bytes[1..3].copy_from_slice(&channel.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn what_the_broker_sends_on_a_channel_it_closed_never_reaches_amiquip() {
+        let close = method(3, 20, 40, b"\x01\x96\x04timed\x00\x00\x00\x00");
+        let deliver = method(3, 60, 60, b"late delivery");
+        let other = method(4, 60, 60, b"channel 4 goes on");
+        let mut content = correlated(b"id-1");
+        content[1..3].copy_from_slice(&3u16.to_be_bytes());
+        let reopened = method(3, 20, 11, b"\x00\x00\x00\x00");
+        let mut stream = close.clone();
+        for dropped in [&close, &deliver, &content] {
+            stream.extend(dropped);
+        }
+        stream.extend(&other);
+        stream.extend(&close);
+        stream.extend(&reopened);
+        stream.extend(&deliver);
+        let mut expected = close.clone();
+        expected.extend(&other);
+        expected.extend(&reopened);
+        expected.extend(&deliver);
+        for chunk in [1, 2, 7, 8, 11, 12, 1000] {
+            let mut inbound = Inbound::default();
+            let mut raw_ids = RawIds::new();
+            for piece in stream.chunks(chunk) {
+                inbound
+                    .push(piece, &mut raw_ids, &Witness::default())
+                    .unwrap();
+            }
+            assert_eq!(inbound.output, expected, "chunks of {chunk}");
+        }
     }
 
     #[test]

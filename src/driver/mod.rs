@@ -2,6 +2,7 @@
 //! known here.
 
 pub(crate) mod amqp;
+mod closed;
 pub(crate) mod endpoint;
 mod failure;
 pub(crate) mod frames;

@@ -591,3 +591,83 @@ fn an_empty_or_non_decimal_sum_is_a_malformed_reply() {
         foreign.shutdown().unwrap();
     }
 }
+
+/// How many times the broker closed a channel since `since`: amiquip logs the first close it
+/// sees, the driver's guard every repeated one it keeps from amiquip.
+fn broker_closes_since(since: Instant) -> usize {
+    support::logs::logged(
+        since,
+        Instant::now() + Duration::from_secs(3600),
+        |record| {
+            record.text.starts_with("server closing channel")
+                || (record.text.starts_with("the broker closed channel")
+                    && record.text.contains(" again "))
+        },
+    )
+    .len()
+}
+
+#[test]
+fn a_consumer_timeout_the_broker_repeats_loses_no_answer_and_no_connection() {
+    // Alone on the node: the broker's closes are counted in this process's log.
+    let _alone = NODE_CONDITIONS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    support::logs::capture_logs();
+    let node = limits_node();
+    let queue = NodeQueue::new(&node, "repeated-close");
+    let proxy = support::proxy::Proxy::start(&format!("127.0.0.1:{}", node.port));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (started_sender, started) = crossbeam_channel::unbounded();
+    let (release, released) = crossbeam_channel::bounded::<()>(0);
+    let counted = Arc::clone(&runs);
+    let config = ServerConfig::new(proxy.url(&node.url()), &queue.name).workers(2);
+    let server = RpcServer::new(config, move |body: &[u8]| {
+        if body == b"slow" {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = started_sender.send(());
+            let _ = released.recv();
+        }
+        Ok::<_, HandlerError>(body.to_vec())
+    })
+    .start()
+    .unwrap();
+    let client = RpcClient::connect(node.url()).unwrap();
+    let slow = client
+        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(120))
+        .unwrap();
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request reaches the handler");
+    // Held close-oks leave the broker's channel closing across its next consumer-timeout
+    // check, which closes the channel again: the second close meets a channel the driver has
+    // already let go of.
+    let since = Instant::now();
+    proxy.freeze_to_upstream();
+    wait_until(
+        "the broker closed the slow worker's channel twice",
+        Duration::from_secs(60),
+        || broker_closes_since(since) >= 2,
+    );
+    proxy.resume();
+    wait_until(
+        "the requeued copy reached the other worker",
+        Duration::from_secs(30),
+        || server.stats().duplicates == 1,
+    );
+    drop(release);
+    assert_eq!(slow.wait().unwrap(), b"slow");
+    wait_drained(&node, &queue.name);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "computed once");
+    let stats = server.stats();
+    assert_eq!(
+        (stats.answered, stats.channel_losses, stats.reconnects),
+        (1, 1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(proxy.connections(), 1, "the server never reconnected");
+    client
+        .call_with_timeout(&queue.name, b"after", Duration::from_secs(5))
+        .unwrap();
+    server.shutdown().unwrap();
+}
