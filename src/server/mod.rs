@@ -2,6 +2,7 @@
 
 mod cancels;
 mod expiry;
+mod outbox;
 mod recent;
 mod reply;
 pub(crate) mod stats;
@@ -15,6 +16,7 @@ use crate::util::lock;
 use cancels::Cancels;
 use crossbeam_channel::Sender;
 use expiry::Clocks;
+use outbox::Outbox;
 use recent::Recent;
 use stats::{Counters, ServerStats};
 use std::cell::Cell;
@@ -66,6 +68,7 @@ impl RpcServer {
             limit: self.config.connection.max_message_size.into(),
             clocks: Clocks::default(),
             cancels: Cancels::default(),
+            outbox: Outbox::default(),
         });
         let supervisor = Supervisor {
             config: self.config,

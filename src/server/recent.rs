@@ -3,7 +3,8 @@
 //!
 //! Only a copy delivered on the same connection counts as a duplicate: after a connection
 //! loss the reply may never have left, so the request is computed again, as at-least-once
-//! delivery demands.
+//! delivery demands; unless its reply was kept for the new connection
+//! ([`outbox`](crate::server::outbox)), which remembers it here once it went out.
 
 use crate::util::lock;
 use std::collections::{HashMap, VecDeque};

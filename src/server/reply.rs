@@ -2,10 +2,12 @@
 //! broker has certainly taken it.
 
 use super::recent::Key;
+use super::stats::{count, Counters};
 use crate::driver::{AmqpProperties, Channel, Delivery, DriverError, Publish};
 use crate::error::HandlerError;
 use crate::message::Response;
 use crate::protocol::{self, CONTENT_TYPE, ERROR_TYPE};
+use std::time::SystemTime;
 
 /// A reply, kept until the broker has certainly taken it.
 pub(super) struct Reply {
@@ -17,6 +19,10 @@ pub(super) struct Reply {
     pub error: bool,
     /// Counted already: it was handed to the broker once.
     pub counted: bool,
+    /// When its caller stops waiting, if it said.
+    pub deadline: Option<SystemTime>,
+    /// Kept once already from a lost connection for the next.
+    pub carried: bool,
 }
 
 impl Reply {
@@ -29,6 +35,7 @@ impl Reply {
         outcome: Result<Response, HandlerError>,
         limit: usize,
         content_type: &str,
+        deadline: Option<SystemTime>,
     ) -> Reply {
         let request = &delivery.properties;
         let mut properties = AmqpProperties::default();
@@ -80,6 +87,25 @@ impl Reply {
             key,
             error,
             counted: false,
+            deadline,
+            carried: false,
+        }
+    }
+
+    /// The request's correlation id, quoted for a log line.
+    pub fn request_id(&self) -> String {
+        let id = self.properties.correlation_id().as_deref().unwrap_or("");
+        protocol::quote(id.as_bytes())
+    }
+
+    /// Counts a reply the broker has been handed, by its kind, once.
+    pub fn count_sent(&mut self, counters: &Counters) {
+        if std::mem::replace(&mut self.counted, true) {
+            return;
+        }
+        match self.error {
+            true => count(&counters.error_replies),
+            false => count(&counters.answered),
         }
     }
 
@@ -105,6 +131,21 @@ impl Reply {
     }
 }
 
+/// A reply with correlation id `id`, as tests of the server's bookkeeping need one.
+#[cfg(test)]
+pub(super) fn sample(id: &str) -> Reply {
+    Reply {
+        to: "amq.gen-1".into(),
+        properties: AmqpProperties::default().with_correlation_id(id.into()),
+        body: b"1".to_vec(),
+        key: Some(Key::new("amq.gen-1", id)),
+        error: false,
+        counted: false,
+        deadline: None,
+        carried: false,
+    }
+}
+
 fn too_large(size: usize, limit: usize) -> String {
     format!(
         "the reply is {size} bytes, over the broker's limit of {limit} bytes (max_message_size)"
@@ -126,6 +167,8 @@ mod tests {
             key: None,
             error: false,
             counted: false,
+            deadline: None,
+            carried: false,
         };
         reply.refused_for_size(1024, "PRECONDITION_FAILED - message size 2048 is larger");
         assert!(reply.error);

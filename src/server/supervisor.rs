@@ -304,6 +304,23 @@ impl Supervisor {
         let (channel_sender, channel_requests) = crossbeam_channel::unbounded::<ChannelRequest>();
         for index in 0..self.config.workers {
             let channel = queue::open_channel(connection)?;
+            if index == 0 && !self.shared.outbox.is_empty() {
+                // Before any worker consumes, so a requeued copy of one is known here.
+                self.shared
+                    .outbox
+                    .deliver(
+                        &channel,
+                        &self.shared.recent,
+                        self.generation.get(),
+                        &self.counters,
+                    )
+                    .map_err(|error| {
+                        Error::broker(
+                            "publishing the replies kept from the lost connection",
+                            error,
+                        )
+                    })?;
+            }
             let worker = Worker {
                 index,
                 queue: self.config.queue.clone(),

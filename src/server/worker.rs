@@ -4,7 +4,9 @@
 //! reply over its size limit), the worker alone opens a new channel on the same connection,
 //! publishes there the reply the old channel could not carry, and consumes again; the other
 //! workers and the connection go on. The broker requeues what the old channel held, and the
-//! copy is acked without being computed again (see [`recent`](crate::server::recent)).
+//! copy is acked without being computed again (see [`recent`](crate::server::recent)). A reply
+//! that the connection's loss kept from going out waits for the next connection
+//! ([`outbox`](crate::server::outbox)).
 
 use super::reply::Reply;
 use crate::context::{self, Serving};
@@ -19,6 +21,7 @@ use crate::handler::{refusal, CancelToken, Handler, Live, ProgressSink, Request}
 use crate::protocol::{self, CONSUMER_TIMEOUT_ARGUMENT, DIRECT_REPLY_TO_PREFIX};
 use crate::server::cancels::Cancels;
 use crate::server::expiry::{Clocks, Taken, Verdict};
+use crate::server::outbox::Outbox;
 use crate::server::recent::{Key, Recent};
 use crate::server::stats::{count, Counters};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -37,6 +40,8 @@ pub(crate) struct Shared {
     pub limit: AtomicUsize,
     pub clocks: Clocks,
     pub cancels: Cancels,
+    /// Replies whose connection was lost before they went out.
+    pub outbox: Outbox,
 }
 
 /// How often a worker waiting for a request looks whether the server stops.
@@ -159,12 +164,15 @@ impl Worker {
             channel = match self.new_channel() {
                 Ok(channel) => channel,
                 Err(error) => {
-                    self.settled(unsent);
+                    if let Some(reply) = unsent {
+                        self.shared.outbox.keep(reply);
+                    }
                     return SessionEnd::Lost(format!("{reason}; then: {error}"));
                 }
             };
             if let Some(reply) = unsent {
-                if let Err(error) = self.resend(&channel, reply, &reason) {
+                if let Err((reply, error)) = self.resend(&channel, reply, &reason) {
+                    self.publish_failed(reply);
                     return SessionEnd::Lost(error.to_string());
                 }
             }
@@ -459,6 +467,7 @@ impl Worker {
             outcome,
             self.shared.limit.load(Ordering::Relaxed),
             self.handler.content_type(),
+            deadline,
         ));
         // The broker may have closed the channel while the handler ran (its consumer timeout):
         // then the reply goes out on a new one, and the request's copy is not computed again.
@@ -484,7 +493,7 @@ impl Worker {
         match sent {
             Ok(()) => {
                 let mut reply = reply;
-                self.count_sent(&mut reply);
+                reply.count_sent(&self.counters);
                 lane.held = Some(reply);
                 Ok(())
             }
@@ -495,27 +504,31 @@ impl Worker {
                 })
             }
             Err(error) => {
-                self.settled(Some(reply));
+                self.publish_failed(reply);
                 Err(ChannelEnd::Lost(error.to_string()))
             }
         }
     }
 
-    /// Counts a reply the broker has been handed, by its kind, once.
-    fn count_sent(&self, reply: &mut Reply) {
-        if std::mem::replace(&mut reply.counted, true) {
-            return;
-        }
-        match reply.error {
-            true => count(&self.counters.error_replies),
-            false => count(&self.counters.answered),
+    /// The connection failed as `reply` was published: it goes out on the next connection,
+    /// unless it is for direct reply-to, whose malformed address is one way to make RabbitMQ
+    /// close a connection on publish.
+    fn publish_failed(&self, reply: Box<Reply>) {
+        match reply.to.starts_with(DIRECT_REPLY_TO_PREFIX) {
+            true => self.settled(Some(reply)),
+            false => self.shared.outbox.keep(reply),
         }
     }
 
     /// After the broker closed the channel: publish on the new one what the old one may not
     /// have carried (as an error reply if its size was the reason), and remember it, so that
     /// the request's requeued copy is acked unanswered.
-    fn resend(&self, channel: &Channel, mut reply: Box<Reply>, reason: &str) -> Result<()> {
+    fn resend(
+        &self,
+        channel: &Channel,
+        mut reply: Box<Reply>,
+        reason: &str,
+    ) -> Result<(), (Box<Reply>, Error)> {
         if let Some(limit) = protocol::refused_size_limit(reason) {
             self.shared.limit.fetch_min(limit, Ordering::Relaxed);
             if reply.body.len() > limit {
@@ -532,10 +545,11 @@ impl Worker {
                 .recent
                 .retain(key, self.generation, Instant::now());
         }
-        reply
-            .publish(channel)
-            .map_err(|error| Error::broker("publishing a reply on a new channel", error))?;
-        self.count_sent(&mut reply);
+        if let Err(error) = reply.publish(channel) {
+            let error = Error::broker("publishing a reply on a new channel", error);
+            return Err((reply, error));
+        }
+        reply.count_sent(&self.counters);
         Ok(())
     }
 

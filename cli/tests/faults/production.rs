@@ -671,3 +671,53 @@ fn a_consumer_timeout_the_broker_repeats_loses_no_answer_and_no_connection() {
         .unwrap();
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_reply_whose_connection_dies_before_it_goes_out_goes_out_on_the_next_connection() {
+    let _node = shared_node();
+    let node = limits_node();
+    let queue = NodeQueue::new(&node, "kept-reply");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (started_sender, started) = crossbeam_channel::unbounded();
+    let (release, released) = crossbeam_channel::bounded::<()>(0);
+    let counted = Arc::clone(&runs);
+    let server = RpcServer::new(server_on(&node, &queue.name, 2), move |body: &[u8]| {
+        if body == b"slow" {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = started_sender.send(());
+            let _ = released.recv();
+        }
+        Ok::<_, HandlerError>(body.to_vec())
+    })
+    .start()
+    .unwrap();
+    let client = RpcClient::connect(node.url()).unwrap();
+    let slow = client
+        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(60))
+        .unwrap();
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request reaches the handler");
+    // The consumer timeout closes the slow worker's channel; the other worker acks the copy
+    // the broker requeued, so the reply still to come is all that is left of the request.
+    wait_until(
+        "the broker requeued the slow request and its copy was acked",
+        Duration::from_secs(90),
+        || server.stats().duplicates == 1,
+    );
+    assert_eq!(
+        node.close_connections(&queue.name),
+        1,
+        "the server's connection"
+    );
+    drop(release);
+    assert_eq!(slow.wait().unwrap(), b"slow");
+    wait_drained(&node, &queue.name);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "computed once");
+    let stats = server.stats();
+    assert_eq!((stats.answered, stats.reconnects), (1, 1), "{stats:?}");
+    client
+        .call_with_timeout(&queue.name, b"after", Duration::from_secs(5))
+        .unwrap();
+    server.shutdown().unwrap();
+}
