@@ -288,6 +288,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fraction_outside_zero_to_one_is_left_out() {
+        assert_eq!(
+            Progress::new(Some(0.25), "a quarter").fraction(),
+            Some(0.25)
+        );
+        for outside in [7.0, -0.5, f64::NAN] {
+            assert_eq!(Progress::new(Some(outside), "").fraction(), None);
+        }
+    }
+
+    #[test]
     fn application_headers_are_kept_and_reserved_ones_refused() {
         let mut headers = Headers::default();
         headers.insert("tenant", "acme".into());

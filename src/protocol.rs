@@ -16,8 +16,6 @@
 //!   reply byte for byte.
 
 use crate::driver::{AmqpProperties, AmqpValue, FieldTable};
-use crate::error::{Error, Result};
-use crate::message::{Progress, Response};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Value of the AMQP `type` property on error replies.
@@ -97,15 +95,6 @@ const QUOTE_LIMIT: usize = 40;
 /// True if a reply's properties mark it as an error reply.
 pub(crate) fn is_error_reply(properties: &AmqpProperties) -> bool {
     properties.type_().as_deref() == Some(ERROR_TYPE)
-}
-
-/// Turns a reply into the caller's result: the response, or the server's error message.
-pub(crate) fn decode_reply(properties: &AmqpProperties, body: Vec<u8>) -> Result<Response> {
-    if is_error_reply(properties) {
-        Err(Error::Remote(String::from_utf8_lossy(&body).into_owned()))
-    } else {
-        Ok(Response::received(properties, body))
-    }
 }
 
 /// The properties of a request: where its reply goes, under which id, in which format.
@@ -227,9 +216,9 @@ pub(crate) fn is_progress(properties: &AmqpProperties) -> bool {
     properties.type_().as_deref() == Some(PROGRESS_TYPE)
 }
 
-/// A progress message as the caller sees it; a fraction outside 0 to 1 is left out.
-pub(crate) fn read_progress(properties: &AmqpProperties, body: &[u8]) -> Progress {
-    let fraction = match properties
+/// The fraction done that a progress message reports, if it carries one.
+pub(crate) fn progress_fraction(properties: &AmqpProperties) -> Option<f64> {
+    match properties
         .headers()
         .as_ref()
         .and_then(|headers| headers.get(FRACTION_HEADER))
@@ -237,8 +226,7 @@ pub(crate) fn read_progress(properties: &AmqpProperties, body: &[u8]) -> Progres
         Some(AmqpValue::Double(fraction)) => Some(*fraction),
         Some(AmqpValue::Float(fraction)) => Some(f64::from(*fraction)),
         _ => None,
-    };
-    Progress::new(fraction, String::from_utf8_lossy(body).into_owned())
+    }
 }
 
 /// The properties of the cancel of the request `correlation_id`.
@@ -307,12 +295,8 @@ mod tests {
         let progress = progress_properties("c-1", Some(0.25));
         assert!(is_progress(&progress));
         assert!(!is_error_reply(&progress));
-        let read = read_progress(&progress, b"a quarter");
-        assert_eq!((read.fraction(), read.message()), (Some(0.25), "a quarter"));
-        let bare = read_progress(&progress_properties("c-1", None), b"");
-        assert_eq!(bare.fraction(), None);
-        let out_of_range = read_progress(&progress_properties("c-1", Some(7.0)), b"");
-        assert_eq!(out_of_range.fraction(), None);
+        assert_eq!(progress_fraction(&progress), Some(0.25));
+        assert_eq!(progress_fraction(&progress_properties("c-1", None)), None);
         assert_eq!(cancelled_request(&cancel_properties("c-9")), Some("c-9"));
         assert_eq!(cancelled_request(&progress), None);
         let mut asked = FieldTable::new();
@@ -384,15 +368,6 @@ mod tests {
                        consumers doc guide to learn more";
         assert!(is_consumer_timeout(timeout));
         assert!(!is_consumer_timeout(size));
-    }
-
-    #[test]
-    fn decodes_success_and_error_replies() {
-        let plain = AmqpProperties::default();
-        assert_eq!(decode_reply(&plain, b"55".to_vec()).unwrap().body(), b"55");
-        let error = AmqpProperties::default().with_type_(ERROR_TYPE.to_string());
-        let remote = decode_reply(&error, b"bad n".to_vec()).unwrap_err();
-        assert_eq!(remote.remote_message(), Some("bad n"));
     }
 
     #[test]

@@ -478,7 +478,5 @@ mod tests {
     fn clients_can_be_shared_between_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<RpcClient>();
-        #[cfg(feature = "fibonacci")]
-        shareable::<crate::FibonacciRpcClient>();
     }
 }

@@ -12,7 +12,6 @@ use crate::driver::watchdog::Cutter;
 use crate::driver::{Connection, ConsumerMessage, ConsumerOptions, Delivery};
 use crate::error::{Error, Result};
 use crate::message::Response;
-use crate::protocol;
 use crossbeam_channel::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +108,7 @@ impl ResultConsumer {
             ConsumerMessage::Delivery(delivery) => {
                 let result = ResultMessage {
                     correlation_id: delivery.properties.correlation_id().clone(),
-                    outcome: protocol::decode_reply(&delivery.properties, delivery.body.clone())
+                    outcome: super::router::decode(&delivery.properties, delivery.body.clone())
                         .map(Response::into_body),
                 };
                 self.taken = Some(delivery);

@@ -3,6 +3,7 @@
 use super::pending::Pending;
 use crate::driver::{AmqpProperties, ConsumerMessage, Delivery, Return};
 use crate::error::Error;
+use crate::message::{Progress, Response};
 use crate::protocol::{self, NO_ROUTE};
 
 /// The reply in a message of the reply consumer, or why the consumer, and with it the
@@ -26,14 +27,25 @@ pub(super) fn reply(pending: &Pending, properties: &AmqpProperties, body: Vec<u8
         return;
     };
     if protocol::is_progress(properties) {
-        if !pending.progress(id, protocol::read_progress(properties, &body)) {
+        let fraction = protocol::progress_fraction(properties);
+        let progress = Progress::new(fraction, String::from_utf8_lossy(&body).into_owned());
+        if !pending.progress(id, progress) {
             log::debug!("discarding progress nobody waits for: {id}");
         }
         return;
     }
-    let outcome = protocol::decode_reply(properties, body);
+    let outcome = decode(properties, body);
     if !pending.resolve(id, outcome) {
         log::debug!("discarding a reply nobody waits for (late, duplicate or foreign): {id}");
+    }
+}
+
+/// Turns a reply into the caller's result: the response, or the server's error message.
+pub(super) fn decode(properties: &AmqpProperties, body: Vec<u8>) -> Result<Response, Error> {
+    if protocol::is_error_reply(properties) {
+        Err(Error::Remote(String::from_utf8_lossy(&body).into_owned()))
+    } else {
+        Ok(Response::received(properties, body))
     }
 }
 
@@ -76,6 +88,15 @@ mod tests {
 
     fn answering(id: &str) -> AmqpProperties {
         AmqpProperties::default().with_correlation_id(id.to_owned())
+    }
+
+    #[test]
+    fn decodes_success_and_error_replies() {
+        let plain = AmqpProperties::default();
+        assert_eq!(decode(&plain, b"55".to_vec()).unwrap().body(), b"55");
+        let error = AmqpProperties::default().with_type_(ERROR_TYPE.to_string());
+        let remote = decode(&error, b"bad n".to_vec()).unwrap_err();
+        assert_eq!(remote.remote_message(), Some("bad n"));
     }
 
     fn returned_to(queue: &str, reply_code: u16, id: Option<&str>) -> Return {

@@ -1,7 +1,7 @@
 //! The Addition service of the callback-queue case study: `x,y` in, the exact sum out.
 
-use crate::error::{Error, HandlerError, Result};
 use crate::protocol::quote;
+use crate::{Error, HandlerError, Result};
 use num_bigint::BigInt;
 
 /// The most digits an Addition operand may have by default.

@@ -1,11 +1,9 @@
 //! The Fibonacci service of RabbitMQ tutorial 6: the server's handler, exact fib(n) by fast
 //! doubling, and the client whose `call(n)` is the tutorial's.
 
-use crate::client::RpcClient;
-use crate::config::DEFAULT_QUEUE;
-use crate::error::{Error, HandlerError, Result};
 use crate::handler::{self, Handler, Request};
 use crate::protocol::quote;
+use crate::{Error, HandlerError, Result, RpcClient, DEFAULT_QUEUE};
 use num_bigint::BigUint;
 use num_traits::{One, Zero};
 use std::ops::ControlFlow;
@@ -214,6 +212,12 @@ impl FibonacciRpcClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<FibonacciRpcClient>();
+    }
 
     fn naive(n: u64) -> BigUint {
         let (mut a, mut b) = (BigUint::zero(), BigUint::one());

@@ -556,15 +556,19 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut wires = Vec::new();
     let mut rpcs = Vec::new();
     for _ in 0..args.rounds {
+        // The raw sides' client processes measure against the raw server of this process.
+        let args = &args;
+        let in_processes =
+            |side| move |queue: &str| measure_in_processes(args, side, queue, ServerCpu::Here);
         if !args.no_raw {
-            let raw = raw::run_raw(&args, &connection, Wire::Plain);
+            let raw = raw::run_raw(args, &connection, Wire::Plain, in_processes(Side::Raw));
             raws.push(raw.context("measuring the raw limit")?);
         }
         if args.wire_baseline {
-            let wire = raw::run_raw(&args, &connection, Wire::FibRpc);
+            let wire = raw::run_raw(args, &connection, Wire::FibRpc, in_processes(Side::RawWire));
             wires.push(wire.context("measuring the raw limit with fib-rpc's properties")?);
         }
-        rpcs.push(run_rpc(&args, &connection).context("measuring fib-rpc")?);
+        rpcs.push(run_rpc(args, &connection).context("measuring fib-rpc")?);
     }
     let raw = median(raws);
     let wire = median(wires);

@@ -2,7 +2,6 @@
 //! as the fib-rpc measurement beside it (queue type, workers, prefetch, threads, calls in
 //! flight, reply mode and body), with the tutorial's message properties or with fib-rpc's.
 
-use crate::processes::{measure_in_processes, ServerCpu, Side};
 use crate::{measure, record, Args, Kind, Mode, Progress, Report, Workload, CALL_TIMEOUT};
 use amiquip::{
     AmqpProperties, AmqpValue, Auth, Channel, Connection, ConnectionOptions, ConnectionTuning,
@@ -180,16 +179,17 @@ impl RawClient {
 }
 
 /// Warm-up, then measurement, of the raw limit with its clients in this process.
-pub fn run_raw(args: &Args, connection: &ConnectionConfig, wire: Wire) -> anyhow::Result<Report> {
+pub fn run_raw(
+    args: &Args,
+    connection: &ConnectionConfig,
+    wire: Wire,
+    in_processes: impl FnOnce(&str) -> anyhow::Result<Report>,
+) -> anyhow::Result<Report> {
     let server = RawServer::start(args, connection, wire)?;
-    let side = match wire {
-        Wire::Plain => Side::Raw,
-        Wire::FibRpc => Side::RawWire,
-    };
     let workload = Workload::of(args);
     // Measured, then cleaned up whatever the measurement's outcome.
     let report = match args.processes {
-        Some(_) => measure_in_processes(args, side, server.queue(), ServerCpu::Here),
+        Some(_) => in_processes(server.queue()),
         None => RawClient::connect(args, connection, wire).and_then(|client| {
             let report = client
                 .measure(args, server.queue(), &workload, false)
