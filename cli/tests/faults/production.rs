@@ -666,6 +666,22 @@ fn a_consumer_timeout_the_broker_repeats_loses_no_answer_and_no_connection() {
         "{stats:?}"
     );
     assert_eq!(proxy.connections(), 1, "the server never reconnected");
+    // The operator is told what the broker did, why, and how to raise the limit.
+    let explained = support::logs::logged(since, Instant::now(), |record| {
+        record.text.contains("consumer timeout")
+    });
+    let [(_, explanation)] = explained.as_slice() else {
+        panic!("one explanation of the consumer timeout: {explained:?}");
+    };
+    for told in [
+        "worker ",
+        "delivery acknowledgement on channel",
+        "the handler ran longer than that",
+        "consumer_timeout (rabbitmq.conf)",
+        "ServerConfig::consumer_timeout / fib-server --consumer-timeout",
+    ] {
+        assert!(explanation.contains(told), "{told:?} in {explanation}");
+    }
     client
         .call_with_timeout(&queue.name, b"after", Duration::from_secs(5))
         .unwrap();
