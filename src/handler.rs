@@ -226,12 +226,31 @@ pub(crate) fn refusal(properties: &AmqpProperties) -> Option<HandlerError> {
         .map(|reason| HandlerError::new(format!("request refused: {reason}")))
 }
 
+/// The error message of a handler that panicked, with what it said.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    format!("internal error: the handler panicked ({detail})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::driver::{AmqpValue, FieldTable};
     use crate::protocol::DEADLINE_HEADER;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn panic_messages_are_readable() {
+        let panic = std::panic::catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
+        assert_eq!(
+            panic_message(&*panic),
+            "internal error: the handler panicked (boom 7)"
+        );
+    }
 
     #[test]
     fn a_request_reads_its_headers_and_deadline() {

@@ -1,10 +1,14 @@
 //! The server: a pool of worker threads serving one request queue with a handler.
 
+mod admission;
 mod cancels;
 mod expiry;
+mod lane;
 mod outbox;
+mod progress;
 mod recent;
 mod reply;
+mod shared;
 pub(crate) mod stats;
 mod supervisor;
 mod worker;
@@ -18,13 +22,13 @@ use crossbeam_channel::Sender;
 use expiry::Clocks;
 use outbox::Outbox;
 use recent::Recent;
+use shared::Shared;
 use stats::{Counters, ServerStats};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use supervisor::Supervisor;
-use worker::Shared;
 
 /// Serves one request queue with a handler on a pool of worker threads.
 ///

@@ -1,8 +1,9 @@
 //! The server's supervisor thread: connects, starts the workers and watches them; after a
 //! lost connection it reconnects, with capped exponential backoff while reconnecting fails.
 
+use super::shared::Shared;
 use super::stats::Counters;
-use super::worker::{ChannelRequest, SessionEnd, Shared, Worker};
+use super::worker::{ChannelRequest, SessionEnd, Worker};
 use crate::config::ServerConfig;
 use crate::deadline;
 use crate::driver::amqp::{self, Link};

@@ -1,5 +1,9 @@
 //! One worker of a server: its own channel and prefetch, a request answered and then acked.
 //!
+//! A request is admitted or acked unanswered ([`admission`](crate::server::admission)),
+//! computed by the handler, and answered: its reply published and the request acked, in the
+//! order that loses neither.
+//!
 //! When the broker closes the worker's channel (a delivery held past its consumer timeout, a
 //! reply over its size limit), the worker alone opens a new channel on the same connection,
 //! publishes there the reply the old channel could not carry, and consumes again; the other
@@ -8,55 +12,30 @@
 //! that the connection's loss kept from going out waits for the next connection
 //! ([`outbox`](crate::server::outbox)).
 
+use super::admission::{self, Admitted};
+use super::lane::{self, ChannelEnd, Lane};
 use super::reply::Reply;
+use super::shared::Shared;
 use crate::context::{self, Serving};
 use crate::deadline;
 use crate::driver::watchdog::Cutter;
-use crate::driver::{
-    AmqpValue, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery, DriverError,
-    FieldTable, Publish,
-};
+use crate::driver::{Channel, ConsumerMessage, Delivery, DriverError};
 use crate::error::{Error, HandlerError, Result};
-use crate::handler::{refusal, CancelToken, Handler, Live, ProgressSink, Request};
-use crate::protocol::{self, CONSUMER_TIMEOUT_ARGUMENT, DIRECT_REPLY_TO_PREFIX};
+use crate::handler::{self, refusal, CancelToken, Handler, Live, ProgressSink, Request};
+use crate::message::Response;
+use crate::protocol::{self, DIRECT_REPLY_TO_PREFIX};
 use crate::server::cancels::Cancels;
-use crate::server::expiry::{Clocks, Taken, Verdict};
-use crate::server::outbox::Outbox;
-use crate::server::recent::{Key, Recent};
+use crate::server::progress::Reporter;
 use crate::server::stats::{count, Counters};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
-
-/// What every worker of a server shares, across reconnections.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub recent: Recent,
-    /// The largest reply the broker takes: the configured limit, lowered by a refusal.
-    pub limit: AtomicUsize,
-    pub clocks: Clocks,
-    pub cancels: Cancels,
-    /// Replies whose connection was lost before they went out.
-    pub outbox: Outbox,
-}
+use std::time::{Duration, Instant};
 
 /// How often a worker waiting for a request looks whether the server stops.
 const STOP_LOOK_ROUND: Duration = Duration::from_millis(50);
-
-/// After its first [`PROGRESS_BURST`] progress messages, a request sends at most one per this
-/// interval; reports in between are dropped, so a handler that reports in a tight loop cannot
-/// flood the broker.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Progress messages a request sends without pacing.
-const PROGRESS_BURST: usize = 10;
-
-/// How many bytes of a progress message are sent.
-const PROGRESS_MESSAGE_LIMIT: usize = 1024;
 
 /// Ends a request's exposure to cancels when its worker is done with it, however.
 struct Computing<'a>(&'a Cancels, String);
@@ -92,46 +71,22 @@ pub(crate) struct Worker {
     pub channels: Sender<ChannelRequest>,
 }
 
-/// How one channel's service ended.
-enum ChannelEnd {
-    Stopped,
-    /// The connection is gone.
-    Lost(String),
-    /// The broker closed this channel (or cancelled its consumer); `unsent` is a reply it may
-    /// not have carried.
-    Closed {
-        reason: String,
-        unsent: Option<Box<Reply>>,
-    },
-}
-
-/// A channel and its consumer, with what the worker knows of them.
-struct Lane<'a> {
-    channel: &'a Channel,
-    consumer: Consumer<'a>,
-    /// Deliveries read while checking the channel before a publish.
-    backlog: VecDeque<ConsumerMessage>,
-    /// When the consumer's buffer was last seen empty.
-    last_empty: Instant,
-    /// The last reply published, until a later delivery shows the broker took it.
-    held: Option<Box<Reply>>,
-}
-
 impl Worker {
     pub fn run(self, first: Channel, consuming: Sender<Result<()>>) -> SessionEnd {
         let mut consuming = Some(consuming);
         let mut channel = first;
         loop {
-            let consumer = match self.consume(&channel) {
-                Ok(consumer) => consumer,
-                Err(error) => {
-                    let reason = error.to_string();
-                    if let Some(consuming) = consuming.take() {
-                        let _ = consuming.send(Err(error));
+            let consumer =
+                match lane::consume(&channel, &self.queue, self.prefetch, self.consumer_timeout) {
+                    Ok(consumer) => consumer,
+                    Err(error) => {
+                        let reason = error.to_string();
+                        if let Some(consuming) = consuming.take() {
+                            let _ = consuming.send(Err(error));
+                        }
+                        return SessionEnd::Lost(reason);
                     }
-                    return SessionEnd::Lost(reason);
-                }
-            };
+                };
             if let Some(consuming) = consuming.take() {
                 let _ = consuming.send(Ok(()));
             }
@@ -158,7 +113,7 @@ impl Worker {
                 ChannelEnd::Closed { reason, unsent } => (reason, unsent.or(held)),
             };
             count(&self.counters.channel_losses);
-            self.explain(&reason);
+            lane::explain(self.index, &reason);
             // A channel whose consumer the broker cancelled is still open.
             self.close(channel);
             channel = match self.new_channel() {
@@ -185,25 +140,6 @@ impl Worker {
         let _ = self
             .cutter
             .bounded(deadline::from_now(self.close_timeout), || channel.close());
-    }
-
-    fn consume<'a>(&self, channel: &'a Channel) -> Result<Consumer<'a>> {
-        let mut arguments = FieldTable::new();
-        if let Some(timeout) = self.consumer_timeout {
-            let millis = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-            arguments.insert(
-                CONSUMER_TIMEOUT_ARGUMENT.to_owned(),
-                AmqpValue::LongLongInt(millis),
-            );
-        }
-        let options = ConsumerOptions {
-            arguments,
-            ..ConsumerOptions::default()
-        };
-        channel
-            .qos(0, self.prefetch, false)
-            .and_then(|()| channel.basic_consume(self.queue.as_str(), options))
-            .map_err(|error| Error::broker(format!("consuming {}", self.queue), error))
     }
 
     /// Serves one channel until a stop, or until the broker or the network ends it.
@@ -324,91 +260,67 @@ impl Worker {
         delivery: Delivery,
         buffered_for: Duration,
     ) -> Result<(), ChannelEnd> {
-        let counters = &self.counters;
-        let properties = &delivery.properties;
-        let Some(reply_to) = properties
-            .reply_to()
-            .clone()
-            .filter(|queue| !queue.is_empty())
-        else {
-            log::warn!(
-                "request {} has no reply_to: nobody to answer, dropping it",
-                protocol::quote(&delivery.body)
-            );
-            count(&counters.unanswerable);
-            return lane.ack(delivery);
-        };
-        let key = properties
-            .correlation_id()
-            .as_deref()
-            .map(|id| Key::new(&reply_to, id));
-        if let Some(key) = key.as_ref().filter(|_| delivery.redelivered) {
-            if self.shared.recent.holds(key, self.generation) {
-                log::info!(
-                    "request {} came back (the broker requeued it when it closed a channel) \
-                     while this server computes or has answered it: acked, not computed again",
-                    protocol::quote(&delivery.body)
-                );
-                count(&counters.duplicates);
-                return lane.ack(delivery);
-            }
-        }
-        let verdict = self.shared.clocks.judge(Taken {
-            deadline: protocol::header_deadline(properties),
-            timeout: protocol::expiration(properties),
-            now: SystemTime::now(),
+        let Some(admitted) = admission::admit(
+            &self.shared,
+            &self.counters,
+            self.generation,
+            &delivery,
             buffered_for,
-        });
-        let Verdict::Serve { deadline } = verdict else {
-            log::debug!(
-                "request {} expired before we took it: skipped",
-                protocol::quote(&delivery.body)
-            );
-            count(&counters.expired);
+        ) else {
             return lane.ack(delivery);
         };
-        let correlation_id = properties.correlation_id().as_deref();
-        let cancel = match correlation_id.map(|id| self.shared.cancels.begin(id)) {
-            Some(None) => {
-                log::info!(
-                    "request {} was cancelled by its caller before we took it: skipped",
-                    protocol::quote(&delivery.body)
-                );
-                count(&counters.cancelled);
-                return lane.ack(delivery);
-            }
-            Some(token) => token,
-            None => None,
-        };
+        let correlation_id = delivery.properties.correlation_id().as_deref();
         // Cancels of this request reach it only while it is computed.
         let _computing = correlation_id.map(|id| Computing(&self.shared.cancels, id.to_owned()));
-        if let Some(key) = &key {
+        if let Some(key) = &admitted.key {
             self.shared.recent.hold(key, self.generation);
         }
-        let progress_channel = lane.channel;
-        let (sent_progress, last_progress) = (Cell::new(0_usize), Cell::new(Instant::now()));
-        let report = |fraction: Option<f64>, message: &str| {
-            let now = Instant::now();
-            let paced = sent_progress.get() >= PROGRESS_BURST
-                && now.duration_since(last_progress.get()) < PROGRESS_INTERVAL;
-            if paced {
-                return;
-            }
-            sent_progress.set(sent_progress.get() + 1);
-            last_progress.set(now);
-            let message = protocol::truncate_utf8(message, PROGRESS_MESSAGE_LIMIT);
-            let properties =
-                protocol::progress_properties(correlation_id.unwrap_or_default(), fraction);
-            let sent = progress_channel.basic_publish(
-                "",
-                Publish::with_properties(message.as_bytes(), reply_to.as_str(), properties),
+        let outcome = self.compute(lane.channel, &delivery, &admitted);
+        if admitted
+            .cancel
+            .as_ref()
+            .is_some_and(CancelToken::is_cancelled)
+        {
+            log::info!(
+                "request {} was cancelled by its caller while we computed it: not answered",
+                protocol::quote(&delivery.body)
             );
-            if let Err(error) = sent {
-                log::debug!("a progress message could not be sent: {error}");
+            if let Some(key) = &admitted.key {
+                self.shared.recent.forget(key);
             }
-        };
+            count(&self.counters.cancelled);
+            return lane.ack(delivery);
+        }
+        let reply = Box::new(Reply::new(
+            &delivery,
+            admitted.reply_to,
+            admitted.key,
+            outcome,
+            self.shared.limit.load(Ordering::Relaxed),
+            self.handler.content_type(),
+            admitted.deadline,
+        ));
+        self.respond(lane, delivery, reply)
+    }
+
+    /// Runs the handler (or refuses a request it must not see) with the request's deadline,
+    /// trace and cancel token; its progress reports go out on `channel`. A panic is an error.
+    fn compute(
+        &self,
+        channel: &Channel,
+        delivery: &Delivery,
+        admitted: &Admitted,
+    ) -> Result<Response, HandlerError> {
+        let properties = &delivery.properties;
+        let correlation_id = properties.correlation_id().as_deref();
+        let reporter = Reporter::new(
+            channel,
+            &admitted.reply_to,
+            correlation_id.unwrap_or_default(),
+        );
+        let report = |fraction: Option<f64>, message: &str| reporter.report(fraction, message);
         let live = Live {
-            cancel: cancel.clone(),
+            cancel: admitted.cancel.clone(),
             progress: (correlation_id.is_some() && protocol::wants_progress(properties))
                 .then_some(&report as ProgressSink<'_>),
         };
@@ -416,7 +328,7 @@ impl Worker {
             &delivery.body,
             properties,
             delivery.redelivered,
-            deadline,
+            admitted.deadline,
             live,
         );
         let trace = request.trace();
@@ -437,38 +349,29 @@ impl Worker {
                 let started = Instant::now();
                 // Calls the handler makes inherit the caller's deadline and trace.
                 let _serving = context::serve(Serving {
-                    deadline: deadline.map(deadline::instant_of),
+                    deadline: admitted.deadline.map(deadline::instant_of),
                     trace,
                 });
                 let outcome = catch_unwind(AssertUnwindSafe(|| self.handler.handle(&request)))
-                    .unwrap_or_else(|panic| Err(HandlerError::new(panic_message(&*panic))));
-                counters.observe(started.elapsed());
+                    .unwrap_or_else(|panic| {
+                        Err(HandlerError::new(handler::panic_message(&*panic)))
+                    });
+                self.counters.observe(started.elapsed());
                 outcome
             }
         };
         #[cfg(feature = "tracing")]
         crate::spans::served(&span, &outcome);
-        drop(request);
-        if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-            log::info!(
-                "request {} was cancelled by its caller while we computed it: not answered",
-                protocol::quote(&delivery.body)
-            );
-            if let Some(key) = &key {
-                self.shared.recent.forget(key);
-            }
-            count(&counters.cancelled);
-            return lane.ack(delivery);
-        }
-        let reply = Box::new(Reply::new(
-            &delivery,
-            reply_to,
-            key,
-            outcome,
-            self.shared.limit.load(Ordering::Relaxed),
-            self.handler.content_type(),
-            deadline,
-        ));
+        outcome
+    }
+
+    /// Publishes the reply and acks its request, in the order that loses neither.
+    fn respond(
+        &self,
+        lane: &mut Lane<'_>,
+        delivery: Delivery,
+        reply: Box<Reply>,
+    ) -> Result<(), ChannelEnd> {
         // The broker may have closed the channel while the handler ran (its consumer timeout):
         // then the reply goes out on a new one, and the request's copy is not computed again.
         if let Some(reason) = lane.closed_meanwhile() {
@@ -567,87 +470,5 @@ impl Worker {
         if let Some(key) = reply.and_then(|reply| reply.key) {
             self.shared.recent.forget(&key);
         }
-    }
-
-    /// Says what the broker did to this worker's channel, and what to do about it.
-    fn explain(&self, reason: &str) {
-        let worker = self.index;
-        if protocol::is_consumer_timeout(reason) {
-            log::warn!(
-                "worker {worker}: the broker closed its channel because a request stayed \
-                 unacknowledged past the broker's consumer timeout ({reason}): the handler ran \
-                 longer than that. The reply goes out on a new channel and the requeued copy is \
-                 not computed again. Raise RabbitMQ's consumer_timeout (rabbitmq.conf), or set \
-                 ServerConfig::consumer_timeout / fib-server --consumer-timeout on brokers that \
-                 take the x-consumer-timeout consumer argument (RabbitMQ 3.12 and later)"
-            );
-        } else if protocol::refused_size_limit(reason).is_some() {
-            log::warn!("worker {worker}: the broker closed its channel: {reason}");
-        } else {
-            log::warn!(
-                "worker {worker}: the broker closed its channel ({reason}); opening another"
-            );
-        }
-    }
-}
-
-impl Lane<'_> {
-    fn ack(&self, delivery: Delivery) -> Result<(), ChannelEnd> {
-        delivery.ack(self.channel).map_err(|error| match error {
-            DriverError::ServerClosedChannel { code, message, .. } => ChannelEnd::Closed {
-                reason: format!("{code} {message}"),
-                unsent: None,
-            },
-            other => ChannelEnd::Lost(other.to_string()),
-        })
-    }
-
-    /// The longest a message just taken can have waited in the consumer's buffer.
-    fn buffered_for(&self) -> Duration {
-        self.last_empty.elapsed()
-    }
-
-    /// Why the channel is gone, if the broker closed it (or cancelled the consumer) since the
-    /// last look; deliveries read meanwhile wait in the backlog.
-    fn closed_meanwhile(&mut self) -> Option<String> {
-        loop {
-            match self.consumer.receiver().try_recv() {
-                Ok(ConsumerMessage::Delivery(delivery)) => {
-                    self.backlog.push_back(ConsumerMessage::Delivery(delivery))
-                }
-                Ok(ConsumerMessage::ServerClosedChannel(error)) => return Some(error.to_string()),
-                Ok(ConsumerMessage::ServerCancelled) => {
-                    return Some("the broker cancelled our consumer".to_owned())
-                }
-                Ok(other) => {
-                    self.backlog.push_back(other);
-                    return None;
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return None,
-            }
-        }
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let detail = panic
-        .downcast_ref::<&str>()
-        .map(|text| text.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".to_owned());
-    format!("internal error: the handler panicked ({detail})")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn panic_messages_are_readable() {
-        let panic = catch_unwind(|| panic!("boom {}", 7)).unwrap_err();
-        assert_eq!(
-            panic_message(&*panic),
-            "internal error: the handler panicked (boom 7)"
-        );
     }
 }
