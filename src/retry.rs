@@ -196,6 +196,17 @@ mod tests {
             reason: "none".into(),
         };
         assert!(policy.next_attempt(&no_server, 1, now, deadline).is_some());
+        let unreachable = Error::connect("127.0.0.1:5672", "connection refused", None);
+        assert!(policy
+            .next_attempt(&unreachable, 1, now, deadline)
+            .is_some());
+        let refused = Error::Connect {
+            address: "127.0.0.1:5672".into(),
+            reason: "ACCESS_REFUSED".into(),
+            code: Some(403),
+            source: None,
+        };
+        assert_eq!(policy.next_attempt(&refused, 1, now, deadline), None);
     }
 
     #[test]

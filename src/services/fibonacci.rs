@@ -213,6 +213,42 @@ impl FibonacciRpcClient {
 mod tests {
     use super::*;
 
+    /// The caller gives up as the first progress report arrives: the handler stops at its next
+    /// doubling, before another report and before writing the digits. One that ignored the
+    /// cancel would go on reporting, and answer.
+    #[test]
+    fn the_handler_stops_at_its_next_doubling_once_its_caller_gave_up() {
+        let token = crate::handler::CancelToken::default();
+        let reports = std::cell::RefCell::new(Vec::new());
+        let report = |fraction: Option<f64>, message: &str| {
+            reports.borrow_mut().push((fraction, message.to_owned()));
+            token.cancel();
+        };
+        let properties = crate::driver::AmqpProperties::default();
+        let live = crate::handler::Live {
+            cancel: Some(token.clone()),
+            progress: Some(&report),
+        };
+        let request = Request::due(b"2000000", &properties, false, None, live);
+        let Err(error) = fibonacci_handler(2_000_000).handle(&request) else {
+            panic!("answered although its caller gave up");
+        };
+        assert!(error.message().contains("cancelled"), "{error}");
+        let reports = reports.into_inner();
+        assert_eq!(
+            reports.len(),
+            1,
+            "nothing reported after the cancel: {reports:?}"
+        );
+        let (Some(fraction), message) = &reports[0] else {
+            panic!("a fraction: {reports:?}");
+        };
+        assert!(
+            *fraction < COMPUTING_SHARE,
+            "stopped while computing: {message}"
+        );
+    }
+
     #[test]
     fn the_client_can_be_shared_between_threads() {
         fn shareable<T: Send + Sync>() {}

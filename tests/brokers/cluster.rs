@@ -296,9 +296,6 @@ fn failover_window(outcomes: &[Outcome], since: Instant, until: Instant) -> Dura
     served_again - failed_at
 }
 
-/// How far past its timeout a failed call may return on a busy 2-core machine.
-const SLACK: Duration = Duration::from_millis(500);
-
 /// Every error is typed and came within its timeout (plus slack for a busy machine).
 fn check_errors(outcomes: &[Outcome]) -> usize {
     let mut failed = 0;
@@ -310,7 +307,7 @@ fn check_errors(outcomes: &[Outcome]) -> usize {
                 "unclear error: {error}"
             );
             assert!(
-                outcome.took < CALL_TIMEOUT + SLACK,
+                outcome.took < CALL_TIMEOUT + support::SLACK,
                 "a call took {:?}: {error}",
                 outcome.took
             );

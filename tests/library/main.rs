@@ -5,6 +5,7 @@
 mod chaos_memory;
 mod concurrency;
 mod context;
+mod defaults;
 mod interop;
 #[cfg(feature = "json")]
 mod json;

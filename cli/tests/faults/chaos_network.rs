@@ -3,14 +3,10 @@
 //! close keeps its timeout; every loss says what happened.
 
 use fib_rpc::{ClientConfig, Error, RpcClient};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::processes::ServerProcess;
 use support::proxy::Proxy;
-use support::TestQueue;
-
-/// How far past its timeout a call may return on a busy 2-core machine (an idle one needs some
-/// 25 ms). Before these fixes the same calls took 18 s and more.
-const SLACK: Duration = Duration::from_millis(500);
+use support::{within, TestQueue};
 
 fn proxy() -> Proxy {
     Proxy::start(&support::broker_address())
@@ -25,19 +21,6 @@ fn client_through(proxy: &Proxy, query: &str) -> RpcClient {
         .close_timeout(Duration::from_secs(1));
     config = config.connection(connection);
     RpcClient::connect(config).expect("connect through the proxy")
-}
-
-/// Runs `work`, and checks it returned within `limit` (plus slack).
-fn within<T>(limit: Duration, what: &str, work: impl FnOnce() -> T) -> T {
-    let started = Instant::now();
-    let outcome = work();
-    let took = started.elapsed();
-    eprintln!("{what}: {took:?} (limit {limit:?})");
-    assert!(
-        took < limit + SLACK,
-        "{what} took {took:?}, limit {limit:?}"
-    );
-    outcome
 }
 
 #[test]
