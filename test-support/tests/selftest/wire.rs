@@ -4,7 +4,6 @@
 use std::time::Duration;
 use support::wire::*;
 
-const BROKER: &str = "127.0.0.1:5672";
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Deletes its queue when the test ends, also when it panics. The deletion runs on a fresh
@@ -24,13 +23,16 @@ impl QueueGuard {
 impl Drop for QueueGuard {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || RawAmqp::connect(BROKER).delete_queue(&name)).join();
+        let _ = std::thread::spawn(move || {
+            RawAmqp::connect(&support::broker_address()).delete_queue(&name)
+        })
+        .join();
     }
 }
 
 #[test]
 fn non_utf8_properties_and_string_headers_round_trip_byte_for_byte() {
-    let mut amqp = RawAmqp::connect(BROKER);
+    let mut amqp = RawAmqp::connect(&support::broker_address());
     let queue = QueueGuard::new(&mut amqp);
     let properties = RawProperties {
         content_type: Some(b"te\xffxt".to_vec()),
@@ -61,7 +63,7 @@ fn headers_nested_5000_deep_are_accepted_and_delivered_unchanged() {
     assert_eq!(headers.len(), 11 + 7 * 4999);
     assert_eq!(&headers[4..7], b"\x01xF", "the outermost key is \"x\"");
 
-    let mut amqp = RawAmqp::connect(BROKER);
+    let mut amqp = RawAmqp::connect(&support::broker_address());
     let queue = QueueGuard::new(&mut amqp);
     let properties = RawProperties {
         headers: Some(headers),
@@ -81,7 +83,7 @@ fn headers_nested_5000_deep_are_accepted_and_delivered_unchanged() {
 
 #[test]
 fn an_empty_body_round_trips() {
-    let mut amqp = RawAmqp::connect(BROKER);
+    let mut amqp = RawAmqp::connect(&support::broker_address());
     let queue = QueueGuard::new(&mut amqp);
     let properties = RawProperties {
         correlation_id: Some(b"empty".to_vec()),
