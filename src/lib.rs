@@ -160,6 +160,9 @@ mod context;
 mod deadline;
 mod driver;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 #[cfg(feature = "json")]
 pub mod json;

@@ -352,6 +352,10 @@ mod tests {
         assert!(text.len() < 80, "{text}");
         assert!(text.contains("10000000 bytes"));
         assert!(quote(b"\xff").contains('\u{fffd}'));
+        // Found by the fuzz target service_requests: escapes make a quote longer than the 40
+        // bytes it shows, but still bounded.
+        let escaped = quote(&[0x1b; 1000]);
+        assert!(escaped.len() < 40 * 10 + 40, "{escaped}");
     }
 
     #[test]

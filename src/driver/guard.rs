@@ -325,6 +325,24 @@ fn header_length(header: &[u8]) -> usize {
     }
 }
 
+/// What the guard hands amiquip for a byte stream read from the socket in `chunks`, and the
+/// most it held back at any time (a partial frame); an error for a frame no broker sends.
+#[cfg(fuzzing)]
+pub(crate) fn inbound_of<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> io::Result<(Vec<u8>, usize)> {
+    let (mut inbound, mut raw_ids) = (Inbound::default(), RawIds::new());
+    let witness = Witness::default();
+    let (mut handed, mut held) = (Vec::new(), 0);
+    for chunk in chunks {
+        inbound.push(chunk, &mut raw_ids, &witness)?;
+        let collecting = inbound.collecting.as_ref();
+        held = held.max(inbound.header.len() + collecting.map_or(0, |c| c.frame.capacity()));
+        handed.append(&mut inbound.output);
+    }
+    Ok((handed, held))
+}
+
 /// Payload size of the frame whose 7-byte header this is.
 fn payload_size(header: &[u8]) -> usize {
     let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);

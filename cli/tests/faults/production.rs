@@ -422,18 +422,13 @@ fn a_memory_alarm_fails_calls_in_time_with_the_brokers_reason_and_piles_up_nothi
         .expect("the held request reaches the handler");
     let alarm = MemoryAlarm::raise(&node);
     for _ in 0..4 {
-        let started = Instant::now();
-        let error = client
-            .call_with_timeout(&queue.name, b"5", Duration::from_secs(1))
-            .unwrap_err();
-        eprintln!("blocked call failed after {:?}: {error}", started.elapsed());
+        let error = support::within(Duration::from_secs(1), "a blocked call", || {
+            client
+                .call_with_timeout(&queue.name, b"5", Duration::from_secs(1))
+                .unwrap_err()
+        });
         assert!(error.is_blocked(), "{error}");
         assert!(error.to_string().contains("low on memory"), "{error}");
-        assert!(
-            started.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            started.elapsed()
-        );
     }
     let connections = node.ctl(&["list_connections", "client_properties"]);
     assert_eq!(
