@@ -63,21 +63,17 @@ impl Outbox {
         generation: u64,
         counters: &Counters,
     ) -> Result<(), DriverError> {
-        let mut replies = lock(&self.replies);
-        while let Some(mut reply) = replies.pop_front() {
-            if reply.deadline.is_some_and(|due| due < SystemTime::now()) {
-                log::info!(
-                    "the reply to request {} kept from a lost connection is past its caller's \
-                     deadline: dropped",
-                    reply.request_id()
-                );
-                continue;
-            }
+        let mut due = self.take_due(SystemTime::now());
+        while let Some(mut reply) = due.pop_front() {
             if let Some(key) = &reply.key {
                 recent.retain(key, generation, Instant::now());
             }
             if let Err(error) = reply.publish(channel) {
-                replies.push_front(reply);
+                due.push_front(reply);
+                let mut replies = lock(&self.replies);
+                while let Some(reply) = due.pop_back() {
+                    replies.push_front(reply);
+                }
                 return Err(error);
             }
             reply.count_sent(counters);
@@ -88,6 +84,24 @@ impl Outbox {
             );
         }
         Ok(())
+    }
+
+    /// Takes the kept replies whose callers may still wait at `now`, oldest first; those past
+    /// their caller's deadline are dropped.
+    fn take_due(&self, now: SystemTime) -> VecDeque<Box<Reply>> {
+        let mut replies = std::mem::take(&mut *lock(&self.replies));
+        replies.retain(|reply| {
+            let late = reply.deadline.is_some_and(|due| due < now);
+            if late {
+                log::info!(
+                    "the reply to request {} kept from a lost connection is past its caller's \
+                     deadline: dropped",
+                    reply.request_id()
+                );
+            }
+            !late
+        });
+        replies
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,6 +119,28 @@ mod tests {
             .iter()
             .map(|reply| reply.request_id())
             .collect()
+    }
+
+    #[test]
+    fn a_kept_reply_past_its_callers_deadline_is_dropped() {
+        let outbox = Outbox::default();
+        let now = SystemTime::now();
+        for (id, deadline) in [
+            ("late", Some(now - std::time::Duration::from_millis(1))),
+            ("due", Some(now + std::time::Duration::from_secs(5))),
+            ("unbounded", None),
+        ] {
+            let mut reply = Box::new(sample(id));
+            reply.deadline = deadline;
+            outbox.keep(reply);
+        }
+        let due: Vec<_> = outbox
+            .take_due(now)
+            .iter()
+            .map(|r| r.request_id())
+            .collect();
+        assert_eq!(due, ["\"due\"", "\"unbounded\""]);
+        assert!(outbox.is_empty(), "taken");
     }
 
     #[test]

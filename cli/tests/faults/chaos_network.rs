@@ -151,7 +151,7 @@ fn fib_server_stops_within_its_close_timeout_during_a_cut() {
     proxy.freeze();
     server.signal("TERM");
     let code = within(
-        Duration::from_secs(2),
+        Duration::from_secs(1),
         "fib-server stopping in a cut",
         || server.wait_exit(Duration::from_secs(30)),
     );
