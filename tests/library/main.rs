@@ -6,6 +6,7 @@ mod chaos_memory;
 mod concurrency;
 mod context;
 mod defaults;
+mod guarantees;
 mod interop;
 #[cfg(feature = "json")]
 mod json;
