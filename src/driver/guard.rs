@@ -530,6 +530,17 @@ mod tests {
         (original, inbound.output)
     }
 
+    /// What amiquip gets for `stream` read from the socket `chunk` bytes at a time.
+    fn in_chunks(stream: &[u8], chunk: usize) -> Vec<u8> {
+        let (mut inbound, mut raw_ids) = (Inbound::default(), RawIds::new());
+        for piece in stream.chunks(chunk) {
+            inbound
+                .push(piece, &mut raw_ids, &Witness::default())
+                .unwrap();
+        }
+        inbound.output
+    }
+
     #[test]
     fn amiquip_takes_the_output_in_order_whatever_its_buffer() {
         let mut stream = frame(1, b"method");
@@ -557,14 +568,7 @@ mod tests {
         stream.extend(frame(3, b"body bytes"));
         stream.extend(frame(8, b""));
         for chunk in [1, 2, 7, 8, 100] {
-            let mut inbound = Inbound::default();
-            let mut raw_ids = RawIds::new();
-            for piece in stream.chunks(chunk) {
-                inbound
-                    .push(piece, &mut raw_ids, &Witness::default())
-                    .unwrap();
-            }
-            assert_eq!(inbound.output, stream, "chunks of {chunk}");
+            assert_eq!(in_chunks(&stream, chunk), stream, "chunks of {chunk}");
         }
     }
 
@@ -673,14 +677,7 @@ mod tests {
         expected.extend(&reopened);
         expected.extend(&deliver);
         for chunk in [1, 2, 7, 8, 11, 12, 1000] {
-            let mut inbound = Inbound::default();
-            let mut raw_ids = RawIds::new();
-            for piece in stream.chunks(chunk) {
-                inbound
-                    .push(piece, &mut raw_ids, &Witness::default())
-                    .unwrap();
-            }
-            assert_eq!(inbound.output, expected, "chunks of {chunk}");
+            assert_eq!(in_chunks(&stream, chunk), expected, "chunks of {chunk}");
         }
     }
 

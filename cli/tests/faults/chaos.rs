@@ -728,26 +728,12 @@ fn a_tls_failure_exits_69_with_one_line_that_says_why() {
 #[test]
 fn a_request_whose_connection_dies_while_it_is_computed_is_answered_once_from_the_kept_reply() {
     let queue = TestQueue::new("chaos-kept-reply");
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (started_sender, started) = crossbeam_channel::unbounded();
-    let (release, released) = crossbeam_channel::bounded::<()>(0);
-    let counted = Arc::clone(&runs);
-    let config = fib_rpc::ServerConfig::new(support::amqp_url(), &queue.name).workers(1);
-    let server = fib_rpc::RpcServer::new(config, move |body: &[u8]| {
-        if body == b"slow" {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = started_sender.send(());
-            let _ = released.recv();
-        }
-        Ok::<_, fib_rpc::HandlerError>(body.to_vec())
-    })
-    .start()
-    .unwrap();
+    let (server, gate) = support::start_gated_echo_server(&queue.name, 1);
     let client = support::client();
     let slow = client
         .send_with_timeout(&queue.name, b"slow", Duration::from_secs(60))
         .unwrap();
-    started
+    gate.started
         .recv_timeout(Duration::from_secs(10))
         .expect("the request reaches the handler");
     let name = format!("fib-rpc server on {}", queue.name);
@@ -757,12 +743,12 @@ fn a_request_whose_connection_dies_while_it_is_computed_is_answered_once_from_th
         Duration::from_secs(20),
         || queue.counts() == (1, 0),
     );
-    drop(release);
+    gate.release();
     assert_eq!(slow.wait().unwrap(), b"slow");
     support::wait_until("the copy is acked", Duration::from_secs(20), || {
         server.stats().duplicates == 1 && queue.counts() == (0, 1)
     });
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "computed once");
+    assert_eq!(gate.started.try_iter().count(), 0, "computed once");
     let stats = server.stats();
     assert_eq!((stats.answered, stats.reconnects), (1, 1), "{stats:?}");
     assert_eq!(

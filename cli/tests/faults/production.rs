@@ -603,26 +603,13 @@ fn a_consumer_timeout_the_broker_repeats_loses_no_answer_and_no_connection() {
     let node = limits_node();
     let queue = NodeQueue::new(&node, "repeated-close");
     let proxy = support::proxy::Proxy::start(&format!("127.0.0.1:{}", node.port));
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (started_sender, started) = crossbeam_channel::unbounded();
-    let (release, released) = crossbeam_channel::bounded::<()>(0);
-    let counted = Arc::clone(&runs);
-    let config = ServerConfig::new(proxy.url(&node.url()), &queue.name).workers(2);
-    let server = RpcServer::new(config, move |body: &[u8]| {
-        if body == b"slow" {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = started_sender.send(());
-            let _ = released.recv();
-        }
-        Ok::<_, HandlerError>(body.to_vec())
-    })
-    .start()
-    .unwrap();
+    let (server, gate) =
+        support::start_gated_echo_server_at(&proxy.url(&node.url()), &queue.name, 2);
     let client = RpcClient::connect(node.url()).unwrap();
     let slow = client
         .send_with_timeout(&queue.name, b"slow", Duration::from_secs(120))
         .unwrap();
-    started
+    gate.started
         .recv_timeout(Duration::from_secs(10))
         .expect("the slow request reaches the handler");
     // Held close-oks leave the broker's channel closing across its next consumer-timeout
@@ -641,10 +628,10 @@ fn a_consumer_timeout_the_broker_repeats_loses_no_answer_and_no_connection() {
         Duration::from_secs(30),
         || server.stats().duplicates == 1,
     );
-    drop(release);
+    gate.release();
     assert_eq!(slow.wait().unwrap(), b"slow");
     wait_drained(&node, &queue.name);
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "computed once");
+    assert_eq!(gate.started.try_iter().count(), 0, "computed once");
     let stats = server.stats();
     assert_eq!(
         (stats.answered, stats.channel_losses, stats.reconnects),
@@ -679,25 +666,12 @@ fn a_reply_whose_connection_dies_before_it_goes_out_goes_out_on_the_next_connect
     let _node = shared_node();
     let node = limits_node();
     let queue = NodeQueue::new(&node, "kept-reply");
-    let runs = Arc::new(AtomicUsize::new(0));
-    let (started_sender, started) = crossbeam_channel::unbounded();
-    let (release, released) = crossbeam_channel::bounded::<()>(0);
-    let counted = Arc::clone(&runs);
-    let server = RpcServer::new(server_on(&node, &queue.name, 2), move |body: &[u8]| {
-        if body == b"slow" {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = started_sender.send(());
-            let _ = released.recv();
-        }
-        Ok::<_, HandlerError>(body.to_vec())
-    })
-    .start()
-    .unwrap();
+    let (server, gate) = support::start_gated_echo_server_at(&node.url(), &queue.name, 2);
     let client = RpcClient::connect(node.url()).unwrap();
     let slow = client
         .send_with_timeout(&queue.name, b"slow", Duration::from_secs(60))
         .unwrap();
-    started
+    gate.started
         .recv_timeout(Duration::from_secs(10))
         .expect("the slow request reaches the handler");
     // The consumer timeout closes the slow worker's channel; the other worker acks the copy
@@ -712,10 +686,10 @@ fn a_reply_whose_connection_dies_before_it_goes_out_goes_out_on_the_next_connect
         1,
         "the server's connection"
     );
-    drop(release);
+    gate.release();
     assert_eq!(slow.wait().unwrap(), b"slow");
     wait_drained(&node, &queue.name);
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "computed once");
+    assert_eq!(gate.started.try_iter().count(), 0, "computed once");
     let stats = server.stats();
     assert_eq!((stats.answered, stats.reconnects), (1, 1), "{stats:?}");
     client
