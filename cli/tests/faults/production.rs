@@ -289,6 +289,27 @@ fn the_consumer_timeout_setting_reaches_the_broker_as_a_consumer_argument() {
 }
 
 #[test]
+fn fib_servers_consumer_timeout_flag_reaches_the_broker_as_a_consumer_argument() {
+    let _node = shared_node();
+    let node = limits_node();
+    let queue = NodeQueue::new(&node, "consumer-flag");
+    let mut server = ServerProcess::start_with_url(
+        &node.url(),
+        &queue.name,
+        &["--workers", "1", "--consumer-timeout", "1800"],
+    );
+    let listing = node.ctl(&["list_consumers", "queue_name", "arguments"]);
+    let ours = listing
+        .lines()
+        .find(|line| line.starts_with(&queue.name))
+        .unwrap_or_else(|| panic!("no consumer of {} in {listing}", queue.name));
+    assert!(ours.contains("x-consumer-timeout"), "{ours}");
+    assert!(ours.contains("1800000"), "{ours}");
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
 fn refused_permissions_and_credentials_are_told_apart_and_exit_77() {
     let _node = shared_node();
     let node = limits_node();
