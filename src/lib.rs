@@ -91,7 +91,8 @@
 //!   `tracing`).
 //! * `driver/`: everything that opens and guards a connection. `amqp` opens one on a socket of
 //!   our own; `endpoint` parses broker URLs; `tls`; `guard` is the stream amiquip reads, with
-//!   `frames` (content headers made safe) and `handshake`; `watchdog` bounds driver calls
+//!   `frames` (content headers made safe), `closed` (what the broker still sends on a channel
+//!   it closed) and `handshake`; `watchdog` bounds driver calls
 //!   (`Cutter::bounded`, `Cutter::close_within`); `keeper` owns a consuming channel; `queue`
 //!   opens channels and declares queues; `failure` reads the driver's errors. The layers above
 //!   name amiquip's types through `driver`.
@@ -103,9 +104,12 @@
 //!   `pending` (who waits for which reply), `router` (replies and returns to their calls),
 //!   `presence` (whether a request queue exists and is served), `submit` (publisher
 //!   confirms), `results` ([`ResultConsumer`]); `server/`: the handles (`mod.rs`),
-//!   `supervisor` (connects, watches, reconnects), `worker`, `reply`, `expiry` (whose clock a
+//!   `supervisor` (connects, watches, reconnects), `worker` (a request admitted, computed,
+//!   answered), `admission` (which requests are computed at all), `lane` (a worker's channel
+//!   and consumer), `progress` (paced progress reports), `reply`, `outbox` (replies kept
+//!   across a lost connection), `shared` (what the workers share), `expiry` (whose clock a
 //!   deadline is on), `recent` (redelivered copies), `cancels` (callers who gave up), `stats`.
-//!   Neither imports the other.
+//!   Neither imports the other (`tests/library/layers.rs` checks that and the other layers).
 //! * `admin` ([`QueueAdmin`]), `json`, `services`.
 //!
 //! # Threading
@@ -142,9 +146,10 @@
 //!   a request whose caller waits; a skew under a second is not told apart from travel time,
 //!   and may cost a request its last second.
 //! * After the broker's consumer timeout requeued a request whose handler still runs, the
-//!   copy is acked unanswered and the reply goes out on a new channel; a server that dies
-//!   before answering then loses that request. A redelivery after a connection loss is
-//!   computed again.
+//!   copy is acked unanswered and the reply goes out on a new channel (or, if the connection
+//!   is lost first, on the next connection); a server process that dies before answering then
+//!   loses that request. A redelivery after a connection loss is computed again, unless its
+//!   reply was kept for the new connection.
 //! * With [`ReplyMode::DirectReplyTo`] requests must go out on the consuming channel, which the
 //!   consumer thread owns: each request takes one hop to that thread.
 //! * A request whose headers nest more than 64 tables or arrays deep is refused with an error
