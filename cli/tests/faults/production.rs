@@ -599,6 +599,30 @@ fn an_empty_or_non_decimal_sum_is_a_malformed_reply() {
     }
 }
 
+/// A gated echo server of two workers reaching the limits node at `server_url` (the node, or a
+/// proxy in front of it), a client on the node, and the client's `slow` request (60 s) held
+/// by the handler.
+fn slow_request_in_hand(
+    node: &PrivateNode,
+    server_url: &str,
+    queue: &str,
+) -> (
+    ServerHandle,
+    support::Gate,
+    RpcClient,
+    fib_rpc::PendingReply,
+) {
+    let (server, gate) = support::start_gated_echo_server_at(server_url, queue, 2);
+    let client = RpcClient::connect(node.url()).unwrap();
+    let slow = client
+        .send_with_timeout(queue, b"slow", Duration::from_secs(60))
+        .unwrap();
+    gate.started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request reaches the handler");
+    (server, gate, client, slow)
+}
+
 /// How many times the broker closed a channel since `since`: amiquip logs the first close it
 /// sees, the driver's guard every repeated one it keeps from amiquip.
 fn broker_closes_since(since: Instant) -> usize {
@@ -624,15 +648,8 @@ fn a_consumer_timeout_the_broker_repeats_loses_no_answer_and_no_connection() {
     let node = limits_node();
     let queue = NodeQueue::new(&node, "repeated-close");
     let proxy = support::proxy::Proxy::start(&format!("127.0.0.1:{}", node.port));
-    let (server, gate) =
-        support::start_gated_echo_server_at(&proxy.url(&node.url()), &queue.name, 2);
-    let client = RpcClient::connect(node.url()).unwrap();
-    let slow = client
-        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(120))
-        .unwrap();
-    gate.started
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the slow request reaches the handler");
+    let (server, gate, client, slow) =
+        slow_request_in_hand(&node, &proxy.url(&node.url()), &queue.name);
     // Held close-oks leave the broker's channel closing across its next consumer-timeout
     // check, which closes the channel again: the second close meets a channel the driver has
     // already let go of.
@@ -687,14 +704,7 @@ fn a_reply_whose_connection_dies_before_it_goes_out_goes_out_on_the_next_connect
     let _node = shared_node();
     let node = limits_node();
     let queue = NodeQueue::new(&node, "kept-reply");
-    let (server, gate) = support::start_gated_echo_server_at(&node.url(), &queue.name, 2);
-    let client = RpcClient::connect(node.url()).unwrap();
-    let slow = client
-        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(60))
-        .unwrap();
-    gate.started
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the slow request reaches the handler");
+    let (server, gate, client, slow) = slow_request_in_hand(&node, &node.url(), &queue.name);
     // The consumer timeout closes the slow worker's channel; the other worker acks the copy
     // the broker requeued, so the reply still to come is all that is left of the request.
     wait_until(
