@@ -202,28 +202,8 @@ fn a_handler_longer_than_the_consumer_timeout_is_answered_once_and_costs_no_othe
     let _node = shared_node();
     let node = limits_node();
     let queue = NodeQueue::new(&node, "consumer-timeout");
-    let slow_runs = Arc::new(AtomicUsize::new(0));
-    let (started_sender, started) = crossbeam_channel::unbounded();
-    let (release, released) = crossbeam_channel::bounded::<()>(0);
-    let counted = Arc::clone(&slow_runs);
-    let server = RpcServer::new(server_on(&node, &queue.name, 2), move |body: &[u8]| {
-        if body == b"slow" {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let _ = started_sender.send(());
-            // Returns when the test drops the sender.
-            let _ = released.recv();
-        }
-        Ok::<_, HandlerError>(body.to_vec())
-    })
-    .start()
-    .unwrap();
-    let client = Arc::new(RpcClient::connect(node.url()).unwrap());
-    let slow = client
-        .send_with_timeout(&queue.name, b"slow", Duration::from_secs(120))
-        .unwrap();
-    started
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the slow request reaches the handler");
+    let (server, gate, client, slow) = slow_request_in_hand(&node, &node.url(), &queue.name);
+    let client = Arc::new(client);
     let stop = Arc::new(AtomicBool::new(false));
     let fast = {
         let (client, queue, stop) = (Arc::clone(&client), queue.name.clone(), Arc::clone(&stop));
@@ -245,7 +225,7 @@ fn a_handler_longer_than_the_consumer_timeout_is_answered_once_and_costs_no_othe
         Duration::from_secs(90),
         || server.stats().duplicates == 1,
     );
-    drop(release);
+    gate.release();
     assert_eq!(slow.wait().unwrap(), b"slow");
     stop.store(true, Ordering::SeqCst);
     let (answered, failed) = fast.join().unwrap();
@@ -256,7 +236,7 @@ fn a_handler_longer_than_the_consumer_timeout_is_answered_once_and_costs_no_othe
     assert!(failed.is_empty(), "fast calls failed: {failed:?}");
     assert!(answered > 0);
     wait_drained(&node, &queue.name);
-    assert_eq!(slow_runs.load(Ordering::SeqCst), 1, "computed once");
+    assert_eq!(gate.started.try_iter().count(), 0, "computed once");
     let stats = server.stats();
     assert_eq!(
         (stats.channel_losses, stats.reconnects),
@@ -600,7 +580,7 @@ fn an_empty_or_non_decimal_sum_is_a_malformed_reply() {
 }
 
 /// A gated echo server of two workers reaching the limits node at `server_url` (the node, or a
-/// proxy in front of it), a client on the node, and the client's `slow` request (60 s) held
+/// proxy in front of it), a client on the node, and the client's `slow` request (120 s) held
 /// by the handler.
 fn slow_request_in_hand(
     node: &PrivateNode,
@@ -615,7 +595,7 @@ fn slow_request_in_hand(
     let (server, gate) = support::start_gated_echo_server_at(server_url, queue, 2);
     let client = RpcClient::connect(node.url()).unwrap();
     let slow = client
-        .send_with_timeout(queue, b"slow", Duration::from_secs(60))
+        .send_with_timeout(queue, b"slow", Duration::from_secs(120))
         .unwrap();
     gate.started
         .recv_timeout(Duration::from_secs(10))
