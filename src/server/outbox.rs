@@ -71,9 +71,8 @@ impl Outbox {
             if let Err(error) = reply.publish(channel) {
                 due.push_front(reply);
                 let mut replies = lock(&self.replies);
-                while let Some(reply) = due.pop_back() {
-                    replies.push_front(reply);
-                }
+                due.append(&mut replies);
+                *replies = due;
                 return Err(error);
             }
             reply.count_sent(counters);
